@@ -93,10 +93,12 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def without_secrets(text: str, secrets: Iterable[str]) -> str:
     """`text` with each of the given secrets (the longest first) shown as `***`; URLs left as they
-    are. A secret is taken where it stands alone, not inside a longer word (`_standing_alone`)."""
+    are. A secret that is a word (letters only: `postgres`) is taken where it stands alone, not
+    inside a longer word (`_standing_alone`); any other wherever it is, glued to what may be an
+    escape (`%3Dhunter2000`, a JSON string's `\\nhunter2000`) too."""
     for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True):
         if secret in text:  # the usual case, none: one scan
-            text = _standing_alone(text, secret)
+            text = _standing_alone(text, secret) if secret.isalpha() else text.replace(secret, REDACTED)
     return text
 
 

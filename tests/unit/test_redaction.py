@@ -155,6 +155,12 @@ def test_a_secret_is_taken_where_it_stands_alone_not_inside_a_word(monkeypatch: 
     monkeypatch.setenv("PHX_PASSPHRASE", "postgres")
     doc = json.loads(said_json({"engine": "postgresql", "error": "password 'postgres' refused (:postgres@db)"}))
     assert doc == {"engine": "postgresql", "error": "password '***' refused (:***@db)"}, doc
+    # A secret that is not a word is taken wherever it is: after an escape's letter too.
+    from phoenix_backup.redaction import without_secrets
+
+    assert without_secrets('next=a%3Dhunter2000%26b {"log": "x\\nhunter2000"}', ["hunter2000"]) == (
+        'next=a%3D***%26b {"log": "x\\n***"}'
+    )
 
 
 def test_a_urls_password_is_known_as_a_library_encodes_it_again(tmp_path: Path) -> None:
