@@ -182,3 +182,40 @@ def test_a_urls_password_is_known_as_a_library_encodes_it_again(tmp_path: Path) 
     secrets = secrets_of(load_config(config, env), env)
     shown = without_secrets("server said: PG%2FPASS-canary; git said: GIT%40TOKEN-canary", secrets)
     assert "canary" not in shown, shown
+
+
+def test_a_notice_said_by_a_commands_thread_is_without_the_configs_secrets(tmp_path: Path) -> None:
+    """A command's threads (a replica's copy in `phx sync`, `phx watch`'s writer) say notices too,
+    but the config's secrets were looked up in click's context, which is the main thread's alone:
+    such a notice knew the environment's secrets only, and quoted a DSN's password as it was."""
+    import threading
+
+    import click
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.app import Out, common, load_config
+    from phoenix_backup.ops.context import Environment
+
+    config = tmp_path / "config.json"
+    dsn = "postgresql://u:PGPASS-thread-canary@db.example/x"
+    doc = {
+        "workspace": str(tmp_path),
+        "backupDir": str(tmp_path / "repo"),
+        "databases": {"postgres": [{"name": "pg", "dsn": dsn}]},
+    }
+    config.write_text(json.dumps(doc))
+    config.chmod(0o600)
+
+    @click.command()
+    @common
+    def probe(out: Out, envx: Environment, config_path: str | None) -> int:
+        load_config(out, envx, config_path)
+        out.notice("main thread: driver said PGPASS-thread-canary")
+        thread = threading.Thread(target=out.notice, args=("worker thread: driver said PGPASS-thread-canary",))
+        thread.start()
+        thread.join()
+        return 0
+
+    res = CliRunner().invoke(probe, ["--config", str(config)], env={"HOME": str(tmp_path)})
+    assert "main thread: driver said ***" in res.stderr and "worker thread: driver said" in res.stderr, res.stderr
+    assert "canary" not in res.stderr, res.stderr
