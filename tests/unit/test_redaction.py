@@ -165,7 +165,8 @@ def test_a_secret_is_taken_where_it_stands_alone_not_inside_a_word(monkeypatch: 
 
 def test_a_urls_password_is_known_as_a_library_encodes_it_again(tmp_path: Path) -> None:
     """A DSN's password written `p%2fss` is quoted back by a library as `p%2Fss` (upper-case hex),
-    and one written `p@ss` (the user info ends at the last `@`) as `p%40ss`: neither was known."""
+    and one written `p@ss` (the user info ends at the last `@`) as `p%40ss`, and a password given
+    in the query (`?password=`, which libpq and redis-py read) was not known alone at all."""
     from phoenix_backup.config import load_config
     from phoenix_backup.notify.message import secrets_of
     from phoenix_backup.redaction import without_secrets
@@ -175,12 +176,18 @@ def test_a_urls_password_is_known_as_a_library_encodes_it_again(tmp_path: Path) 
         "workspace": str(tmp_path),
         "backupDir": str(tmp_path / "repo"),
         "targets": {"git": {"enabled": True, "repo": "https://me:GIT@TOKEN-canary@git.example/r.git"}},
-        "databases": {"postgres": [{"name": "pg", "dsn": "postgresql://u:PG%2fPASS-canary@db.example/x"}]},
+        "databases": {
+            "postgres": [
+                {"name": "pg", "dsn": "postgresql://u:PG%2fPASS-canary@db.example/x"},
+                {"name": "pq", "dsn": "postgresql://u@db.example/y?password=PGQUERY-canary&sslmode=require"},
+            ],
+        },
     }
     config.write_text(json.dumps(doc))
     env = {"HOME": str(tmp_path)}
     secrets = secrets_of(load_config(config, env), env)
-    shown = without_secrets("server said: PG%2FPASS-canary; git said: GIT%40TOKEN-canary", secrets)
+    text = "server said: PG%2FPASS-canary; git said: GIT%40TOKEN-canary; a hook said: PGQUERY-canary"
+    shown = without_secrets(text, secrets)
     assert "canary" not in shown, shown
 
 
