@@ -52,8 +52,11 @@ _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _QUERY_SECRET = re.compile(
     r"((?:[?&;]|\b)(?:token|key|secret|password|passwd|pass|apikey|api_key|sig|signature)=)[^&\s;]+", re.I
 )
-# A secret shorter than this is not searched for: "pw" would redact half the message.
-_MIN_SECRET = 4
+# A secret shorter than this is not searched for. Every line of stdout, the run log and `--json`
+# goes through `without_secrets`: a 4-character password `data` showed every `data/` of `phx ls`
+# and `list --json` as `***/` (a path a user copies into `restore --include` and a program reads),
+# and a password that short is guessed in seconds anyway, so masking it protects nothing.
+_MIN_SECRET = 8
 
 
 def redact_url(url: str, *, path: bool = False, port: bool = False) -> str:
@@ -89,10 +92,32 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def without_secrets(text: str, secrets: Iterable[str]) -> str:
-    """`text` with each of the given secrets (the longest first) shown as `***`; URLs left as they are."""
+    """`text` with each of the given secrets (the longest first) shown as `***`; URLs left as they
+    are. A secret that is a word (letters only: `postgres`) is taken where it stands alone, not
+    inside a longer word (`_standing_alone`); any other wherever it is, glued to what may be an
+    escape (`%3Dhunter2000`, a JSON string's `\\nhunter2000`) too."""
     for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+        if secret in text:  # the usual case, none: one scan
+            text = _standing_alone(text, secret) if secret.isalpha() else text.replace(secret, REDACTED)
     return text
+
+
+def _standing_alone(text: str, secret: str) -> str:
+    """`text` with `secret` shown as `***` where it does not continue a word: no letter or digit
+    right before its first character or after its last when that character is a letter or digit.
+    A password `postgres` (the usual one of a PostgreSQL container) turned `"engine":
+    "postgresql"` into `"***ql"` in every `--json` document; where it stands alone (`:postgres@`,
+    `=postgres`, quoted, a path's `/postgres/`) it is still taken."""
+    head, tail = secret[0].isalnum(), secret[-1].isalnum()
+    out, done, at = [], 0, text.find(secret)
+    while at >= 0:
+        end = at + len(secret)
+        if (head and at > 0 and text[at - 1].isalnum()) or (tail and end < len(text) and text[end].isalnum()):
+            at = text.find(secret, at + 1)
+            continue
+        out += [text[done:at], REDACTED]
+        done, at = end, text.find(secret, end)
+    return "".join([*out, text[done:]])
 
 
 def without_secrets_in(doc: object, secrets: Iterable[str]) -> object:

@@ -93,6 +93,20 @@ def test_an_alert_is_sent_as_plain_text_that_no_service_renders_as_markdown(monk
     assert "\\!\\[x\\]" in got[0], got
 
 
+def test_the_apprise_phoenix_requires_escapes_plain_text_for_markdown() -> None:
+    """The alert is said to be plain text for Apprise to escape, but only Apprise 2.0 and later
+    escape plain text for a Markdown service: 1.6 to 1.13, which Phoenix allowed, have no such
+    conversion and passed a file name's `![x](https://...)` to Discord or Telegram as it was. The
+    floor is 2.0."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (apprise,) = [Requirement(d) for d in deps if Requirement(d).name == "apprise"]
+    assert "1.13.1" not in apprise.specifier and "2.0.0" in apprise.specifier, apprise
+
+
 def test_an_archive_says_it_carries_phoenixs_config_with_its_credentials(
     make_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
@@ -147,3 +161,55 @@ def test_a_secret_spelled_as_a_json_word_leaves_the_json_document_valid(make_san
     res = sb.phx_here("backup", "--json", "--config", sb.config_path)
     doc = json.loads(res.out)
     assert ": true" in res.out and doc["id"], res.out
+
+
+def test_a_drills_reports_hold_no_secret_a_database_error_quoted(
+    make_sandbox: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A drill writes its report as plain JSON and Markdown files beside the state file, quoting
+    each database's error as the engine gave it: a driver's text quoting the DSN, the S3 key and the
+    passphrase went into both as it was, while the terminal hid them. Both are now written
+    without the secrets the run knows, in the Markdown also as it escapes them (a `[`)."""
+    from phoenix_backup.ops import drill
+
+    sb = make_sandbox()
+    sb.backup()
+    secrets = _with_secrets(sb)
+    bracketed = "PG[PASS]-adv28-xyz"  # escaped `\[` in the Markdown
+    monkeypatch.setenv("PHX_NEW_PASSPHRASE", bracketed)
+    sb.env["PHX_NEW_PASSPHRASE"] = bracketed
+    checker = drill.ENGINES["sqlite"]
+
+    class Quoting:
+        def check(self, ctx: Any, info: Any, restored: Path) -> Any:
+            report = checker.check(ctx, info, restored)
+            report.problems.append(("database", f"driver said: cannot use {DSN} with {S3_SECRET}, {secrets[-1]}"))
+            report.notes.append(f"driver noted {bracketed}")
+            return report
+
+    monkeypatch.setitem(drill.ENGINES, "sqlite", Quoting())
+    sb.phx_here("drill", "--scratch", tmp_path, "--config", sb.config_path, code=1)
+    reports = list((sb.home / ".argentos" / "backup" / "drills").iterdir())
+    assert {p.suffix for p in reports} == {".json", ".md"}, reports
+    for report in reports:
+        text = report.read_text()
+        assert "driver said: cannot use" in text, text
+        for secret in [*secrets, bracketed, bracketed.replace("[", "\\[").replace("]", "\\]")]:
+            assert secret not in text, (report.name, secret, text)
+    json.loads(next(p for p in reports if p.suffix == ".json").read_text())
+
+
+def test_a_short_password_masks_no_path_a_user_copies(make_sandbox: Callable[..., Sandbox]) -> None:
+    """Every line of stdout goes through the run's known secrets, and a password of 4 characters
+    was one: a Redis URL's password `data` showed `phx ls` and `list --json` with every
+    `home/.argentos/data/` as `home/.argentos/***/`, a path that restores nothing when copied
+    into `restore --include`. A secret shorter than 8 characters is not searched for (docs/security.md)."""
+    sb = make_sandbox()
+    sb.backup()
+    sb.write_config(
+        databases={**sb.config.get("databases", {}), "redis": [{"name": "r", "url": "redis://:data@127.0.0.1:1/0"}]}
+    )
+    listing = sb.phx_here("ls", "latest", "--config", sb.config_path).out
+    assert "home/.argentos/data/dashboard.db" in listing and "***" not in listing, listing
+    snaps = sb.phx_here("list", "--json", "--config", sb.config_path).json()
+    assert "home/.argentos/data/dashboard.db" in snaps[0]["databases"], snaps

@@ -110,9 +110,9 @@ def test_a_file_name_forges_no_line_of_a_notification_nor_reaches_its_reader_raw
     escaped, and secrets are still redacted."""
     from phoenix_backup.notify.message import BackupEvent, compose
 
-    error = "not saved: workspace/x\nTargets OK: all, nothing failed\x1b]0;owned\x07\u202egpj.exe: denied s3cret"
+    error = "not saved: workspace/x\nTargets OK: all, nothing failed\x1b]0;owned\x07\u202egpj.exe: denied s3cret-key"
     event = BackupEvent(ok=False, host="h\x1b[2J", snapshot_id="a" * 64, snapshot_name="n", errors=(error,))
-    title, body = compose(event, ["s3cret"])
+    title, body = compose(event, ["s3cret-key"])
     assert body.splitlines() == [
         "Snapshot: n (aaaaaaaa), scope full",
         "Errors:",
@@ -145,3 +145,84 @@ def test_a_password_of_a_configured_url_is_a_secret_alone_too(tmp_path: Path) ->
 
     shown = without_secrets("token GITTOKEN-canary, PG@PASS-canary and REDISPASS-canary refused", secrets)
     assert "canary" not in shown, shown
+
+
+def test_a_secret_is_taken_where_it_stands_alone_not_inside_a_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual password of a PostgreSQL container, `postgres`, turned every `postgresql` of a
+    `--json` document (a database's engine) into `***ql`; it is taken where it stands alone only."""
+    from phoenix_backup.cli.app import said_json
+
+    monkeypatch.setenv("PHX_PASSPHRASE", "postgres")
+    doc = json.loads(said_json({"engine": "postgresql", "error": "password 'postgres' refused (:postgres@db)"}))
+    assert doc == {"engine": "postgresql", "error": "password '***' refused (:***@db)"}, doc
+    # A secret that is not a word is taken wherever it is: after an escape's letter too.
+    from phoenix_backup.redaction import without_secrets
+
+    assert without_secrets('next=a%3Dhunter2000%26b {"log": "x\\nhunter2000"}', ["hunter2000"]) == (
+        'next=a%3D***%26b {"log": "x\\n***"}'
+    )
+
+
+def test_a_urls_password_is_known_as_a_library_encodes_it_again(tmp_path: Path) -> None:
+    """A DSN's password written `p%2fss` is quoted back by a library as `p%2Fss` (upper-case hex),
+    and one written `p@ss` (the user info ends at the last `@`) as `p%40ss`, and a password given
+    in the query (`?password=`, which libpq and redis-py read) was not known alone at all."""
+    from phoenix_backup.config import load_config
+    from phoenix_backup.notify.message import secrets_of
+    from phoenix_backup.redaction import without_secrets
+
+    config = tmp_path / "config.json"
+    doc = {
+        "workspace": str(tmp_path),
+        "backupDir": str(tmp_path / "repo"),
+        "targets": {"git": {"enabled": True, "repo": "https://me:GIT@TOKEN-canary@git.example/r.git"}},
+        "databases": {
+            "postgres": [
+                {"name": "pg", "dsn": "postgresql://u:PG%2fPASS-canary@db.example/x"},
+                {"name": "pq", "dsn": "postgresql://u@db.example/y?password=PGQUERY-canary&sslmode=require"},
+            ],
+        },
+    }
+    config.write_text(json.dumps(doc))
+    env = {"HOME": str(tmp_path)}
+    secrets = secrets_of(load_config(config, env), env)
+    text = "server said: PG%2FPASS-canary; git said: GIT%40TOKEN-canary; a hook said: PGQUERY-canary"
+    shown = without_secrets(text, secrets)
+    assert "canary" not in shown, shown
+
+
+def test_a_notice_said_by_a_commands_thread_is_without_the_configs_secrets(tmp_path: Path) -> None:
+    """A command's threads (a replica's copy in `phx sync`, `phx watch`'s writer) say notices too,
+    but the config's secrets were looked up in click's context, which is the main thread's alone:
+    such a notice knew the environment's secrets only, and quoted a DSN's password as it was."""
+    import threading
+
+    import click
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.app import Out, common, load_config
+    from phoenix_backup.ops.context import Environment
+
+    config = tmp_path / "config.json"
+    dsn = "postgresql://u:PGPASS-thread-canary@db.example/x"
+    doc = {
+        "workspace": str(tmp_path),
+        "backupDir": str(tmp_path / "repo"),
+        "databases": {"postgres": [{"name": "pg", "dsn": dsn}]},
+    }
+    config.write_text(json.dumps(doc))
+    config.chmod(0o600)
+
+    @click.command()
+    @common
+    def probe(out: Out, envx: Environment, config_path: str | None) -> int:
+        load_config(out, envx, config_path)
+        out.notice("main thread: driver said PGPASS-thread-canary")
+        thread = threading.Thread(target=out.notice, args=("worker thread: driver said PGPASS-thread-canary",))
+        thread.start()
+        thread.join()
+        return 0
+
+    res = CliRunner().invoke(probe, ["--config", str(config)], env={"HOME": str(tmp_path)})
+    assert "main thread: driver said ***" in res.stderr and "worker thread: driver said" in res.stderr, res.stderr
+    assert "canary" not in res.stderr, res.stderr

@@ -234,6 +234,18 @@ def test_a_name_that_is_not_utf8_is_logged_as_its_bytes_not_a_crash(tmp_path: Pa
     assert last_scheduled_run(log.path) is not None
 
 
+def test_a_secret_of_two_lines_stays_out_of_a_scheduled_runs_log(tmp_path: Path) -> None:
+    """A passphrase file of two lines is one secret holding a newline: a report quoting it was cut
+    into lines first and each line redacted alone, so neither half was the secret and both went
+    into the log as they were. The report is redacted whole, then cut."""
+    from phoenix_backup.schedule.runlog import RunLog
+
+    log = RunLog(tmp_path, secrets=lambda: ["correct-horse\nbattery-staple"])
+    log.write("hook said: correct-horse\nbattery-staple, done", report=True)
+    text = log.path.read_text()
+    assert "horse" not in text and "battery" not in text and "hook said: ***, done" in text, text
+
+
 def _as_cron_runs(line: str) -> list[str]:
     """The words `sh` is given for a crontab line, after cron's own `%` handling (cronie's and
     Vixie's loop: `\\%` is a `%`, an unescaped `%` ends the command)."""

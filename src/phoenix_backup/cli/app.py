@@ -49,6 +49,10 @@ _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
 _IDENTITY_KEY = "phx.identity"  # `identity_option`'s file, for `make_env`
 _CONFIG_KEY = "phx.config"  # the config `load_config` loaded: its secrets are kept out of errors
+# The same config for a thread of the command (a replica's copy, `phx watch`'s writer): click's
+# context is the main thread's alone, so a notice said by such a thread knew the environment's
+# secrets only, and quoted a DSN's or an S3 key's as it was. One command runs at a time.
+_COMMAND_CONFIG: dict[str, object] = {}
 # Where the group leaves the options given before the command (`GlobalOptions`).
 _GLOBAL_KEY = "phx.global"
 
@@ -239,7 +243,7 @@ def known_secrets() -> list[str]:
     from phoenix_backup.notify.message import env_secrets, secrets_of  # only on this rare path
 
     ctx = click.get_current_context(silent=True)
-    cfg = ctx.meta.get(_CONFIG_KEY) if ctx is not None else None
+    cfg = ctx.meta.get(_CONFIG_KEY) if ctx is not None else _COMMAND_CONFIG.get(_CONFIG_KEY)
     return secrets_of(cfg, os.environ) if isinstance(cfg, Config) else env_secrets(os.environ)
 
 
@@ -394,6 +398,7 @@ def common(f: F) -> F:
         )
         out = Out(as_json, verbose, quiet, progress)
         envx = make_env(out)
+        _COMMAND_CONFIG.clear()  # an earlier command's, in this process (a test's)
         try:
             status = f(*args, out=out, envx=envx, config_path=config_path, **kwargs)
         except Cancelled as exc:
@@ -467,7 +472,7 @@ def load_config(out: Out, envx: Environment, config_path: str | None) -> Config:
     location = ctx.meta.get(_REPO_KEY) if ctx is not None else None
     cfg = context.load(envx, config_path, location if isinstance(location, str) else None)
     if ctx is not None:
-        ctx.meta[_CONFIG_KEY] = cfg
+        ctx.meta[_CONFIG_KEY] = _COMMAND_CONFIG[_CONFIG_KEY] = cfg
     for warning in cfg.warnings:
         out.notice(f"warning: {warning}")
     return cfg

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import (
@@ -116,9 +117,25 @@ def secrets_of(cfg: Config, env: Mapping[str, str]) -> list[str]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The password of a URL's user info, as written and decoded (`https://user:TOKEN@host`)."""
+    """The password of a URL (`https://user:TOKEN@host`, or the query's `password=` libpq and
+    redis-py read too), as written, decoded, and encoded as a library writes it again: every byte
+    but letters, digits and `-._~` encoded, in upper or lower hex (`p%2fss` quoted back as
+    `p%2Fss`, `p@ss` as `p%40ss`)."""
     try:
-        password = urlsplit(url).password if "@" in url else None
+        parts = urlsplit(url)
+        password = parts.password if "@" in url else None
     except ValueError:
         return []
-    return [password, unquote(password)] if password else []
+    written = [password] if password else []
+    written += [quote(v, safe="") for k, v in parse_qsl(parts.query) if k.lower() == "password" and v]
+    out: list[str] = []
+    for form in written:
+        decoded = unquote(form)
+        encoded = [form, quote(decoded, safe="")]
+        hexes = [_PERCENT.sub(lambda m: m.group(0).lower(), f) for f in encoded]
+        hexes += [_PERCENT.sub(lambda m: m.group(0).upper(), f) for f in encoded]
+        out += [decoded, *encoded, *hexes]
+    return list(dict.fromkeys(out))
+
+
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")

@@ -38,8 +38,10 @@ from phoenix_backup import jsontext
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import make_dirs, remove_tree, write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError, shown
+from phoenix_backup.notify import secrets_of
 from phoenix_backup.ops.context import Environment, open_repository, require_identity
 from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
+from phoenix_backup.redaction import without_secrets, without_secrets_in
 from phoenix_backup.repo import checks
 from phoenix_backup.repo.checker import VerifyError
 from phoenix_backup.repo.crypto import Sha256
@@ -408,7 +410,7 @@ def drill(
             remove_tree(folder)
     _record_checks(result, snap, envx)
     result.duration = time.monotonic() - clock
-    _write_reports(result, reports if reports is not None else drills_dir(envx.home), envx)
+    _write_reports(result, reports if reports is not None else drills_dir(envx.home), envx, secrets_of(cfg, envx.env))
     return result
 
 
@@ -637,15 +639,20 @@ def _check_databases(ctx: DrillContext, nodes: list[tuple[str, Node]], written: 
 # --------------------------------------------------------------------------------------------
 
 
-def _write_reports(result: DrillResult, folder: Path, envx: Environment) -> None:
+def _write_reports(result: DrillResult, folder: Path, envx: Environment, known: list[str]) -> None:
+    """The report as JSON and Markdown, plain files `phx status` and a reader `cat`: without the
+    secrets the run knows (`known`), as the state file's errors are. A database's error (a driver's
+    text quoting its DSN) or a note would otherwise carry one there; in the Markdown a secret is
+    also looked for as `_md` escapes it."""
     stamp = datetime.fromisoformat(result.started).strftime("%Y%m%dT%H%M%SZ")
     base = folder / f"{stamp}-{result.name}"
     md, js = base.with_suffix(".md"), base.with_suffix(".json")
     result.report_markdown, result.report_json = str(md), str(js)
     try:
         make_dirs(folder)
-        write_private(js, (jsontext.dumps(result.to_json(), indent=2) + "\n").encode())
-        write_private(md, markdown(result).encode())
+        doc = without_secrets_in(result.to_json(), known)
+        write_private(js, (jsontext.dumps(doc, indent=2) + "\n").encode())
+        write_private(md, without_secrets(markdown(result), [*known, *map(_md, known)]).encode())
     except OSError as exc:
         result.report_markdown = result.report_json = None
         result.notices.append(f"the drill report could not be written to {folder}: {exc.strerror or exc}")

@@ -73,9 +73,11 @@ class RunLog:
         backup starting" that `phx status` reads as the last scheduled run. `report`: a result's
         text, whose lines (names already shown escaped) each stay a line."""
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        known = list(self.secrets())
-        # Redacted first: a secret is found as it is, before its characters are escaped.
-        lines = [shown(redact(line, known)) for line in (text.split("\n") if report else [text])]
+        # Redacted first, whole: a secret is found as it is, before its characters are escaped, and
+        # before a report is cut into lines (a passphrase file's two lines stayed in the log, one
+        # half a line, when each line was redacted alone).
+        said = redact(text, list(self.secrets()))
+        lines = [shown(line) for line in (said.split("\n") if report else [said])]
         # O_APPEND keeps concurrent writers' lines whole; 0600 because errors may name paths.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         # A name that is not UTF-8 as its bytes, as a terminal gets it (surrogateescape): strict
