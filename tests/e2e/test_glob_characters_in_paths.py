@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 from e2e_support import Sandbox, assert_same_db, db_dump
 
 from phoenix_backup.sample import layout_for
@@ -126,3 +127,22 @@ def test_a_home_and_workspace_holding_glob_characters_are_folders(_backed_up_tem
     sb.restore_to(doc["id"], root / "dest", "--path", "home/.argentos/memory.db")
     restored = root / "dest" / "home" / ".argentos" / "memory.db"
     assert_same_db(db_dump(sb.home / ".argentos" / "memory.db"), db_dump(restored), "memory.db")
+
+
+@pytest.mark.phx_in_process
+def test_configured_paths_through_dot_dot_are_saved_where_they_are(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An absolute include (`~/sub/../notes`) or the config itself named through `..` went into the
+    snapshot with a name `..` (a snapshot no command could read again; since the tree writer's
+    guard, a backup that saved nothing). Each is saved at the path the system resolves it to, and
+    restores there."""
+    sb = sandbox
+    (sb.home / "sub").mkdir()
+    (sb.home / "notes").mkdir()
+    (sb.home / "notes" / "n.md").write_text("a note outside the workspace\n")
+    sb.write_config(include=[str(sb.home / "sub" / ".." / "notes" / "n.md"), "~/sub/../notes"])
+    config = sb.home / "sub" / ".." / sb.config_path.relative_to(sb.home)
+    sb.phx_here("--config", config, "backup")
+    sb.restore_to("latest", tmp_path / "out")
+    assert (tmp_path / "out" / "home" / "notes" / "n.md").read_text() == "a note outside the workspace\n"
+    restored_config = tmp_path / "out" / "home" / sb.config_path.relative_to(sb.home)
+    assert restored_config.read_bytes() == sb.config_path.read_bytes()

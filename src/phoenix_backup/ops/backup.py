@@ -1292,9 +1292,14 @@ def _write_trees(
             bad = name_problem(kid.name)
             if bad is not None:
                 path = f"{logical}/{kid.name}" if logical else kid.name
+                fix = (
+                    "write the configured path (`include`, `components`, `databases`, --config) without it"
+                    if kid.name in ("", ".", "..")
+                    else "rename it or leave it out (`exclude`)"
+                )
                 raise SourceError(
                     f"{shown(path)} {bad}: nothing was saved, so that no snapshot is written that a restore "
-                    "would refuse; rename it or leave it out (`exclude`) and back up again"
+                    f"would refuse; {fix} and back up again"
                 )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):

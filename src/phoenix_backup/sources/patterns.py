@@ -64,6 +64,19 @@ def has_magic(segment: str) -> bool:
     return any(ch in segment for ch in "*?[")
 
 
+def without_dots(path: str) -> str:
+    """The absolute `path` holding `..` (`~/sub/../notes`, `memory/../cache.sqlite` made absolute)
+    as the file it names, its folder resolved as the system resolves it (through links): a `..`
+    went into the snapshot as a name, and no command could read that snapshot again ('unsafe name
+    ..'). A path without `..`, or with a glob before its last `..`, is returned as written."""
+    if ".." not in path.split("/"):
+        return path
+    head, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return path if has_magic(path) else os.path.realpath(path)
+    return path if has_magic(head) else os.path.join(os.path.realpath(head), name)
+
+
 def below_folder(text: str, folders: Iterable[Path | None]) -> tuple[Path, str] | None:
     """(the folder, the rest of the pattern) when the absolute pattern `text` is one of `folders`
     (the workspace and the home folder, the deepest first; the rest "") or lies below it: their
@@ -91,6 +104,8 @@ class Include:
             return cls(workspace, "", True)
         dir_only = raw.endswith("/")
         text = raw.rstrip("/") or "/"
+        if ".." in text.split("/"):
+            text = without_dots(text if os.path.isabs(text) else str(workspace / text))
         if os.path.isabs(text):
             below = below_folder(text, (workspace, home))
             if below is not None:  # the folder itself: ".", so that one missing is said missing

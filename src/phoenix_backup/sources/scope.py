@@ -13,7 +13,7 @@ from typing import Literal
 from phoenix_backup.config import Config
 from phoenix_backup.config.defaults import DEFAULT_SQLITE
 from phoenix_backup.sources.layout import FILE_ROOTS, Layout
-from phoenix_backup.sources.patterns import Include, below_folder, glob_regex, has_magic
+from phoenix_backup.sources.patterns import Include, below_folder, glob_regex, has_magic, without_dots
 
 Scope = Literal["full", "memory", "identity", "databases", "config"]
 SCOPES: tuple[Scope, ...] = ("full", "memory", "identity", "databases", "config")
@@ -34,12 +34,12 @@ def configured_databases(cfg: Config) -> list[Path]:
     home `/tmp/[a]*?` is not `/tmp/abc`, whose databases are not the user's)."""
     out: list[Path] = []
     for raw, pattern in _entries(cfg):
-        path = _without_dots(raw if os.path.isabs(raw) else str(cfg.workspace / raw))
+        path = without_dots(raw if os.path.isabs(raw) else str(cfg.workspace / raw))
         if pattern:
             pattern = _absolute_pattern(cfg, pattern)
             # A folder the pattern matches (`*.db` and a store's folder `index.db/`) is no database
             # the user named: it is walked as files, never said to be a database not saved.
-            found = {_without_dots(p) for p in glob.glob(pattern) if not os.path.isdir(p)}
+            found = {without_dots(p) for p in glob.glob(pattern) if not os.path.isdir(p)}
             if os.path.lexists(path):
                 found.add(path)
             out.extend(Path(p) for p in sorted(found) or (path,))
@@ -48,16 +48,6 @@ def configured_databases(cfg: Config) -> list[Path]:
     # One store named twice (`agents/memory.db` and its absolute path) is one store: the live
     # export wrote it twice (`memory-2`, `memory-3`), the snapshot's once.
     return list(dict.fromkeys(out))
-
-
-def _without_dots(path: str) -> str:
-    """A path holding `..` (`memory/../cache.sqlite`) as the file it names, its folder resolved as
-    the system resolves it (through links): its `..` went into the snapshot as a name, and no
-    command could read that snapshot again ('unsafe name ..'). Any other path as written."""
-    if ".." not in path.split("/"):
-        return path
-    head, name = os.path.split(path)
-    return os.path.realpath(path) if name in ("", ".", "..") else os.path.join(os.path.realpath(head), name)
 
 
 def configured_store(cfg: Config, layout: Layout) -> Callable[[str], bool]:
@@ -161,7 +151,7 @@ def component_patterns(cfg: Config, scope: Scope) -> tuple[str, ...]:
     if scope == "config":
         # Phoenix's own config file travels with the agent's, so that a new machine with nothing
         # but the repository gets a working config back (`restore --repo`).
-        own = (str(cfg.source),) if cfg.source is not None else ()
+        own = (without_dots(str(cfg.source)),) if cfg.source is not None else ()
         return _unique((*cfg.components.config, *own))
     return ()
 
