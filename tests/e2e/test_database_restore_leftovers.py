@@ -290,3 +290,35 @@ def test_a_redis_cluster_node_is_refused_naming_the_cluster(
     assert cause in out, out
     assert live.get("agent:solo") is None
     live.close()
+
+
+_IGNORES_OPTIONS = "session\nignore_startup_parameters = options\ndefault_pool_size = 2"
+
+
+@pytest.mark.parametrize("pgbouncer", ["session", _IGNORES_OPTIONS], indirect=True)
+def test_a_whole_database_through_a_session_pool_works_or_the_error_says_how(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int, request: pytest.FixtureRequest
+) -> None:
+    """A pool in session mode gives each client a server session of its own, and the refusal of a
+    transaction pooler said to use one; but pgbouncer refuses pg_dump's and pg_restore's startup
+    parameter `options` in session mode too, so following the advice gave the same error again.
+    Now the error says the session pool must ignore `options`, and through one that does, a
+    whole-database backup and restore work."""
+    pg = pg_server
+    ignores = request.node.callspec.params["pgbouncer"] == _IGNORES_OPTIONS
+    db = pg.create_database("sessionpool")
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
+    try:
+        if not ignores:
+            out = run_phx_here(["backup"], env, code=3).out
+            assert "session mode that ignores that parameter" in out, out
+            assert "`ignore_startup_parameters = options`" in out, out
+            return
+        run_phx_here(["backup", "--json"], env)
+        pg.sql(db, "DELETE FROM t WHERE id = 2")
+        run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env)
+        assert pg.query(db, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
+    finally:
+        pg.drop_database(db)
