@@ -77,6 +77,49 @@ def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_s
             pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
 
 
+def test_a_drill_drops_the_roles_it_created_with_its_scratch_database(sandbox: Sandbox, pg_server: PgServer) -> None:
+    """A drill restores into a scratch database it drops once checked, but the roles it created
+    from globals.sql for it stayed (with LOGIN and the snapshot's password). Now they go with the
+    scratch database; a role that was there before stays, and one another session came to depend
+    on meanwhile stays (DROP ROLE refuses it), named in a warning."""
+    pg = pg_server
+    db = pg.create_database("drillroles")
+    tag = db[-8:]
+    owner, held, there = (f"{p}{tag}" for p in ("own", "held", "was"))
+    pg.sql("postgres", f"CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {held}; CREATE ROLE {there}")
+    pg.sql(db, f"CREATE TABLE t (id int); ALTER TABLE t OWNER TO {owner}; GRANT SELECT ON t TO {held}, {there}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    pg.sql(db, f"ALTER TABLE t OWNER TO postgres; REVOKE ALL ON t FROM {held}")
+    pg.sql("postgres", f"DROP ROLE {owner}; DROP ROLE {held}")
+    other = pg.create_database("drilldep")
+    try:
+        # Another session takes `held` as soon as the drill created it.
+        def hold() -> None:
+            with pg.connect(other) as con:
+                for _ in range(4000):
+                    if con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (held,)).fetchone():
+                        con.execute(f"CREATE TABLE k (id int); ALTER TABLE k OWNER TO {held}")
+                        return
+                    threading.Event().wait(0.005)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
+        holder.join()
+        assert drill.ok, drill
+        roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
+        assert pg.query("postgres", roles, ([owner, held, there],)) == [(held,), (there,)], drill.warnings
+        assert any("left after the drill" in w and held in w for w in drill.warnings), drill.warnings
+        assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (f"{db}_drill",)) == [(0,)]
+    finally:
+        pg.drop_database(other)
+        pg.drop_database(db)
+        for role in (owner, held, there):
+            pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
 def _apply_globals(monkeypatch: pytest.MonkeyPatch, script: str, pg: PgServer) -> DbRestoreOutcome:
     from phoenix_backup.sinks import postgres as sink
 
@@ -176,6 +219,61 @@ def test_a_restore_behind_another_sessions_lock_fails_with_the_cause_not_waits_f
             pg.sql(db, "INSERT INTO t VALUES (1, 'agent_a')")
     finally:
         pg.drop_database(db)
+
+
+def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before PostgreSQL 14 pg_locks has no `waitstart`: the lock watch's query failed at once and
+    the watch ended without a word, so a restore behind another session's lock waited for as long
+    as that session lived. Here such a server is what the watch sees (a version below 14, and a
+    pg_locks without waitstart ahead of pg_catalog on its role's search_path); the restore now
+    fails after the bound all the same. (The other session is ended after 20 s for the old code.)"""
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as pg_source
+
+    monkeypatch.setattr(pg_source, "LOCK_WAIT_S", 1)
+    monkeypatch.setattr(sink, "_WAITSTART_SINCE", 10**9, raising=False)
+    pg = pg_server
+    db = pg.create_database("oldlocks")
+    tag = db[-8:]
+    role, shadow = f"lk{tag}", f"shadow{tag}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{pg.password}'")
+    pg.sql(
+        "postgres",
+        f"CREATE SCHEMA {shadow}; CREATE VIEW {shadow}.pg_locks AS SELECT locktype, pid, mode, granted "
+        f"FROM pg_catalog.pg_locks; ALTER ROLE {role} IN DATABASE postgres SET search_path = {shadow}, pg_catalog",
+    )
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, user=role)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    try:
+        run_phx_here(["backup", "--json"], env)
+        pg.sql(db, "DELETE FROM t")
+        with pg.connect(db) as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT * FROM t")
+            pid, done = holder.info.backend_pid, threading.Event()
+
+            def end_holder() -> None:
+                if not done.wait(20):  # the old code: the restore waits; end it so the test ends
+                    pg.sql("postgres", f"SELECT pg_terminate_backend({pid})")
+
+            watchdog = threading.Thread(target=end_holder)
+            watchdog.start()
+            try:
+                res = run_phx_here(
+                    ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot", "--json"], env, code=3
+                )
+            finally:
+                done.set()
+                watchdog.join()
+        error = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")["integrity"]
+        assert "another session held a lock" in error and "more than 1 s" in error, error
+        assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]  # nothing changed
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP SCHEMA {shadow} CASCADE; DROP ROLE IF EXISTS {role}")
 
 
 def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
