@@ -390,6 +390,57 @@ def test_a_redis_cluster_node_is_refused_naming_the_cluster(
     live.close()
 
 
+def test_a_redis_sentinel_and_a_read_only_replica_are_refused_naming_them(
+    sandbox: Sandbox, redis_server: Any, tmp_path: Path
+) -> None:
+    """A url naming a Redis Sentinel: the backup failed midway with `unknown command 'SCAN'`, the
+    restore with `unknown command 'TIME'`, Redis's words only. A url naming a read-only replica
+    (backed up fine): the restore refused every key on its own, one warning per key, no word of
+    what to do. Now each is refused at once, naming what the server is and where to point the url;
+    a replica is still backed up."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    replica_port, sentinel_port = services.free_port(), services.free_port()
+    conf = tmp_path / "sentinel.conf"  # a Sentinel rewrites its file: one of its own
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor gone 127.0.0.1 1 1\n")
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    procs = [
+        subprocess.Popen(
+            [exe, "--port", str(replica_port), *common, "--replicaof", "127.0.0.1", str(redis_server.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen([exe, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        assert services._wait_port(replica_port, 10) and services._wait_port(sentinel_port, 10)
+        redis_server.client(14).set(b"agent:solo", b"1")
+        hot = {"name": "hot", "url": redis_server.url(14), "match": "agent:*"}
+        sandbox.write_config(databases={"redis": [hot]})
+        env = sandbox.env_with()
+        snapshot = run_phx_here(["backup", "--json"], env).json()["id"]
+        restore = ["restore", "--backup", snapshot, "--databases-only", "--yes", "--no-safety-snapshot"]
+        sandbox.write_config(databases={"redis": [dict(hot, url=f"redis://127.0.0.1:{sentinel_port}/0")]})
+        sentinel = "is a Redis Sentinel (redis_mode:sentinel)"
+        for args in (["backup"], restore):
+            out = run_phx_here(args, env, code=3).out
+            assert sentinel in out and "SENTINEL get-master-addr-by-name" in out and "unknown command" not in out, out
+        sandbox.write_config(databases={"redis": [dict(hot, url=f"redis://127.0.0.1:{replica_port}/14")]})
+        out = run_phx_here(restore, env, code=3).out
+        master = "is a read-only replica (role:slave, slave_read_only:1) "
+        master += f"of the master at 127.0.0.1:{redis_server.port}"
+        assert master in out and "point the url at the master" in out and "key 'agent:solo'" not in out, out
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        redis_server.client(14).flushdb()
+
+
 _IGNORES_OPTIONS = "session\nignore_startup_parameters = options\ndefault_pool_size = 2"
 
 
