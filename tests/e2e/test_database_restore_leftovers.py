@@ -221,6 +221,50 @@ def test_a_restore_behind_another_sessions_lock_fails_with_the_cause_not_waits_f
         pg.drop_database(db)
 
 
+def test_a_lock_held_shorter_than_the_bound_only_delays_the_restore(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock watch must end only a wait longer than the bound: a session that holds the table
+    for 1 s (bound 4 s here) delays the restore, which then restores (exit 0)."""
+    from phoenix_backup.sources import postgres as pg_source
+
+    monkeypatch.setattr(pg_source, "LOCK_WAIT_S", 4)
+    pg = pg_server
+    db = pg.create_database("shortlock")
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    try:
+        run_phx_here(["backup", "--json"], env)
+        pg.sql(db, "DELETE FROM t")
+        with pg.connect(db) as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT * FROM t")
+            done, waited = threading.Event(), list[bool]()
+
+            def release() -> None:
+                # Once the restore waits for the lock, the holder's transaction ends 1 s later.
+                with pg.connect(db) as probe:
+                    waiting = "SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 't'::regclass"
+                    while not done.is_set() and probe.execute(waiting).fetchone() is None:
+                        done.wait(0.05)
+                waited.append(not done.is_set())
+                done.wait(1)
+                holder.execute("ROLLBACK")
+
+            releaser = threading.Thread(target=release)
+            releaser.start()
+            try:
+                run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env)
+            finally:
+                done.set()
+                releaser.join()
+        assert waited == [True]  # the restore did wait for the lock
+        assert pg.query(db, "SELECT id FROM t") == [(1,)]
+    finally:
+        pg.drop_database(db)
+
+
 def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
     sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
