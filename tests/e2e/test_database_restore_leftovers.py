@@ -265,6 +265,64 @@ def test_a_lock_held_shorter_than_the_bound_only_delays_the_restore(
         pg.drop_database(db)
 
 
+def test_the_lock_watch_never_cancels_another_roles_session_that_took_the_restores_name(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restore's session name is in pg_stat_activity for every role to see. A session of
+    another role that took it and waited for a lock longer than the bound had its statement
+    cancelled by the (superuser's) lock watch, which then counted that cancel as the restore's.
+    Now only a session of the restoring role is watched."""
+    import psycopg
+
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as pg_source
+
+    monkeypatch.setattr(pg_source, "LOCK_WAIT_S", 0.01)
+    monkeypatch.setattr(sink._LockWatch, "POLL_S", 0.02)
+    name = "phoenix-restore-0123456789abcdef"
+    pg = pg_server
+    db = pg.create_database("impostor")
+    role = f"imp{db[-8:]}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN PASSWORD '{pg.password}'")
+    pg.sql(db, f"CREATE TABLE x (id int); ALTER TABLE x OWNER TO {role}")
+    conninfo = f"host={pg.host} port={pg.port} dbname={db} user={services.PG_SUPERUSER}"
+    conn = pg_source.PgConn("main", conninfo, pg.password, {})
+    errors: list[str] = []
+    try:
+        with pg.connect(db) as holder:
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE x")
+            imp = psycopg.connect(
+                host=pg.host, port=pg.port, dbname=db, user=role, password=pg.password, application_name=name
+            )
+
+            def wait_for_x() -> None:
+                try:
+                    imp.execute("LOCK TABLE x")
+                except psycopg.Error as exc:
+                    errors.append(str(exc))
+
+            waiter = threading.Thread(target=wait_for_x)
+            waiter.start()
+            try:
+                with pg.connect(db) as probe:
+                    waiting = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+                    while probe.execute(waiting, (name,)).fetchone() is None:
+                        threading.Event().wait(0.02)
+                    with sink._LockWatch(conn, name) as watch:
+                        threading.Event().wait(0.3)  # 15 looks
+                    assert not watch.cancelled
+                    assert probe.execute(waiting, (name,)).fetchone() == (1,)  # it waits on
+            finally:
+                holder.execute("ROLLBACK")
+                waiter.join()
+                imp.close()
+        assert errors == [], errors
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
 def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
     sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

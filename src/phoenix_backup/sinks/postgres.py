@@ -332,7 +332,8 @@ _WAITSTART_SINCE = 140000
 
 
 class _LockWatch:
-    """While pg_restore runs (its session named `name`), cancel its statement once it has waited
+    """While pg_restore runs (its session named `name`, of this role: another role's session that
+    took the name, which pg_stat_activity shows to all, is never cancelled), cancel its statement once it has waited
     for a lock another session holds for more than pg.LOCK_WAIT_S (a DROP TABLE of --clean behind
     an open transaction that read the table): it would otherwise wait for as long as that session
     lives. lock_timeout cannot bound it: pg_restore sets `lock_timeout = 0` itself. `cancelled`
@@ -371,7 +372,8 @@ class _LockWatch:
         if self._con.info.server_version >= _WAITSTART_SINCE:
             query = (
                 "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                "WHERE a.application_name = %s AND NOT l.granted AND l.waitstart < now() - make_interval(secs => %s)"
+                "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
+                "AND l.waitstart < now() - make_interval(secs => %s)"
             )
         else:
             # No pg_locks.waitstart before PostgreSQL 14: the statement waits for a lock now and
@@ -379,7 +381,8 @@ class _LockWatch:
             # watch ended at its first query, and a restore held up by a lock waited for ever.
             query = (
                 "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a WHERE a.application_name = %s "
-                "AND a.wait_event_type = 'Lock' AND a.query_start < now() - make_interval(secs => %s)"
+                "AND a.usename = current_user AND a.wait_event_type = 'Lock' "
+                "AND a.query_start < now() - make_interval(secs => %s)"
             )
         try:
             while not self._done.wait(self.POLL_S):
