@@ -213,7 +213,7 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[i
     """pgbouncer in front of the test server: pool_mode=transaction (or the test's indirect
     parameter), one server session per database and role (so the next client gets the very session
     phx used). Returns its port."""
-    pool_mode = str(getattr(request, "param", "transaction"))
+    pool_mode, _, extra = str(getattr(request, "param", "transaction")).partition("\n")  # then more ini lines
     exe = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if exe is None:
         pytest.skip("pgbouncer is not installed (scripts/test.sh installs it: apt-get install pgbouncer)")
@@ -228,7 +228,7 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[i
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\n"
         f"auth_file = {users}\npool_mode = {pool_mode}\ndefault_pool_size = 1\nmax_client_conn = 20\n"
         f"admin_users = {services.PG_SUPERUSER}\n"
-        f"logfile = {top}/pgbouncer.log\n"
+        f"logfile = {top}/pgbouncer.log\n{extra}\n"
     )
     for f in (users, ini):
         f.chmod(0o644)

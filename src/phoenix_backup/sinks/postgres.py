@@ -89,11 +89,25 @@ def restore_pg_scratch(
                 "drop it first"
             )
     target = conn.with_database(database)
+    created: dict[str, int] = {}
     outcome = _restore_dump(
-        repo, target, path, files, manifest, clean=False, configured=configured, as_original=not drop_after
+        repo,
+        target,
+        path,
+        files,
+        manifest,
+        clean=False,
+        configured=configured,
+        as_original=not drop_after,
+        roles=created,
     )
     if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
         _drop_database(conn, database, outcome)
+        if drop_after and outcome.ok:
+            # A drill leaves the server as it found it: the roles it created for its scratch
+            # database go with it (a failed one dropped them already), unless something else
+            # came to depend on them meanwhile.
+            _drop_created_roles(conn, created, outcome, after="the drill")
     return outcome
 
 
@@ -194,11 +208,13 @@ def _restore_dump(
     clean: bool,
     configured: Any,
     as_original: bool = True,
+    roles: dict[str, int] | None = None,
 ) -> DbRestoreOutcome:
     """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
-    (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count."""
+    (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count.
+    `roles`, when given, is filled with the roles created from globals.sql (name to oid)."""
     outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
-    created: dict[str, int] = {}
+    created: dict[str, int] = {} if roles is None else roles
     dump = files.get(pg.DUMP)
     if dump is None:
         outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
@@ -217,7 +233,7 @@ def _restore_dump(
         else:
             restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
         if pg.GLOBALS in files:
-            created = _apply_globals(repo, conn, path, files[pg.GLOBALS], outcome)
+            created.update(_apply_globals(repo, conn, path, files[pg.GLOBALS], outcome))
             outcome.stats["rolesCreated"] = list(created)
         if not exists:
             _create_database(conn, manifest, outcome, as_original=as_original)
@@ -228,13 +244,16 @@ def _restore_dump(
         if clean:
             args[1:1] = ["--clean", "--if-exists"]
         what = f"pg_restore of {path}"
-        with _LockWatch(conn, name) as watch:
-            try:
+        watch = _LockWatch(conn, name)
+        try:
+            with watch:
                 _feed(args, _restore_env(conn), stream_blocks(repo, f"{path}/{pg.DUMP}", dump), what=what)
-            except RestoreError as exc:
-                if watch.cancelled:
-                    raise RestoreError(_lock_wait_error(what)) from exc
-                raise
+        except RestoreError as exc:
+            # Read once the watch has ended: pg_restore, cancelled, could exit before the watch's
+            # thread had the answer of its pg_cancel_backend, and the error did not name the lock.
+            if watch.cancelled:
+                raise RestoreError(_lock_wait_error(what)) from exc
+            raise
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.counts_as_recorded(pg.table_counts(con), outcome.expected)
@@ -261,8 +280,11 @@ def _restore_dump(
     return outcome
 
 
-def _drop_created_roles(conn: pg.PgConn, created: dict[str, int], outcome: DbRestoreOutcome) -> None:
-    """After a restore that failed (its pg_restore rolled back), drop the roles this restore
+def _drop_created_roles(
+    conn: pg.PgConn, created: dict[str, int], outcome: DbRestoreOutcome, *, after: str = "it failed"
+) -> None:
+    """After a restore that failed (its pg_restore rolled back), or a drill once its scratch
+    database is dropped (`after` says which), drop the roles this restore
     created from globals.sql (`created`: name to oid), so the server is left as it was found. A
     role is dropped only while it is still the one created (same oid), no role outside those was
     made its member meanwhile, and nothing depends on it in any database (DROP ROLE refuses a role
@@ -295,18 +317,23 @@ def _drop_created_roles(conn: pg.PgConn, created: dict[str, int], outcome: DbRes
     except (psycopg.Error, PhoenixError) as exc:
         outcome.warnings.append(
             f"the roles this restore created from globals.sql ({', '.join(sorted(created))}) could not be dropped "
-            f"after it failed: {exc}; drop those you do not want by hand"
+            f"after {after}: {exc}; drop those you do not want by hand"
         )
         return
     if kept:
         outcome.warnings.append(
-            f"role(s) this restore created from globals.sql were left after it failed, as something depends on "
+            f"role(s) this restore created from globals.sql were left after {after}, as something depends on "
             f"them: {'; '.join(kept)}"
         )
 
 
+# The first PostgreSQL with pg_locks.waitstart (when a lock wait began).
+_WAITSTART_SINCE = 140000
+
+
 class _LockWatch:
-    """While pg_restore runs (its session named `name`), cancel its statement once it has waited
+    """While pg_restore runs (its session named `name`, of this role: another role's session that
+    took the name, which pg_stat_activity shows to all, is never cancelled), cancel its statement once it has waited
     for a lock another session holds for more than pg.LOCK_WAIT_S (a DROP TABLE of --clean behind
     an open transaction that read the table): it would otherwise wait for as long as that session
     lives. lock_timeout cannot bound it: pg_restore sets `lock_timeout = 0` itself. `cancelled`
@@ -342,16 +369,27 @@ class _LockWatch:
 
     def _run(self) -> None:
         assert self._con is not None
-        query = (
-            "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-            "WHERE a.application_name = %s AND NOT l.granted AND l.waitstart < now() - make_interval(secs => %s)"
-        )
+        if self._con.info.server_version >= _WAITSTART_SINCE:
+            query = (
+                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
+                "AND l.waitstart < now() - make_interval(secs => %s)"
+            )
+        else:
+            # No pg_locks.waitstart before PostgreSQL 14: the statement waits for a lock now and
+            # started longer ago than the bound (a DROP TABLE's time is its wait). Without this the
+            # watch ended at its first query, and a restore held up by a lock waited for ever.
+            query = (
+                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a WHERE a.application_name = %s "
+                "AND a.usename = current_user AND a.wait_event_type = 'Lock' "
+                "AND a.query_start < now() - make_interval(secs => %s)"
+            )
         try:
             while not self._done.wait(self.POLL_S):
                 if self._con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
                     self.cancelled = True
         except psycopg.Error:
-            pass  # no watch from here on (a server older than 14 has no waitstart; one gone fails pg_restore)
+            pass  # no watch from here on (a server gone fails pg_restore)
 
 
 def _restore_env(conn: pg.PgConn) -> dict[str, str]:

@@ -180,8 +180,19 @@ def restore_redis(
         return outcome
     try:
         client = rds.connect(entry)
+        master = rds.read_only_replica(client)
     except SourceError as exc:
         outcome.error = str(exc)
+        return outcome
+    if master is not None:
+        # Each key was refused on its own ("You can't write against a read only replica"), one
+        # warning per key, and no word of what to do.
+        client.close()
+        outcome.error = (
+            f"Redis database `{entry.name}` ({rds.where(entry.url)}) is a read-only replica (role:slave, "
+            f"slave_read_only:1) of the master at {master}, and refuses writes; nothing was restored; point the url "
+            "at the master to restore (a replica is fine to back up)"
+        )
         return outcome
     writer: RedisWriter | None = None
     try:

@@ -194,13 +194,15 @@ _POOLER_REFUSAL = "unsupported startup parameter: options"
 
 def pooler_fix(text: str, what: str) -> str:
     """`text` (a client program's last error line) followed by the cause and the fix when it is a
-    connection pooler's refusal of `options`; `text` as it is otherwise."""
+    connection pooler's refusal of `options`; `text` as it is otherwise. pgbouncer refuses `options`
+    in session mode too: a session pool serves a whole-database entry only when it ignores it."""
     if _POOLER_REFUSAL not in text:
         return text
     return (
         f"{text} (a connection pooler such as pgbouncer is in between: a whole-database {what} needs a server "
         "session of its own; point the entry at the PostgreSQL server itself, usually port 5432, or at a pool in "
-        "session mode)"
+        "session mode that ignores that parameter: pgbouncer refuses it in every mode unless told "
+        "`ignore_startup_parameters = options`)"
     )
 
 

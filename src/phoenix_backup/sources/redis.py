@@ -214,8 +214,9 @@ def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib
         command(client, "PING")
         try:
             cluster = bytes(command(client, "INFO", "cluster") or b"")
+            mode = bytes(command(client, "INFO", "server") or b"")
         except redis_lib.ResponseError:
-            cluster = b""  # a proxy or a server that refuses INFO: nothing said of a cluster
+            cluster = mode = b""  # a proxy or a server that refuses INFO: nothing said of a cluster
         client.set_retry(Retry(_Backoff(stopped or threading.Event()), 3))
     except redis_lib.RedisError as exc:
         raise SourceError(
@@ -238,7 +239,29 @@ def connect(entry: RedisDb, stopped: threading.Event | None = None) -> redis_lib
             "point the url at a standalone server (or a replica of one), or back the cluster up with "
             "`redis-cli --cluster backup`"
         )
+    if b"redis_mode:sentinel" in mode:
+        # A Sentinel answers PING and INFO but holds no keys: a backup failed midway on SCAN, a
+        # restore on TIME, with Redis's words only ("unknown command").
+        client.close()
+        raise SourceError(
+            f"Redis database `{entry.name}` ({where(entry.url)}) is a Redis Sentinel (redis_mode:sentinel), which "
+            "watches Redis servers and holds no keys; point the url at the master it watches (`redis-cli -p PORT "
+            "SENTINEL get-master-addr-by-name NAME` says where it is) or at a replica of it"
+        )
     return client
+
+
+def read_only_replica(client: redis_lib.Redis) -> str | None:
+    """`host:port` of the master when the server is a replica that refuses writes (the default,
+    `replica-read-only yes`); None otherwise (or when INFO is refused)."""
+    try:
+        text = bytes(command(client, "INFO", "replication") or b"").decode("utf-8", "replace")
+    except redis_lib.RedisError:
+        return None  # refused, or the server went: the restore's own writes say what is wrong
+    info = dict(ln.strip().split(":", 1) for ln in text.splitlines() if ":" in ln and not ln.startswith("#"))
+    if info.get("role") != "slave" or info.get("slave_read_only", "1") != "1":
+        return None
+    return f"{info.get('master_host', '?')}:{info.get('master_port', '?')}"
 
 
 def where(url: str) -> str:
