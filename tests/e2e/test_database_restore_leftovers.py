@@ -27,6 +27,46 @@ redis_server = services.redis_server  # the session's standalone Redis (a fixtur
 pgbouncer = test_postgres_session_settings.pgbouncer  # pgbouncer in front of it, pool_mode=transaction
 
 
+def _restore_behind_a_lock(pg: PgServer, pid: int, env: dict[str, str], wait: float) -> str:
+    """`phx restore --databases-only` (exit 3 expected) while the session `pid` holds a lock: the
+    error said for postgres/main. The session is ended after `wait` seconds, so that a restore
+    waiting for ever (the code before the lock watch) still ends the test."""
+    done = threading.Event()
+
+    def end_holder() -> None:
+        if not done.wait(wait):
+            pg.sql("postgres", f"SELECT pg_terminate_backend({pid})")
+
+    watchdog = threading.Thread(target=end_holder)
+    watchdog.start()
+    try:
+        res = run_phx_here(
+            ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot", "--json"], env, code=3
+        )
+    finally:
+        done.set()
+        watchdog.join()
+    error: str = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")["integrity"]
+    return error
+
+
+def _owning_once_created(pg: PgServer, database: str, role: str) -> threading.Thread:
+    """Another session, started: as soon as `role` exists, it makes it own a table in `database`
+    (so DROP ROLE refuses it)."""
+
+    def hold() -> None:
+        with pg.connect(database) as con:
+            for _ in range(4000):
+                if con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                    con.execute(f"CREATE TABLE k (id int); ALTER TABLE k OWNER TO {role}")
+                    return
+                threading.Event().wait(0.005)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    return holder
+
+
 def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_server: PgServer) -> None:
     """A whole-database restore creates the snapshot's roles the server lacks, then pg_restore
     fails and rolls back: the roles stayed, with LOGIN and the snapshot's password. Now those it
@@ -52,16 +92,7 @@ def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_s
     other = pg.create_database("rolesdep")
     try:
         # Another session takes a role as soon as it is created: it is left (something depends on it).
-        def hold() -> None:
-            with pg.connect(other) as con:
-                for _ in range(2000):
-                    if con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (kept,)).fetchone():
-                        con.execute(f"CREATE TABLE k (id int); ALTER TABLE k OWNER TO {kept}")
-                        return
-                    threading.Event().wait(0.005)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
+        holder = _owning_once_created(pg, other, kept)
         out = run_phx_here(
             ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3
         ).out
@@ -96,16 +127,7 @@ def test_a_drill_drops_the_roles_it_created_with_its_scratch_database(sandbox: S
     other = pg.create_database("drilldep")
     try:
         # Another session takes `held` as soon as the drill created it.
-        def hold() -> None:
-            with pg.connect(other) as con:
-                for _ in range(4000):
-                    if con.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (held,)).fetchone():
-                        con.execute(f"CREATE TABLE k (id int); ALTER TABLE k OWNER TO {held}")
-                        return
-                    threading.Event().wait(0.005)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
+        holder = _owning_once_created(pg, other, held)
         drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
         holder.join()
         assert drill.ok, drill
@@ -195,24 +217,10 @@ def test_a_restore_behind_another_sessions_lock_fails_with_the_cause_not_waits_f
             holder = pg.connect(db)
             holder.execute("BEGIN")
             holder.execute(lock)
-            pid = holder.info.backend_pid
-            done = threading.Event()
-
-            def end_holder(pid: int = pid, done: threading.Event = done) -> None:
-                if not done.wait(30):  # the old code: the restore waits; end it so the test ends
-                    pg.sql("postgres", f"SELECT pg_terminate_backend({pid})")
-
-            watchdog = threading.Thread(target=end_holder)
-            watchdog.start()
             try:
-                res = run_phx_here(
-                    ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot", "--json"], env, code=3
-                )
+                error = _restore_behind_a_lock(pg, holder.info.backend_pid, env, 30)
             finally:
-                done.set()
-                watchdog.join()
                 holder.close()
-            error = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")["integrity"]
             assert "another session held a lock" in error and "more than 1 s" in error, error
             assert "pg_stat_activity" in error and "run the restore again" in error, error
             assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]  # nothing changed
@@ -355,22 +363,7 @@ def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
         with pg.connect(db) as holder:
             holder.execute("BEGIN")
             holder.execute("SELECT * FROM t")
-            pid, done = holder.info.backend_pid, threading.Event()
-
-            def end_holder() -> None:
-                if not done.wait(20):  # the old code: the restore waits; end it so the test ends
-                    pg.sql("postgres", f"SELECT pg_terminate_backend({pid})")
-
-            watchdog = threading.Thread(target=end_holder)
-            watchdog.start()
-            try:
-                res = run_phx_here(
-                    ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot", "--json"], env, code=3
-                )
-            finally:
-                done.set()
-                watchdog.join()
-        error = next(d for d in res.json()["databases"] if d["path"] == "postgres/main")["integrity"]
+            error = _restore_behind_a_lock(pg, holder.info.backend_pid, env, 20)
         assert "another session held a lock" in error and "more than 1 s" in error, error
         assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]  # nothing changed
     finally:
