@@ -284,10 +284,12 @@ def test_a_percent_in_the_config_path_reaches_cron_as_it_is_or_is_refused(tmp_pa
 
 
 def test_a_command_longer_than_cron_keeps_is_refused_not_cut(tmp_path: Path) -> None:
-    """Vixie cron keeps 999 bytes of a line's command and drops the rest silently: a long
-    PYTHONPATH or config path left a job whose `--config` path (or its quote) was cut, so it failed
-    at every run. Such a command is refused at install with one error; the longest one cron keeps
-    whole is written as it is."""
+    """Vixie cron keeps 998 bytes of a line's command (a 1,000-byte buffer) and drops the rest
+    silently: a long PYTHONPATH or config path left a job whose `--config` path (or its quote) was
+    cut, so it failed at every run. Such a command is refused at install with one error; the longest
+    one cron keeps whole is written as it is. 998 is measured, not read from the constant: Debian's
+    crontab 3.0pl1-162 takes a 998-byte command and refuses 999 bytes ("command too long"), which
+    Phoenix passed on as crontab's words."""
     from phoenix_backup.errors import UsageError
     from phoenix_backup.schedule import cron
 
@@ -297,12 +299,12 @@ def test_a_command_longer_than_cron_keeps_is_refused_not_cut(tmp_path: Path) -> 
     room = cron.MAX_COMMAND_BYTES - len(short.split(" ", 5)[5].encode())
     fits = {"PYTHONPATH": "/" + "p" * (room - len(" PYTHONPATH=/"))}
     line = cron.line(spec, Job.for_config(tmp_path / "backup.json", fits, home))
-    assert len(line.split(" ", 5)[5].encode()) == cron.MAX_COMMAND_BYTES
+    assert len(line.split(" ", 5)[5].encode()) == cron.MAX_COMMAND_BYTES == 998
     assert _as_cron_runs(line)[-3:] == [str(tmp_path / "backup.json"), ">/dev/null", "2>&1"]
     for env, config in (
         ({"PYTHONPATH": fits["PYTHONPATH"] + "p"}, tmp_path / "backup.json"),
         ({}, tmp_path / ("d" * 250) / ("e" * 250) / ("f" * 250) / ("g" * 250) / "backup.json"),
         ({}, tmp_path / ("%" * 450) / "backup.json"),
     ):
-        with pytest.raises(UsageError, match="cron keeps only the first 999"):
+        with pytest.raises(UsageError, match="bytes and cron takes at most 998"):
             cron.line(spec, Job.for_config(config, env, home))

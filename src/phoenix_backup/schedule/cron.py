@@ -15,10 +15,12 @@ from phoenix_backup.schedule.job import Job
 from phoenix_backup.schedule.spec import ScheduleSpec
 
 _TIMEOUT = 20
-# Vixie cron (Debian's, busybox's alike) reads a line's command into a 1,000-byte buffer and drops
-# the rest without a word: the `--config` path or its closing quote cut, the job then fails at every
-# run (or runs another config). A longer command is refused at install instead.
-MAX_COMMAND_BYTES = 999
+# Vixie cron reads a line's command (as written: `\%` is two bytes, é two) into a 1,000-byte buffer
+# (MAX_COMMAND). Debian's crontab 3.0pl1-162 refuses a command of 999 bytes or more ("command too
+# long", measured); an unpatched Vixie cron drops the rest without a word: the `--config` path or
+# its closing quote cut, the job then fails at every run (or runs another config). A longer command
+# is refused at install, in Phoenix's words, instead.
+MAX_COMMAND_BYTES = 998
 
 
 def begin(name: str) -> str:
@@ -56,8 +58,9 @@ def line(spec: ScheduleSpec, job: Job) -> str:
     size = len(command.encode("utf-8", "surrogateescape"))
     if size > MAX_COMMAND_BYTES:
         raise UsageError(
-            f"the crontab command would be {size} bytes and cron keeps only the first {MAX_COMMAND_BYTES} "
-            "(the rest, the config path included, would be cut without a word); shorten the config's path, "
+            f"the crontab command would be {size} bytes and cron takes at most {MAX_COMMAND_BYTES} "
+            "(Debian's crontab refuses a longer one, another cron cuts the rest, the config path included, "
+            "without a word); shorten the config's path, "
             "the Python's path or PYTHONPATH and the other passed-through variables, or use systemd "
             "(--scheduler systemd)"
         )
