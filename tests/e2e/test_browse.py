@@ -103,6 +103,26 @@ def test_restore_path_takes_the_home_folder_as_dump_does(backed_up: Sandbox, tmp
     assert {i["path"] for i in doc["items"]} == {"home/.argentos/memory.db"}, doc["items"]
 
 
+def test_restore_path_from_the_home_folder_is_not_a_workspace_folder_named_home(
+    backed_up: Sandbox, tmp_path: Path
+) -> None:
+    """`--path` globs also match inside a root (`notes.md` is `workspace/notes.md`), so `~/.argentos`,
+    read as `home/.argentos`, also took a workspace's folder `home/.argentos`: the wrong files
+    restored beside the right ones. `~/…` and `~` (the whole home folder, as `phx dump` reads it)
+    name the snapshot's home folder only (docs/restore.md)."""
+    sb = backed_up
+    (sb.workspace / "home" / ".argentos").mkdir(parents=True)
+    (sb.workspace / "home" / ".argentos" / "notes.md").write_text("the workspace's, not the home folder's\n")
+    (sb.workspace / "~").write_text("a file named ~\n")
+    sb.backup()
+    for path in ("~/.argentos", "~/.argentos/*", "~", "~/"):
+        doc = sb.restore_to("latest", tmp_path / "dest", "--path", path, "--dry-run")
+        paths = {i["path"] for i in doc["items"]}
+        assert "home/.argentos/memory.db" in paths and all(p.startswith("home/") for p in paths), (path, paths)
+    doc = sb.restore_to("latest", tmp_path / "dest", "--path", "home/.argentos", "--dry-run")
+    assert "workspace/home/.argentos/notes.md" in {i["path"] for i in doc["items"]}, "a plain glob is unchanged"
+
+
 def test_dump_gives_an_older_version_of_a_file(backed_up: Sandbox) -> None:
     sb = backed_up
     before = (sb.workspace / "MEMORY.md").read_bytes()

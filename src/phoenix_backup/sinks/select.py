@@ -27,21 +27,28 @@ class ScopeFilter:
             "config": cfg.components.config,
         }.get(scope)
         self.matcher = LogicalMatcher.for_patterns(patterns, layout) if patterns is not None else None
-        # `~/…` is the home folder's, as `phx dump` and `phx ls` read it (sources/layout.py).
-        self.path_rx = [glob_regex(("home/" + p[2:] if p.startswith("~/") else p).strip("/")) for p in paths]
+        # `~/…` (and `~`) is the home folder's, as `phx dump` and `phx ls` read it (sources/layout.py):
+        # matched from the snapshot's `home` only, never as a workspace folder named `home`.
+        self.path_rx = [
+            (glob_regex(("home/" + p[2:] if p != "~" else "home").strip("/")), True)
+            if p == "~" or p.startswith("~/")
+            else (glob_regex(p.strip("/")), False)
+            for p in paths
+        ]
 
     def matches(self, logical: str, is_database: bool) -> bool:
         if self.databases_only and not is_database:
             return False
         if self.matcher is not None and not self.matcher.matches(logical):
             return False
-        return not self.path_rx or any(_path_matches(rx, logical) for rx in self.path_rx)
+        return not self.path_rx or any(_path_matches(rx, logical, home) for rx, home in self.path_rx)
 
 
-def _path_matches(rx: re.Pattern[str], logical: str) -> bool:
-    """`--path` globs match the logical path, or the path inside its root (workspace-relative)."""
+def _path_matches(rx: re.Pattern[str], logical: str, from_root: bool = False) -> bool:
+    """`--path` globs match the logical path, or the path inside its root (workspace-relative);
+    `from_root`: the logical path only (a `~/…` glob, already `home/…`)."""
     parts = logical.split("/")
-    for start in (0, 1):
+    for start in (0,) if from_root else (0, 1):
         for end in range(len(parts), start, -1):
             if rx.fullmatch("/".join(parts[start:end])):
                 return True
