@@ -111,3 +111,24 @@ def test_init_with_age_or_gpg_and_no_key_names_the_option_to_give(sandbox: Sandb
         line = res.err.strip()
         assert line.startswith(f"phx: error: --encryption {method} needs {option}"), res
         assert not config.exists() and not repo.exists(), res
+
+
+def test_init_refuses_a_key_option_of_another_method(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx init --recipient age1...` without `--encryption age` made a passphrase repository (exit 0)
+    and dropped the recipient without a word (so too --key-id, --identity-file, and any of them with
+    another --encryption); an empty --recipient was named in the config's words. Each is refused in
+    the options' words, nothing written."""
+    config, repo = tmp_path / "c.json", tmp_path / "repo"
+    recipient = "age1" + "q" * 58
+    for given, says in (
+        (["--recipient", recipient], "--recipient is for --encryption age"),
+        (["--encryption", "none", "--recipient", recipient], "--recipient is for --encryption age"),
+        (["--encryption", "gpg", "--key-id", "K", "--recipient", recipient], "--recipient is for --encryption age"),
+        (["--key-id", "ABCD"], "--key-id is for --encryption gpg"),
+        (["--encryption", "age", "--recipient", recipient, "--key-id", "K"], "--key-id is for --encryption gpg"),
+        (["--identity-file", tmp_path / "id.txt"], "--identity-file is for --encryption age"),
+        (["--encryption", "age", "--recipient", " "], "--recipient is empty"),
+    ):
+        res = sandbox.phx_here("init", "--config", config, "--repo", repo, *given, code=2)
+        assert res.err.strip().startswith(f"phx: error: {says}"), (given, res)
+        assert not config.exists() and not repo.exists(), (given, res)

@@ -70,6 +70,21 @@ def init(
         "recipients": recipients,
     }
     given |= {"key_id": key_id, "identity_file": identity_file, "write_only": write_only}
+    # A key option of another method was dropped without a word: `phx init --recipient age1...`
+    # (no --encryption) made a passphrase repository, exit 0, and wrote no recipient anywhere.
+    method = encryption or "passphrase"
+    for option, value, wants in (
+        ("--recipient", recipients, "age"),
+        ("--key-id", key_id, "gpg"),
+        ("--identity-file", identity_file, "age"),
+    ):
+        if value and method != wants:
+            raise UsageError(
+                f"{option} is for --encryption {wants}, and this init would make a {method} repository "
+                f"(--encryption {encryption or 'passphrase, the default'}); add --encryption {wants} or drop {option}"
+            )
+    if any(not r.strip() for r in recipients):
+        raise UsageError("--recipient is empty; give an age public key (age1..., `age-keygen -y KEYFILE` prints it)")
     if write_only and encryption != "age":
         raise UsageError(
             "--write-only needs --encryption age and the --recipient of the machine you restore on "
@@ -82,7 +97,6 @@ def init(
             )
         cfg = load_config(target, envx.env)
         return _init_repository(cfg, envx, target, False, _method(cfg), kdf_params)
-    method = encryption or "passphrase"
     # Said in the options' words: the config's (`encryption.recipients is required`) name a file
     # this command has not written yet.
     if method == "age" and not recipients:
