@@ -146,3 +146,29 @@ def test_configured_paths_through_dot_dot_are_saved_where_they_are(sandbox: Sand
     assert (tmp_path / "out" / "home" / "notes" / "n.md").read_text() == "a note outside the workspace\n"
     restored_config = tmp_path / "out" / "home" / sb.config_path.relative_to(sb.home)
     assert restored_config.read_bytes() == sb.config_path.read_bytes()
+
+
+@pytest.mark.phx_in_process
+def test_paths_through_dot_dot_in_a_workspace_reached_through_a_link_stay_the_workspaces(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With a workspace reached through a link (`~/argent -> /data/argent`), `memory/../notes` (an
+    include) and `memory/../extra.db` (a database) were resolved to the link's target and saved as
+    `root/data/argent/...`: a restore on a new machine put them back at the old machine's path,
+    outside its workspace. They are the workspace's (`workspace/notes`), as `notes` is."""
+    sb = sandbox
+    real = tmp_path / "real-workspace"
+    shutil.move(str(sb.workspace), real)
+    sb.workspace.symlink_to(real)
+    (real / "notes").mkdir()
+    (real / "notes" / "n.md").write_text("a note\n")
+    _database(real / "extra.db")
+    sb.write_config(
+        include=["memory/../notes"], databases={"sqlite": ["memory/../extra.db"], "integrityCheckEvery": "0h"}
+    )
+    doc = sb.backup()
+    assert "workspace/extra.db" in [d["path"] for d in doc["databases"]], doc["databases"]
+    sb.restore_to("latest", tmp_path / "out")
+    assert (tmp_path / "out" / "workspace" / "notes" / "n.md").read_text() == "a note\n"
+    assert db_dump(tmp_path / "out" / "workspace" / "extra.db") == db_dump(real / "extra.db")
+    assert not (tmp_path / "out" / "root").exists(), sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -64,17 +64,35 @@ def has_magic(segment: str) -> bool:
     return any(ch in segment for ch in "*?[")
 
 
-def without_dots(path: str) -> str:
+def without_dots(path: str, folders: Iterable[Path | None] = ()) -> str:
     """The absolute `path` holding `..` (`~/sub/../notes`, `memory/../cache.sqlite` made absolute)
     as the file it names, its folder resolved as the system resolves it (through links): a `..`
     went into the snapshot as a name, and no command could read that snapshot again ('unsafe name
-    ..'). A path without `..`, or with a glob before its last `..`, is returned as written."""
+    ..'). A path without `..`, or with a glob before its last `..`, is returned as written.
+
+    A resolved path inside one of `folders` (the workspace, the home folder) as the system
+    resolves them is said below that folder as written: with a workspace reached through a link
+    (`~/argent -> /data/argent`), `memory/../notes` is `~/argent/notes`, saved as
+    `workspace/notes` as `notes` is, not as `root/data/argent/notes` (which a new machine's
+    restore would put back at the old machine's path)."""
     if ".." not in path.split("/"):
         return path
     head, name = os.path.split(path)
     if name in ("", ".", ".."):
-        return path if has_magic(path) else os.path.realpath(path)
-    return path if has_magic(head) else os.path.join(os.path.realpath(head), name)
+        if has_magic(path):
+            return path
+        resolved = os.path.realpath(path)
+    elif has_magic(head):
+        return path
+    else:
+        resolved = os.path.join(os.path.realpath(head), name)
+    reals = [(os.path.realpath(f), f) for f in folders if f is not None]
+    for real, folder in sorted(reals, key=lambda rf: -len(rf[0])):
+        if resolved == real:
+            return str(folder)
+        if resolved.startswith(real.rstrip("/") + "/"):
+            return os.path.join(str(folder), resolved[len(real.rstrip("/")) + 1 :])
+    return resolved
 
 
 def below_folder(text: str, folders: Iterable[Path | None]) -> tuple[Path, str] | None:
@@ -105,7 +123,7 @@ class Include:
         dir_only = raw.endswith("/")
         text = raw.rstrip("/") or "/"
         if ".." in text.split("/"):
-            text = without_dots(text if os.path.isabs(text) else str(workspace / text))
+            text = without_dots(text if os.path.isabs(text) else str(workspace / text), (workspace, home))
         if os.path.isabs(text):
             below = below_folder(text, (workspace, home))
             if below is not None:  # the folder itself: ".", so that one missing is said missing

@@ -33,13 +33,14 @@ def configured_databases(cfg: Config) -> list[Path]:
     folder `~` names and a `$NAME`'s value are never read as one (`/srv/agent[1]` + `*.db`; a
     home `/tmp/[a]*?` is not `/tmp/abc`, whose databases are not the user's)."""
     out: list[Path] = []
+    folders = (cfg.workspace, Path.home())
     for raw, pattern in _entries(cfg):
-        path = without_dots(raw if os.path.isabs(raw) else str(cfg.workspace / raw))
+        path = without_dots(raw if os.path.isabs(raw) else str(cfg.workspace / raw), folders)
         if pattern:
             pattern = _absolute_pattern(cfg, pattern)
             # A folder the pattern matches (`*.db` and a store's folder `index.db/`) is no database
             # the user named: it is walked as files, never said to be a database not saved.
-            found = {without_dots(p) for p in glob.glob(pattern) if not os.path.isdir(p)}
+            found = {without_dots(p, folders) for p in glob.glob(pattern) if not os.path.isdir(p)}
             if os.path.lexists(path):
                 found.add(path)
             out.extend(Path(p) for p in sorted(found) or (path,))
@@ -151,7 +152,7 @@ def component_patterns(cfg: Config, scope: Scope) -> tuple[str, ...]:
     if scope == "config":
         # Phoenix's own config file travels with the agent's, so that a new machine with nothing
         # but the repository gets a working config back (`restore --repo`).
-        own = (without_dots(str(cfg.source)),) if cfg.source is not None else ()
+        own = (without_dots(str(cfg.source), (cfg.workspace, Path.home())),) if cfg.source is not None else ()
         return _unique((*cfg.components.config, *own))
     return ()
 
