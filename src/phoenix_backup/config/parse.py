@@ -796,6 +796,10 @@ def _db_name(item: _Section) -> str:
     # "." and ".." would escape the database's folder in a snapshot.
     if not _DB_NAME.match(name) or set(name) == {"."}:
         raise ConfigError(f"{item.field('name')} must use only letters, digits, '_', '.' and '-' (got {_got(name)})")
+    # The name is a folder of the snapshot (postgres/NAME/): a longer one stopped every backup at
+    # the snapshot writer's guard, whose fix (`exclude`) does not apply to a database.
+    if len(name) > 255:
+        raise ConfigError(f"{item.field('name')} must be at most 255 characters (got {len(name)}); give a shorter name")
     return name
 
 
