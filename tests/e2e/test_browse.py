@@ -123,6 +123,23 @@ def test_restore_path_from_the_home_folder_is_not_a_workspace_folder_named_home(
     assert "workspace/home/.argentos/notes.md" in {i["path"] for i in doc["items"]}, "a plain glob is unchanged"
 
 
+def test_home_paths_name_the_workspace_where_it_lies_in_the_home_folder(sandbox: Sandbox, tmp_path: Path) -> None:
+    """With the workspace below the home folder (`~/argent`, the default), the snapshot holds its
+    files as `workspace/…`; `~/argent/MEMORY.md` was read as `home/argent/MEMORY.md`, which it
+    never holds: `restore --path` matched nothing and `dump` and `ls` said the snapshot held no
+    such path (exit 2). `~/…` is read through the snapshot's recorded home and workspace."""
+    sb = sandbox
+    inside = sb.home / "argent"
+    sb.workspace.rename(inside)
+    sb.write_config(workspace=str(inside))
+    sb.backup()
+    doc = sb.restore_to("latest", tmp_path / "dest", "--path", "~/argent/MEMORY.md", "--dry-run")
+    assert {i["path"] for i in doc["items"]} == {"workspace/MEMORY.md"}, doc["items"]
+    doc = sb.restore_to("latest", tmp_path / "dest", "--path", "~/argent/memory/*.md", "--dry-run")
+    assert doc["items"] and all(i["path"].startswith("workspace/memory/") for i in doc["items"]), doc["items"]
+    assert sb.phx_here("dump", "latest", "~/argent/MEMORY.md").out == (inside / "MEMORY.md").read_text()
+
+
 def test_dump_gives_an_older_version_of_a_file(backed_up: Sandbox) -> None:
     sb = backed_up
     before = (sb.workspace / "MEMORY.md").read_bytes()

@@ -279,7 +279,7 @@ class _Restore:
         self.in_place = to is None
         self.layout = Layout(cfg.workspace, envx.home)
         self.tree = list(walk_tree(repo, snap.tree))
-        self.filter = ScopeFilter(cfg, self.layout, scope, paths)
+        self.filter = ScopeFilter(cfg, self.layout, scope, paths, snap.sources)
         self.selected = select_nodes(snap, self.tree, cfg, self.layout, scope, paths)
         if paths and not self.selected and not delete:
             # Else "nothing to restore: every selected path already matches", which a mistyped

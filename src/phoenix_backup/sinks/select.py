@@ -11,7 +11,7 @@ from pathlib import Path
 from phoenix_backup.config import Config
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.sources.layout import Layout, all_ancestors, is_database_path
+from phoenix_backup.sources.layout import Layout, all_ancestors, home_logical, is_database_path
 from phoenix_backup.sources.patterns import glob_regex
 from phoenix_backup.sources.scope import LogicalMatcher, Scope
 
@@ -19,7 +19,9 @@ from phoenix_backup.sources.scope import LogicalMatcher, Scope
 class ScopeFilter:
     """A restore's scope (component) and `--path` globs, applied to logical paths."""
 
-    def __init__(self, cfg: Config, layout: Layout, scope: str, paths: tuple[str, ...]) -> None:
+    def __init__(
+        self, cfg: Config, layout: Layout, scope: str, paths: tuple[str, ...], sources: Mapping[str, str] | None = None
+    ) -> None:
         self.databases_only = scope == "databases"
         patterns = {
             "memory": cfg.components.memory,
@@ -27,10 +29,11 @@ class ScopeFilter:
             "config": cfg.components.config,
         }.get(scope)
         self.matcher = LogicalMatcher.for_patterns(patterns, layout) if patterns is not None else None
-        # `~/…` (and `~`) is the home folder's, as `phx dump` and `phx ls` read it (sources/layout.py):
-        # matched from the snapshot's `home` only, never as a workspace folder named `home`.
+        # `~/…` (and `~`) is the home folder's (`sources`: the snapshot's recorded roots), as
+        # `phx dump` and `phx ls` read it (sources/layout.py): matched from the logical path's
+        # start only, never as a workspace folder named `home`.
         self.path_rx = [
-            (glob_regex(("home/" + p[2:] if p != "~" else "home").strip("/")), True)
+            (glob_regex(home_logical(sources or {}, p)), True)
             if p == "~" or p.startswith("~/")
             else (glob_regex(p.strip("/")), False)
             for p in paths
@@ -65,7 +68,7 @@ def select_nodes(
 ) -> list[tuple[str, Node]]:
     """The snapshot's nodes (`all_nodes`, as the walk gives them) in the restore's scope, parents
     before children."""
-    in_scope = ScopeFilter(cfg, layout, scope, paths)
+    in_scope = ScopeFilter(cfg, layout, scope, paths, snap.sources)
     wanted: list[tuple[str, Node]] = []
     wanted_dirs: set[str] = set()
     for logical, node in all_nodes:

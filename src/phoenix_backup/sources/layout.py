@@ -90,6 +90,31 @@ def split_logical(logical: str) -> list[str]:
     return list(parts)
 
 
+def home_logical(sources: Mapping[str, str], raw: str) -> str:
+    """The logical path (or `--path` glob) of `~` or `~/…`, the home folder of the machine that
+    took the snapshot (`sources`, its recorded roots): `home/…`, or `workspace/…` when the
+    workspace lies below that home (`~/argent/MEMORY.md` with the workspace `~/argent`), where
+    the snapshot holds it."""
+    rel = raw[2:].strip("/")
+    home = sources.get("home")
+    if home:
+        return _recorded_logical(sources, f"{home.rstrip('/')}/{rel}" if rel else home)
+    return f"home/{rel}" if rel else "home"
+
+
+def _recorded_logical(sources: Mapping[str, str], raw: str) -> str:
+    """An absolute path as it was on the machine that took the snapshot, as a logical path."""
+    # Longest recorded source first: the workspace usually lives below the home folder.
+    for root, base in sorted(sources.items(), key=lambda kv: -len(kv[1])):
+        try:
+            rel_path = PurePosixPath(raw).relative_to(base)
+        except ValueError:
+            continue
+        rel = rel_path.as_posix()
+        return root if rel == "." else f"{root}/{rel}"
+    return "root" + raw.rstrip("/")
+
+
 def logical_path(sources: Mapping[str, str], path: str | None) -> str:
     """The logical path (`workspace/MEMORY.md`) a user means by PATH.
 
@@ -101,18 +126,9 @@ def logical_path(sources: Mapping[str, str], path: str | None) -> str:
     if raw in ("", "/", "."):
         return ""
     if raw.startswith("~/") or raw == "~":
-        rel = raw[2:].strip("/")
-        return f"home/{rel}" if rel else "home"
+        return home_logical(sources, raw)
     if raw.startswith("/"):
-        # Longest recorded source first: the workspace usually lives below the home folder.
-        for root, base in sorted(sources.items(), key=lambda kv: -len(kv[1])):
-            try:
-                rel_path = PurePosixPath(raw).relative_to(base)
-            except ValueError:
-                continue
-            rel = rel_path.as_posix()
-            return root if rel == "." else f"{root}/{rel}"
-        return "root" + raw.rstrip("/")
+        return _recorded_logical(sources, raw)
     raw = raw.removeprefix("./").strip("/")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
