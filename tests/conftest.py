@@ -4,10 +4,25 @@ lock sightings, restore journals) writes below the session's temporary folder, n
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def _ignored_signals_not_passed_on() -> None:
+    """A signal ignored when the process starts stays ignored in the programs it runs, and phx keeps
+    SIGINT and SIGHUP ignored then (`nohup`, a script's background job; cli/app.py): the tests that
+    stop phx with them saw it finish with exit 0 when pytest itself ran under `nohup` or as a
+    script's `&` job. Ignored here by a handler of Python's instead, which the programs pytest runs
+    do not inherit (exec resets it), so pytest still ignores them and phx starts as from a terminal."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, lambda _signum, _frame: None)
+
+
+_ignored_signals_not_passed_on()
 
 
 @pytest.fixture(autouse=True, scope="session")
