@@ -178,6 +178,37 @@ def test_a_second_watch_of_the_same_repository_is_refused_and_the_first_goes_on(
     assert _restored(sb, _last_covered(sb), tmp_path / "end") == [0, 1, 2]
 
 
+def test_a_refused_second_watch_does_not_say_it_is_watching(sandbox: Sandbox) -> None:
+    """A second `phx watch` printed "watching; SIGTERM or Ctrl-C stops after a last segment" and only
+    then refused. The running watch is stood for by its lock on the watch state's `.lock` (taken as
+    `ops/watch.py` `_only_watch` takes it), so the second runs in this process."""
+    import fcntl
+
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+    from phoenix_backup.ops.watch import state_file
+
+    sb = sandbox
+    envx = Environment(env=sb.env)
+    repo = open_repository(load_config(sb.config_path, sb.env), envx)
+    try:
+        lock = state_file(envx, repo.config.id).with_suffix(".lock")
+    finally:
+        repo.close()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, b"4242\n", 0)
+        second = sb.phx_here("watch", "--no-files", "--duration", "0", code=2)
+    finally:
+        os.close(fd)
+    assert "another `phx watch` (pid 4242) already follows this repository" in second.err, second
+    assert "watching" not in second.err, second
+    alone = sb.phx_here("watch", "--no-files", "--duration", "0")  # the lock free: it runs, and says so
+    assert "phx: watching; SIGTERM or Ctrl-C stops after a last segment" in alone.err, alone
+
+
 @pytest.mark.skipif(not HEAVY, reason="PHX_TEST_HEAVY=1: the default run's budget (a claim that holds)")
 def test_restore_at_of_one_database_leaves_the_files_alone(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox

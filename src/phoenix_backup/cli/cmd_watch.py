@@ -57,8 +57,16 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     old |= {sig: signal.signal(sig, hangup) for sig in (signal.SIGHUP, signal.SIGQUIT)}
     try:
-        out.notice("watching; SIGTERM or Ctrl-C stops after a last segment")
-        result = watch_op.watch(cfg, envx, stop, duration=duration, files=not no_files, abandon=abandon)
+        # Said once the watch holds its lock: a second watch is refused with no "watching" before it.
+        result = watch_op.watch(
+            cfg,
+            envx,
+            stop,
+            duration=duration,
+            files=not no_files,
+            abandon=abandon,
+            started_watching=lambda: out.notice("watching; SIGTERM or Ctrl-C stops after a last segment"),
+        )
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)

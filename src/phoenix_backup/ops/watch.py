@@ -45,6 +45,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1592,10 +1593,12 @@ def watch(
     duration: float | None = None,
     files: bool = True,
     abandon: threading.Event | None = None,
+    started_watching: Callable[[], None] | None = None,
 ) -> WatchResult:
     """Follow every configured SQLite database (and, with `files`, the files) until `stop` is set
     (SIGTERM, SIGINT) or `duration` seconds passed; a last flush writes what was captured. A
-    snapshot's child still working then is waited for, unless `abandon` is set (a second signal)."""
+    snapshot's child still working then is waited for, unless `abandon` is set (a second signal).
+    `started_watching` is called once the watch holds its lock and runs (not for a refused one)."""
     started = time.monotonic()
     hide_process_memory()  # it holds the master secrets for weeks
     # `cryptography`'s OpenSSL before the passphrase's scrypt, which then runs in it: the watch
@@ -1615,6 +1618,8 @@ def watch(
         w.abandon = abandon or w.abandon
         try:
             w.start_writer()
+            if started_watching is not None:
+                started_watching()
             while not stop.is_set():
                 tick = time.monotonic()
                 w.poll()
