@@ -127,6 +127,22 @@ def test_postgres_configured_without_pg_dump(backed_up: Sandbox, tmp_path: Path)
     assert "start the server" in bad["fix"], bad
 
 
+def test_a_backup_partial_for_an_unset_password_variable_gets_that_fix(backed_up: Sandbox) -> None:
+    """A backup made partial because a database's `passwordEnv` was not set in its environment: the
+    fix doctor gave for it was "make those paths readable (or exclude them), or repair the damaged
+    database", which fits neither. It names the variable to set now."""
+    sb = backed_up
+    entry = {"name": "agentdb", "host": "127.0.0.1", "port": free_port(), "database": "a"}
+    sb.write_config(databases={"postgres": [{**entry, "passwordEnv": "ARGENT_PG_PASSWORD"}]})
+    run = sb.phx_here("backup", "--json", code=3)
+    assert "$ARGENT_PG_PASSWORD, which is not set" in run.out, run
+    doc: dict[str, Any] = sb.phx_here("doctor", "--json", code=1).json()
+    [partial] = [c for c in checks(doc, "last backup") if "was partial" in c["message"]]
+    assert partial["fix"] == (
+        "set ARGENT_PG_PASSWORD in the environment the backup runs in (the scheduler's too), then run `phx backup`"
+    ), partial
+
+
 def test_a_dsn_password_never_reaches_pg_dumps_command_line(backed_up: Sandbox, tmp_path: Path) -> None:
     """Issue 14, point 6: a command line is readable by every local user (/proc/*/cmdline)."""
     real = shutil.which("pg_dump")

@@ -752,7 +752,7 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             "last backup",
             "warn",
             f"the most recent run was partial, these parts were not saved or are damaged: {shown}",
-            "make those paths readable (or exclude them), or repair the damaged database, then run `phx backup`",
+            _partial_fix(state),
         )
     elif state is not None and state.get("success") is False:
         result.add(
@@ -764,6 +764,28 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     full = full_backup_problem(state) if state is not None else None
     if full is not None:
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
+
+
+def _partial_fix(state: dict[str, Any]) -> str:
+    """The fix for a partial last backup: the cause its failed parts record where one names it (a
+    PostgreSQL password variable that was not set), else the general one."""
+    from phoenix_backup.sources.postgres import unset_password_variable
+
+    general = "make those paths readable (or exclude them), or repair the damaged database"
+    unset: list[str] = []
+    others = False
+    for part in state.get("failedParts") or []:
+        name = unset_password_variable(str(part.get("error"))) if isinstance(part, dict) else None
+        if name is None:
+            others = True
+        elif name not in unset:
+            unset.append(name)
+    if not unset:
+        return f"{general}, then run `phx backup`"
+    fix = f"set {', '.join(unset)} in the environment the backup runs in (the scheduler's too)"
+    if others:
+        fix += f"; for the other parts, {general}"
+    return f"{fix}, then run `phx backup`"
 
 
 def _schedule(envx: Environment, result: DoctorResult) -> None:

@@ -146,12 +146,23 @@ class PgConn:
             ) from exc
 
 
+_UNSET_PASSWORD = re.compile(r"takes its password from \$([A-Za-z_][A-Za-z0-9_]*), which is not set;")
+
+
+def unset_password_variable(error: str) -> str | None:
+    """The variable named by `connection_for`'s error for a `passwordEnv` that is not set, as a
+    backup records it (a failed part's error); None for any other error."""
+    found = _UNSET_PASSWORD.search(error)
+    return found.group(1) if found else None
+
+
 def connection_for(entry: PostgresDb, env: Mapping[str, str]) -> PgConn:
     """The connection of a `databases.postgres[]` entry: `dsn`, or host/port/database/user."""
     password: str | None = None
     if entry.password_env:
         password = env.get(entry.password_env)
         if password is None:
+            # `unset_password_variable` reads this sentence back (doctor's fix for a partial backup).
             raise SourceError(
                 f"PostgreSQL database `{entry.name}` takes its password from ${entry.password_env}, which is "
                 f"not set; export {entry.password_env} before running phx"
