@@ -132,6 +132,25 @@ def test_in_place_restore_needs_yes_without_a_terminal(backed_up: Sandbox, tmp_p
         assert_same_db(ref_dbs[db], db_dump(sb.db_path(db)), f"{db} after an in-place restore")
 
 
+def test_an_in_place_restore_with_nothing_to_change_says_so_and_takes_no_safety_snapshot(backed_up: Sandbox) -> None:
+    """In place, a restore right after a backup (which moves the times of ~/.argentos and its data
+    folder itself) took a safety snapshot of 0 files and said nothing, where the same restore below
+    --to said "nothing to restore". A folder's time alone is no work in place; once the restore
+    writes anything, it still sets the folders' times."""
+    sb = backed_up
+    snapshot_time = sb.workspace.stat().st_mtime_ns
+    os.utime(sb.workspace, ns=(snapshot_time, snapshot_time - 10**9))  # as an agent's write would move it
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json").json()
+    assert doc["warnings"] == ["nothing to restore: every selected path already matches the snapshot"], doc
+    assert doc["safetySnapshot"] is None and doc["restored"] == 0, doc
+    assert [s["name"] for s in sb.snapshots() if "pre-restore" in (s.get("tags") or [])] == [], sb.snapshots()
+
+    (sb.workspace / "SOUL.md").write_text("a changed soul\n")
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json").json()
+    assert doc["safetySnapshot"] is not None and doc["restored"] == 1 and doc["warnings"] == [], doc
+    assert sb.workspace.stat().st_mtime_ns == snapshot_time
+
+
 # -- dry run --------------------------------------------------------------------------------
 
 

@@ -237,7 +237,7 @@ class _Plan:
     items: list[PlanItem]
     nodes: dict[str, Node]  # logical -> snapshot node, for everything restored from the snapshot
     dirs: list[tuple[str, Node]]  # the snapshot's folders on the way, parents first
-    dir_changes: int  # folders to create, or whose mode or time differs
+    dir_changes: int  # folders to create, or whose mode (below --to: or time) differs
     # Hard links: a file -> the first name of its link group, when both are restored.
     links: dict[str, str] = field(default_factory=dict)
 
@@ -590,13 +590,20 @@ class _Restore:
         return PlanItem(logical, str(target), node.type, action, node.size, metadata)
 
     def dir_changes(self, logical: str, node: Node) -> bool:
+        """Whether the folder alone makes work: missing, not a folder, another mode, or (below --to)
+        another time. In place its time alone does not: a backup moves the times of ~/.argentos and
+        its data folder itself (the state file, SQLite's -wal and -shm), so a restore right after it
+        took a safety snapshot of 0 files and said nothing. A restore that writes anything still sets
+        every folder's time (`write`)."""
         if self.in_place and logical in ("home", "root"):
             return False  # the real home folder and "/" are never changed
         try:
             st = os.lstat(self.layout.to_real(logical, self.to))
         except OSError:
             return True
-        return not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
+        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode:
+            return True
+        return not self.in_place and st.st_mtime_ns != node.mtime_ns
 
     def deletions(self, snapshot_paths: set[str]) -> list[PlanItem]:
         """What the restore deletes: the snapshot's absent paths (a safety snapshot undoing a
