@@ -151,6 +151,23 @@ def test_an_in_place_restore_with_nothing_to_change_says_so_and_takes_no_safety_
     assert sb.workspace.stat().st_mtime_ns == snapshot_time
 
 
+def test_as_root_an_in_place_restore_puts_back_a_folder_s_and_a_file_s_owner(backed_up: Sandbox) -> None:
+    """docs/restore.md: ownership is restored when running as root. A folder or file whose owner
+    alone differed was no work (only mode and time were compared), so the restore said "nothing to
+    restore" and left them given to another user or group."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    sb = backed_up
+    folder = next(p for p in sorted(sb.workspace.iterdir()) if p.is_dir() and not p.is_symlink())
+    soul = sb.workspace / "SOUL.md"
+    owners = {p: (p.stat().st_uid, p.stat().st_gid) for p in (folder, soul)}
+    os.chown(folder, 4242, 4242)
+    os.chown(soul, -1, 4242)  # its group alone: another owner is written anew already (grants_privilege)
+    doc = sb.phx_here("restore", "--latest", "--yes", "--json").json()
+    assert doc["warnings"] == [], doc
+    assert {p: (p.stat().st_uid, p.stat().st_gid) for p in owners} == owners
+
+
 # -- dry run --------------------------------------------------------------------------------
 
 

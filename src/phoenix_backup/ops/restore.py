@@ -80,6 +80,7 @@ from phoenix_backup.sinks.files import (
     folds_names,
     grants_privilege,
     live_state,
+    owner_differs,
 )
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
@@ -580,6 +581,7 @@ class _Restore:
             if _digest(target) == node.sha256 and not grants_privilege(node, st):
                 action = "unchanged"
                 metadata = stat.S_IMODE(st.st_mode) != node.mode or st.st_mtime_ns != node.mtime_ns
+                metadata = metadata or owner_differs(node, st)
         elif node.type == "sqlite" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
             if not sqlite_sink.pending_journal(target) and _digest(target) == node.sha256:
@@ -590,7 +592,7 @@ class _Restore:
         return PlanItem(logical, str(target), node.type, action, node.size, metadata)
 
     def dir_changes(self, logical: str, node: Node) -> bool:
-        """Whether the folder alone makes work: missing, not a folder, another mode, or (below --to)
+        """Whether the folder alone makes work: missing, not a folder, another mode or (as root) owner, or (below --to)
         another time. In place its time alone does not: a backup moves the times of ~/.argentos and
         its data folder itself (the state file, SQLite's -wal and -shm), so a restore right after it
         took a safety snapshot of 0 files and said nothing. A restore that writes anything still sets
@@ -601,7 +603,7 @@ class _Restore:
             st = os.lstat(self.layout.to_real(logical, self.to))
         except OSError:
             return True
-        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode:
+        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode or owner_differs(node, st):
             return True
         return not self.in_place and st.st_mtime_ns != node.mtime_ns
 

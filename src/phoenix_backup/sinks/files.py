@@ -1167,6 +1167,12 @@ def grants_privilege(node: Node, st: os.stat_result) -> bool:
     return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (node.uid, node.gid, node.mode)
 
 
+def owner_differs(node: Node, st: os.stat_result) -> bool:
+    """As root, whether the existing path's owner or group is not `node`'s, which a restore sets
+    (`set_owner_mode`): work for a restore in place as much as another mode is."""
+    return os.geteuid() == 0 and (st.st_uid, st.st_gid) != (node.uid, node.gid)
+
+
 def set_owner_mode(fd: int, node: Node) -> None:
     """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
     chown, root's included, so the other order loses them (tar and restic chown first too)."""
