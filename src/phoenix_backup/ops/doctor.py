@@ -775,7 +775,9 @@ def _partial_fix(state: dict[str, Any]) -> str:
     unset: list[str] = []
     others = False
     for part in state.get("failedParts") or []:
-        name = unset_password_variable(str(part.get("error"))) if isinstance(part, dict) else None
+        # A PostgreSQL part's only: another part's error may quote a name anyone could give a file.
+        postgres = isinstance(part, dict) and str(part.get("path")).startswith("postgres/")
+        name = unset_password_variable(str(part.get("error"))) if postgres else None
         if name is None:
             others = True
         elif name not in unset:
