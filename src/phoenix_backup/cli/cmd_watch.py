@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import click
@@ -40,12 +41,7 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     cfg = load_config(out, envx, config_path)
     stop, abandon = threading.Event(), threading.Event()
 
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        # The first signal stops after the snapshot in progress (its git push too); a second one
-        # abandons that snapshot's push (ops/watch_child.py `Stopping`).
-        if stop.is_set():
-            abandon.set()
-        stop.set()
+    handler = stop_handler(stop, abandon)
 
     def hangup(signum: int, _frame: FrameType | None) -> None:
         # The terminal hung up (or SIGQUIT, Ctrl-\ ): the watch ends at once, as it always did; the
@@ -76,3 +72,26 @@ def watch(out: Out, envx: Environment, config_path: str | None, duration: float 
     )
     out.result(result.to_json(), text)
     return ExitStatus.OK
+
+
+def stop_handler(stop: threading.Event, abandon: threading.Event) -> Callable[[int, FrameType | None], None]:
+    """The watch's SIGTERM and SIGINT handler: the first signal sets `stop` (the watch ends after the
+    snapshot in progress, its git push too), a second one `abandon` too (that snapshot's push is
+    abandoned; ops/watch_child.py `Stopping`). The events are set from a thread of their own:
+    `Event.set` takes the event's lock, which the main thread, where Python runs a signal handler,
+    may hold at that very instant (inside `stop.wait`), and a SIGTERM landing there hung the watch
+    for good (seen in CI: a watch still alive minutes after its SIGTERM)."""
+    signals = [0]
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        signals[0] += 1
+        second = signals[0] > 1
+        threading.Thread(target=_set_events, args=(stop, abandon, second), name="phx-stop", daemon=True).start()
+
+    return handler
+
+
+def _set_events(stop: threading.Event, abandon: threading.Event, second: bool) -> None:
+    if second:
+        abandon.set()
+    stop.set()
