@@ -5,6 +5,7 @@ through a transaction pooler is refused; and a Redis Cluster node is refused, na
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,18 @@ from services import PgServer, postgres_entry
 pg_server = services.pg_server  # the session's PostgreSQL server (a fixture)
 redis_server = services.redis_server  # the session's standalone Redis (a fixture)
 pgbouncer = test_postgres_session_settings.pgbouncer  # pgbouncer in front of it, pool_mode=transaction
+
+
+@contextlib.contextmanager
+def _backed_up_then_read_in_a_transaction(pg: PgServer, db: str, env: dict[str, str]) -> Iterator[Any]:
+    """The configured database `db` (a table `t`) backed up, its rows then deleted, and another
+    session holding a transaction that read `t` (the lock `--clean`'s DROP waits for): that session."""
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "DELETE FROM t")
+    with pg.connect(db) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT * FROM t")
+        yield holder
 
 
 def _restore_behind_a_lock(pg: PgServer, pid: int, env: dict[str, str], wait: float) -> str:
@@ -243,11 +256,7 @@ def test_a_lock_held_shorter_than_the_bound_only_delays_the_restore(
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
     env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
     try:
-        run_phx_here(["backup", "--json"], env)
-        pg.sql(db, "DELETE FROM t")
-        with pg.connect(db) as holder:
-            holder.execute("BEGIN")
-            holder.execute("SELECT * FROM t")
+        with _backed_up_then_read_in_a_transaction(pg, db, env) as holder:
             done, waited = threading.Event(), list[bool]()
 
             def release() -> None:
@@ -358,11 +367,7 @@ def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, user=role)]})
     env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
     try:
-        run_phx_here(["backup", "--json"], env)
-        pg.sql(db, "DELETE FROM t")
-        with pg.connect(db) as holder:
-            holder.execute("BEGIN")
-            holder.execute("SELECT * FROM t")
+        with _backed_up_then_read_in_a_transaction(pg, db, env) as holder:
             error = _restore_behind_a_lock(pg, holder.info.backend_pid, env, 20)
         assert "another session held a lock" in error and "more than 1 s" in error, error
         assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]  # nothing changed

@@ -40,6 +40,17 @@ def _backend(tmp_path: Path, remote: Path, name: str = "clone", auto_commit: boo
     )
 
 
+def _published_once(tmp_path: Path) -> tuple[Path, GitBackend]:
+    """A bare remote and a Git target that created it and published one commit ("first", SNAP)."""
+    remote = bare_repo(tmp_path / "remote.git")
+    b = _backend(tmp_path, remote)
+    b.create()
+    b.write(SNAP, b"one")
+    b.checkpoint("first")
+    b.publish()
+    return remote, b
+
+
 def _remote_files(remote: Path) -> list[str]:
     return sorted(git("ls-tree", "-r", "--name-only", "main", cwd=remote).split())
 
@@ -183,12 +194,7 @@ def test_a_fresh_clone_reads_what_was_pushed(tmp_path: Path) -> None:
 
 
 def test_history_is_only_appended(tmp_path: Path) -> None:
-    remote = bare_repo(tmp_path / "remote.git")
-    b = _backend(tmp_path, remote)
-    b.create()
-    b.write(SNAP, b"one")
-    b.checkpoint("first")
-    b.publish()
+    remote, b = _published_once(tmp_path)
     b.delete(SNAP)  # what prune does: the file goes, its history stays
     b.checkpoint("second")
     b.publish()
@@ -231,12 +237,7 @@ def test_a_push_losing_the_race_to_another_clones_push_is_merged_and_pushed_agai
     race is refused with "cannot lock ref 'refs/heads/main': is at X but expected Y" (seen with two
     syncs at once, 3 of 4 rounds). It failed the sync, blaming branch protection and write access;
     the remote moved on, like "fetch first": merged, pushed again."""
-    remote = bare_repo(tmp_path / "remote.git")
-    b = _backend(tmp_path, remote)
-    b.create()
-    b.write(SNAP, b"one")
-    b.checkpoint("first")
-    b.publish()
+    remote, b = _published_once(tmp_path)
     hook = remote / "hooks" / "pre-receive"
     once = tmp_path / "raced"
     hook.write_text(
