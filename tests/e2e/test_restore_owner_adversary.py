@@ -61,3 +61,23 @@ def test_a_file_anyone_could_open_for_writing_is_written_anew(make_sandbox: Call
         os.close(held)
     assert trusted.stat().st_mode & 0o777 == 0o644
     assert trusted.read_bytes() == content, "a root-only file holds what a user wrote"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership needs root")
+def test_a_symlinks_owner_is_restored(backed_up: Sandbox, tmp_path: Path) -> None:
+    """A user's symlink, backed up by root, came back owned by root (its target and time were set,
+    never its owner, as no restore chowned a link): in a sticky folder the user could no longer
+    remove or rename their own link. Now its owner is set, below --to and in place (a link found
+    with the right target but another owner)."""
+    sb = backed_up
+    link = sb.workspace / "memory/latest"
+    link.symlink_to("notes/today.md")
+    os.lchown(link, 4321, 4322)
+    sb.phx_here("backup")
+    sb.phx_here("restore", "--latest", "--to", tmp_path / "out")
+    copy = tmp_path / "out/workspace/memory/latest"
+    assert os.readlink(copy) == "notes/today.md"
+    assert (copy.lstat().st_uid, copy.lstat().st_gid) == (4321, 4322)
+    os.lchown(link, 0, 0)
+    sb.phx_here("restore", "--latest", "--yes", "--no-safety-snapshot")
+    assert (link.lstat().st_uid, link.lstat().st_gid) == (4321, 4322)

@@ -588,7 +588,7 @@ class _Restore:
                 action = "unchanged"
         elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
             action = "unchanged"
-            metadata = st.st_mtime_ns != node.mtime_ns
+            metadata = st.st_mtime_ns != node.mtime_ns or owner_differs(node, st)
         return PlanItem(logical, str(target), node.type, action, node.size, metadata)
 
     def dir_changes(self, logical: str, node: Node) -> bool:

@@ -825,6 +825,7 @@ class FileWriter:
             except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
                 raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
+                set_link_owner(fd, tmp, node)  # the temporary link, never a name someone could swap
                 self.unchanged_since_planned(fd, name, logical)
             except BaseException:
                 _drop_temp(fd, tmp)
@@ -835,8 +836,11 @@ class FileWriter:
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def link_times(self, logical: str, node: Node) -> None:
-        with self.parent_dir(logical, create=False) as (fd, name), contextlib.suppress(OSError, NotImplementedError):
-            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+        """The owner (as root) and time of a link whose target already matches."""
+        with self.parent_dir(logical, create=False) as (fd, name):
+            set_link_owner(fd, name, node)
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def metadata(self, logical: str, node: Node) -> str:
         """Mode, owner and times of a file whose content already matches."""
@@ -1171,6 +1175,15 @@ def owner_differs(node: Node, st: os.stat_result) -> bool:
     """As root, whether the existing path's owner or group is not `node`'s, which a restore sets
     (`set_owner_mode`): work for a restore in place as much as another mode is."""
     return os.geteuid() == 0 and (st.st_uid, st.st_gid) != (node.uid, node.gid)
+
+
+def set_link_owner(fd: int, name: str, node: Node) -> None:
+    """As root, the owner of the symlink `name` in the folder `fd` (the link itself, never what it
+    points to): a link has no mode of its own, but its owner decides who may rename or delete it in
+    a sticky folder (/tmp), and `ls -l` shows it. A file system that keeps no owner is left as it is."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
 
 
 def set_owner_mode(fd: int, node: Node) -> None:
