@@ -25,7 +25,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 from phoenix_backup.dirs import kernel_file_system, make_dirs
 from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
@@ -236,6 +236,75 @@ def folds_forms(folder: Path) -> bool:
     NFC is looked up in NFD, then removed."""
     probe = f"{_tmp_name()}-\u00e9"  # still a restore's temporary name (RESTORE_TEMP)
     return _same_file(folder, probe, unicodedata.normalize("NFD", probe))
+
+
+SEEN_ENTRIES = 1000  # entries of a folder `seen_folding` looks at, at most: a huge folder costs no more
+
+
+def seen_folding(folder: Path, what: Literal["case", "form"]) -> bool | None:
+    """`folds_names` ("case") or `folds_forms` ("form") for a dry run, which writes nothing: an
+    entry already there (one of `folder`'s, else `folder` itself or a folder above it, looked up in
+    its parent while that is on the same file system) is looked up under its name in the other
+    case (ASCII letters swapped) or normal form, and compared by device and inode. None when no
+    name there has another case or form (an empty folder, names of digits only)."""
+    other = _swapped_case if what == "case" else _other_form
+    try:
+        device = os.lstat(folder).st_dev
+        with os.scandir(folder) as entries:
+            listed = {entry.name for _, entry in zip(range(SEEN_ENTRIES), entries, strict=False)}
+    except OSError:
+        return None  # not readable: nothing there tells
+    for name in sorted(listed):
+        alt = other(name)
+        if alt is not None and alt in listed:
+            return False  # both names listed: two entries (a file system that folds them lists one)
+    pairs = [(folder, name) for name in sorted(listed)]
+    for path in (folder, *folder.parents):
+        if path == path.parent:
+            break
+        try:
+            if os.lstat(path.parent).st_dev != device:
+                break  # its name is looked up by the file system mounted above
+        except OSError:
+            break
+        pairs.append((path.parent, path.name))
+    for parent, name in pairs:
+        alt = other(name)
+        if alt is None:
+            continue
+        try:
+            st = os.lstat(parent / name)
+        except OSError:
+            continue  # gone since it was listed
+        try:
+            seen = os.lstat(parent / alt)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            continue
+        return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)
+    return None
+
+
+_ASCII_SWAP = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+def _swapped_case(name: str) -> str | None:
+    """`name` with its ASCII letters in the other case (a case-insensitive file system folds
+    those, whatever it does with others), None without one."""
+    swapped = name.translate(_ASCII_SWAP)
+    return swapped if swapped != name else None
+
+
+def _other_form(name: str) -> str | None:
+    """`name` in NFD if that differs, else in NFC if that does, else None."""
+    for form in ("NFD", "NFC"):
+        other = unicodedata.normalize(form, name)
+        if other != name:
+            return other
+    return None
 
 
 def _same_file(folder: Path, probe: str, other: str) -> bool:
