@@ -66,3 +66,15 @@ def test_a_field_of_the_wrong_type_or_range_is_one_line(backed_up: Sandbox) -> N
 def test_a_state_file_that_cannot_be_read_is_one_line(backed_up: Sandbox, raw: bytes, why: str) -> None:
     state_path(backed_up.home).write_bytes(raw)
     _one_line(backed_up, f"cannot be read ({why})")
+
+
+def test_a_drill_report_whose_errors_are_not_a_list_is_said(backed_up: Sandbox) -> None:
+    """A failed drill's report (`~/.argentos/backup/drills/*.json`) whose `errors` is a number:
+    `phx doctor` stopped with "unexpected internal error (TypeError ...)"; it now says the drill
+    failed."""
+    folder = backed_up.home / ".argentos/backup/drills"
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"ok": False, "started": "2026-12-01T02:00:00+00:00", "name": "drill-1", "errors": 5}
+    (folder / "20261201T020000Z.json").write_text(json.dumps(report))
+    res = backed_up.phx_here("doctor", code=1)
+    assert "last drill: last drill (drill-1)" in res.out and "FAILED with some error(s)" in res.out, res

@@ -880,10 +880,11 @@ def _last_drill(envx: Environment, result: DoctorResult) -> None:
         age = float("inf")
     what = f"last drill ({newest.get('name')}) {_age(age)} ago"
     if not newest.get("ok"):
+        errors = newest.get("errors")  # a list in every report a drill writes; a hand-edited one may hold anything
         result.add(
             "last drill",
             "fail",
-            f"{what} FAILED with {len(newest.get('errors') or [])} error(s)",
+            f"{what} FAILED with {len(errors) if isinstance(errors, list) else 'some'} error(s)",
             f"read {str(newest['_path']).removesuffix('.json')}.md, run `phx verify --read-data`, take a new backup",
         )
     elif age > DRILL_MAX_AGE:
