@@ -592,9 +592,14 @@ class _Restore:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
             if not sqlite_sink.pending_journal(target) and _digest(target) == node.sha256:
                 action = "unchanged"
-        elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
+        elif (
+            node.type == "symlink"
+            and stat.S_ISLNK(st.st_mode)
+            and os.readlink(target) == node.link_target
+            and not owner_differs(node, st)  # made anew, never chowned in place (`set_link_owner`)
+        ):
             action = "unchanged"
-            metadata = st.st_mtime_ns != node.mtime_ns or owner_differs(node, st)
+            metadata = st.st_mtime_ns != node.mtime_ns
         return PlanItem(logical, str(target), node.type, action, node.size, metadata)
 
     def dir_changes(self, logical: str, node: Node) -> bool:

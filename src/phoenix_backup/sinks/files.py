@@ -894,7 +894,7 @@ class FileWriter:
             except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
                 raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
-                set_link_owner(fd, tmp, node)  # the temporary link, never a name someone could swap
+                set_link_owner(fd, tmp, node, logical)
                 self.unchanged_since_planned(fd, name, logical)
             except BaseException:
                 _drop_temp(fd, tmp)
@@ -905,11 +905,8 @@ class FileWriter:
                 os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def link_times(self, logical: str, node: Node) -> None:
-        """The owner (as root) and time of a link whose target already matches."""
-        with self.parent_dir(logical, create=False) as (fd, name):
-            set_link_owner(fd, name, node)
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+        with self.parent_dir(logical, create=False) as (fd, name), contextlib.suppress(OSError, NotImplementedError):
+            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def metadata(self, logical: str, node: Node) -> str:
         """Mode, owner and times of a file whose content already matches."""
@@ -1246,13 +1243,49 @@ def owner_differs(node: Node, st: os.stat_result) -> bool:
     return os.geteuid() == 0 and (st.st_uid, st.st_gid) != (node.uid, node.gid)
 
 
-def set_link_owner(fd: int, name: str, node: Node) -> None:
-    """As root, the owner of the symlink `name` in the folder `fd` (the link itself, never what it
-    points to): a link has no mode of its own, but its owner decides who may rename or delete it in
-    a sticky folder (/tmp), and `ls -l` shows it. A file system that keeps no owner is left as it is."""
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError, NotImplementedError):
-            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
+def set_link_owner(fd: int, name: str, node: Node, logical: str) -> None:
+    """As root, the owner of the symlink `name` this restore just made in the folder `fd` (the link
+    itself, never what it points to): a link has no mode of its own, but its owner decides who may
+    rename or delete it in a sticky folder (/tmp), and whether root follows it there. The link is
+    opened (O_PATH, never followed) and checked to be this process's own, pointing where the
+    snapshot's does, before that very inode is given away: in a folder another user can write, a
+    link of theirs swapped in under the temporary name is refused, never made root's. A file
+    system that keeps no owner is left as it is."""
+    if os.geteuid() != 0:
+        return
+    link = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        st = os.fstat(link)
+        if (
+            not stat.S_ISLNK(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or os.readlink("", dir_fd=link) != node.link_target
+        ):
+            raise UnsafePath(
+                f"{logical} in the destination was replaced while this restore made it (its temporary link is "
+                "not the one it made); it was left alone: restore again"
+            )
+        chown = _fchownat()
+        if chown is not None and (st.st_uid, st.st_gid) != (node.uid, node.gid):
+            chown(link, b"", node.uid, node.gid, _AT_EMPTY_PATH)  # a file system without owners: left as is
+    finally:
+        os.close(link)
+
+
+_AT_EMPTY_PATH = 0x1000
+
+
+@functools.cache
+def _fchownat() -> Callable[[int, bytes, int, int, int], int] | None:
+    """fchownat from the C library (os.chown takes no AT_EMPTY_PATH, which changes the very inode
+    an O_PATH descriptor holds), or None where there is none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fchownat
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, bytes, int, int, int], int], fn)
 
 
 def set_owner_mode(fd: int, node: Node) -> None:
