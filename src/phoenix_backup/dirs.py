@@ -145,10 +145,30 @@ def trustworthy(st: os.stat_result) -> bool:
 _SECRETS_READ: dict[str, bytes] = {}
 
 
+_SECRETS_CHANGES = [0]  # how many times `_SECRETS_READ` was written: `secrets_version`
+
+
 def remember_secret(name: str, data: bytes) -> None:
     """Keep a secret this process obtained other than from a file (a passphrase command's output)
     under `name`, so that what Phoenix shows can be kept free of it (`remembered_secret`)."""
     _SECRETS_READ[name] = data
+    _SECRETS_CHANGES[0] += 1
+
+
+def secrets_version(env: Mapping[str, str]) -> tuple[object, ...]:
+    """What the secrets this process knows of `env` (notify/message.py `env_secrets`) depend on
+    besides `env` itself: the secrets read or remembered so far and the version (inode, size,
+    times) of the passphrase file on disk. Equal, the same secrets: a list of them is kept for a
+    command's life (cli/app.py `known_secrets`), made again once a passphrase file is read or
+    written (a hook that rotates it, say)."""
+    path = env_path(env, "PHX_PASSPHRASE_FILE")
+    if path is None:
+        return (_SECRETS_CHANGES[0],)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (_SECRETS_CHANGES[0], os.fspath(path))
+    return (_SECRETS_CHANGES[0], os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def remembered_secret(name: str) -> bytes | None:
@@ -174,6 +194,7 @@ def read_secret_file(path: Path, what: str, fix: str) -> bytes:
     with open(path, "rb") as f:
         data = read_secret(f, path, what, fix)
     _SECRETS_READ[os.fspath(path)] = data
+    _SECRETS_CHANGES[0] += 1
     return data
 
 
@@ -185,12 +206,29 @@ def secret_file_again(path: Path) -> bytes | None:
     if os.fspath(path) in _SECRETS_READ:
         return _SECRETS_READ[os.fspath(path)]
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with open(path, "rb") as f:
-            return read_secret(f, path, "", "")
-    except (OSError, UsageError):
+        st = os.stat(path)
+    except OSError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    # Every line Phoenix prints asks (cli/app.py `said`): the bytes are kept while the file is the
+    # same (inode, size, times; a file written or replaced since is read again), a stat not a read.
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    seen = _SECRETS_SEEN.get(os.fspath(path))
+    if seen is not None and seen[0] == version:
+        return seen[1]
+    try:
+        with open(path, "rb") as f:
+            data: bytes | None = read_secret(f, path, "", "")
+    except (OSError, UsageError):
+        data = None
+    _SECRETS_SEEN[os.fspath(path)] = (version, data)
+    return data
+
+
+# What `secret_file_again` read of a file this process did not read itself, by path, with the
+# file's version (device, inode, size, mtime, ctime) it was read at.
+_SECRETS_SEEN: dict[str, tuple[tuple[int, int, int, int, int], bytes | None]] = {}
 
 
 def read_secret(f: IO[bytes], path: Path, what: str, fix: str) -> bytes:

@@ -44,11 +44,100 @@ class TargetOutcome:
 
 
 def read_state(path: Path | None = None) -> dict[str, Any] | None:
+    """The state file, each field of a type Phoenix never writes left out (`load_state`)."""
+    return load_state(path)[0]
+
+
+def load_state(path: Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The state file and, when it is damaged (hand-edited, cut short, another program's), what is
+    wrong with it in one sentence: a file that is no JSON object is None, and a field of another
+    type than Phoenix writes (`failedParts` not a list, a timestamp no clock can show) is left out,
+    so that every reader (status, doctor, the next backup) sees it as never recorded."""
+    where = path or state_path()
     try:
-        data = json.loads((path or state_path()).read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(where.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, RecursionError) as exc:
+        why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not JSON" if isinstance(exc, ValueError) else exc
+        return None, f"the state file {where} cannot be read ({why}); the next `phx backup` writes it anew"
+    if not isinstance(data, dict):
+        return None, f"the state file {where} is not a JSON object; the next `phx backup` writes it anew"
+    bad: list[str] = []
+    clean = _checked(data, _FIELDS, "", bad)
+    if not bad:
+        return clean, None
+    return clean, (
+        f"the state file {where} has fields of the wrong type or out of range ({', '.join(bad[:5])}); "
+        "they are ignored, and the next `phx backup` writes them anew"
+    )
+
+
+def _timestamp(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 253402300800  # before year 10000
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _parts(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(p, dict) for p in v)
+
+
+def _dict_of_dicts(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(d, dict) for d in v.values())
+
+
+_Check = Any  # a predicate, or a dict of the fields of a nested object
+_FIELDS: dict[str, _Check] = {
+    "timestamp": _timestamp,
+    "date": _opt_str,
+    "success": lambda v: isinstance(v, bool),
+    "partial": lambda v: isinstance(v, bool),
+    "snapshotId": _opt_str,
+    "snapshotName": _opt_str,
+    "error": _opt_str,
+    "scope": _opt_str,
+    "targets": _dict_of_dicts,
+    "failedParts": _parts,
+    "lastSuccess": {"timestamp": _timestamp, "date": _opt_str, "snapshotId": _opt_str, "snapshotName": _opt_str},
+    "lastFailure": {"timestamp": _timestamp, "date": _opt_str, "error": _opt_str},
+    "lastFull": {
+        "timestamp": _timestamp,
+        "date": _opt_str,
+        "success": lambda v: isinstance(v, bool),
+        "partial": lambda v: isinstance(v, bool),
+        "failedParts": _parts,
+        "error": _opt_str,
+    },
+    "targetsLastSuccess": _dict_of_dicts,
+    "integrityChecks": lambda v: isinstance(v, dict),
+}
+
+
+def _checked(data: dict[str, Any], fields: dict[str, _Check], at: str, bad: list[str]) -> dict[str, Any]:
+    """`data` without the fields that fail their check in `fields` (named in `bad`)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        check = fields.get(key)
+        if isinstance(check, dict):
+            if isinstance(value, dict):
+                out[key] = _checked(value, check, f"{at}{key}.", bad)
+                continue
+        elif check is None or check(value):
+            out[key] = value
+            continue
+        bad.append(at + key)
+    if fields is _FIELDS and isinstance(out.get("targetsLastSuccess"), dict):
+        per = {}
+        for name, record in out["targetsLastSuccess"].items():
+            if _timestamp(record.get("timestamp")) or "timestamp" not in record:
+                per[name] = record
+            else:
+                bad.append(f"targetsLastSuccess.{name}.timestamp")
+        out["targetsLastSuccess"] = per
+    return out
 
 
 def failed_parts_text(state: dict[str, Any]) -> str:

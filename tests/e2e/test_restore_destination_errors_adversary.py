@@ -255,3 +255,112 @@ def test_two_paths_in_nfc_and_nfd_on_a_normalizing_case_sensitive_destination_re
     assert not any((tmp_path / "apfs").rglob("caf*.md"))
     monkeypatch.undo()
     assert not files.folds_forms(tmp_path) and not list(tmp_path.glob(".phx-tmp-*"))
+
+
+@contextlib.contextmanager
+def _folding_lookups(monkeypatch: pytest.MonkeyPatch, below: Path) -> Iterator[None]:
+    """`os.lstat` of a name below `below` that is not there finds the entry whose name differs
+    only in case or Unicode form, as on a case-insensitive file system (none mounts here): the
+    restore's probe file and the dry run's look-ups of names already there see the same."""
+    real_lstat = os.lstat
+
+    def folding(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return real_lstat(path, *args, **kwargs)
+        except FileNotFoundError:
+            p = Path(path)
+            if kwargs.get("dir_fd") is not None or below not in p.parents:
+                raise
+            twins = [n for n in os.listdir(p.parent) if files.fold_name(n) == files.fold_name(p.name)]
+            if not twins:
+                raise
+            return real_lstat(p.parent / twins[0])
+
+    monkeypatch.setattr(os, "lstat", folding)
+    yield
+    monkeypatch.undo()
+
+
+@pytest.mark.phx_in_process
+def test_a_dry_run_refuses_what_the_restore_refuses_on_a_case_insensitive_destination(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore --dry-run` wrote no probe file, so it never asked whether the destination ignores
+    case: it showed a plan (exit 0) that the restore itself then refused (exit 1). Now it looks up
+    names already there in the other case (writing nothing) and gives the restore's verdict; on
+    this file system, which tells them apart, both say yes."""
+    sb = backed_up
+    (sb.workspace / "memory/Note.md").write_bytes(b"upper\n")
+    (sb.workspace / "memory/note.md").write_bytes(b"lower\n")
+    sb.phx_here("backup")
+    dest = tmp_path / "folding"
+    with _folding_lookups(monkeypatch, tmp_path.parent):
+        dry = sb.phx_here("restore", "--latest", "--to", dest, "--dry-run", "--json", code=1).json()["error"]
+        real = sb.phx_here("restore", "--latest", "--to", dest, "--json", code=1).json()["error"]
+    assert dry == real and "workspace/memory/Note.md and workspace/memory/note.md differ only in case" in dry
+    assert not dest.exists() and not list(tmp_path.glob(".phx-tmp-*"))
+    dry_doc = sb.phx_here("restore", "--latest", "--to", dest, "--dry-run", "--json").json()
+    assert not [w for w in dry_doc["warnings"] if "case" in w], dry_doc["warnings"]
+    sb.phx_here("restore", "--latest", "--to", dest)
+    assert (dest / "workspace/memory/note.md").read_bytes() == b"lower\n"
+
+
+@pytest.mark.phx_in_process
+def test_a_file_beside_a_folder_of_the_same_name_in_another_case_is_refused_up_front(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot holds a file `memory/Topic` and a folder `memory/topic/` (with `x.md`). On a file
+    system that ignores case one cannot be made beside the other, but only two files were ever
+    compared: the pair passed (simulated: exit 0, both written on this file system, which tells
+    them apart; on one that does not, the second write meets the first). Now it is refused before
+    anything is written, naming both (the folder with its slash), by the dry run too."""
+    sb = backed_up
+    (sb.workspace / "memory/Topic").write_bytes(b"a file\n")
+    (sb.workspace / "memory/topic").mkdir()
+    (sb.workspace / "memory/topic/x.md").write_bytes(b"in the folder\n")
+    sb.phx_here("backup")
+    dest = tmp_path / "folding"
+    with _folding_lookups(monkeypatch, tmp_path.parent):
+        for extra in (("--dry-run",), ()):
+            res = sb.phx_here("restore", "--latest", "--to", dest, *extra, "--json", code=1)
+            error = res.json()["error"]
+            assert "workspace/memory/Topic and workspace/memory/topic/ differ only in case" in error, error
+            assert "a file and a folder cannot both be there; nothing was restored" in error, error
+    assert not dest.exists()
+
+
+@pytest.mark.phx_in_process
+def test_a_dry_run_that_cannot_tell_says_so(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`café.md` in NFC and NFD: whether the destination ignores Unicode form is found, without
+    writing, only from a name already there in one form; an empty folder on this file system
+    holds none. The dry run says it could not tell (the restore itself probes, and here restores
+    both)."""
+    sb = backed_up
+    (sb.workspace / "memory/caf\u00e9.md").write_bytes(b"nfc\n")
+    (sb.workspace / "memory/cafe\u0301.md").write_bytes(b"nfd\n")
+    sb.phx_here("backup")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    doc = sb.phx_here("restore", "--latest", "--to", empty / "out", "--dry-run", "--json").json()
+    said = [w for w in doc["warnings"] if "differ only in case or Unicode form" in w]
+    assert len(said) == 1 and "a dry run does not do" in said[0], doc["warnings"]
+    sb.phx_here("restore", "--latest", "--to", empty / "out")
+    assert (empty / "out/workspace/memory/cafe\u0301.md").read_bytes() == b"nfd\n"
+
+
+@pytest.mark.phx_in_process
+def test_hostile_names_in_the_pairs_refusal_are_shown_escaped(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair whose names hold a newline and an ANSI escape: the refusal is one line, the names
+    escaped, never the raw escape."""
+    sb = backed_up
+    hostile = "evil\nName\x1b[2J"
+    (sb.workspace / "memory" / hostile).write_bytes(b"upper\n")
+    (sb.workspace / "memory" / hostile.lower()).write_bytes(b"lower\n")
+    sb.phx_here("backup")
+    monkeypatch.setattr(restore_op, "folds_names", lambda folder: True, raising=False)
+    res = sb.phx_here("restore", "--latest", "--to", tmp_path / "folding", code=1)
+    assert "\x1b" not in res.out + res.err and "evil\nname" not in res.out + res.err, res
+    lines = [line for line in res.err.splitlines() if "differ only in case" in line]
+    assert len(lines) == 1 and "evil\\nName\\x1b[2J" in lines[0], res

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,37 @@ def test_a_notice_said_by_a_commands_thread_is_without_the_configs_secrets(tmp_p
     res = CliRunner().invoke(probe, ["--config", str(config)], env={"HOME": str(tmp_path)})
     assert "main thread: driver said ***" in res.stderr and "worker thread: driver said" in res.stderr, res.stderr
     assert "canary" not in res.stderr, res.stderr
+
+
+def test_a_commands_lines_read_the_passphrase_file_once_and_again_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each line a command printed (`said`) opened and read PHX_PASSPHRASE_FILE again (≈27 µs a
+    line of CPU, most of `said`'s cost). The secrets are now kept for the command's life: the file
+    is read once, and read again only when it changed on disk (a hook rotating it mid-command:
+    its new passphrase is kept out of the lines after it too)."""
+    import builtins
+
+    import click
+
+    from phoenix_backup.cli.app import said
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("first-passphrase-canary\n")
+    monkeypatch.setenv("PHX_PASSPHRASE_FILE", str(secret))
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(secret):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting)
+    with click.Context(click.Command("status")):
+        for _ in range(50):
+            assert said("a hook said first-passphrase-canary") == "a hook said ***"
+        assert len(opened) == 1, opened
+        secret.write_text("second-passphrase-canary-rotated\n")
+        assert said("a hook said second-passphrase-canary-rotated") == "a hook said ***"
+        assert len(opened) == 2, opened

@@ -255,6 +255,20 @@ def test_existing_sample_is_refused_unless_overwrite(fresh: SampleLayout) -> Non
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_day_simulated_twice_is_one_clear_error_that_changes_nothing(fresh: SampleLayout) -> None:
+    """`simulate_day` run again for a day it already applied stopped with sqlite3's bare "UNIQUE
+    constraint failed: memory_items.id"; now a ValueError names the day and the way out, and no
+    store changed (the memories' transaction, the first, rolled back)."""
+    simulate_day(fresh, 0, seed=42)
+    files = _files(fresh)
+    stores = [(fresh.argentos / "observations.db", "observations"), (fresh.memory_db, "memory_items")]
+    counts = [_count(db, table) for db, table in stores]
+    with pytest.raises(ValueError, match=r"day 0 \(2026-10-01\) was already simulated .* nothing was changed"):
+        simulate_day(fresh, 0, seed=42)
+    assert _files(fresh) == files
+    assert [_count(db, table) for db, table in stores] == counts
+
+
 def test_simulate_day_changes_what_it_reports(fresh: SampleLayout) -> None:
     memory_db = fresh.argentos / "memory.db"
     observations_db = fresh.argentos / "observations.db"

@@ -23,6 +23,7 @@ from phoenix_backup import jsontext
 from phoenix_backup._version import __version__
 from phoenix_backup.cli import INTERRUPTED_MESSAGE
 from phoenix_backup.cli.progress import Progress
+from phoenix_backup.dirs import secrets_version
 from phoenix_backup.errors import (
     Cancelled,
     ExitStatus,
@@ -49,6 +50,7 @@ _LATEST_KEY = "phx.latest"
 _REPO_KEY = "phx.repo"
 _IDENTITY_KEY = "phx.identity"  # `identity_option`'s file, for `make_env`
 _CONFIG_KEY = "phx.config"  # the config `load_config` loaded: its secrets are kept out of errors
+_SECRETS_KEY = "phx.secrets"  # `known_secrets` as last found, with what it depends on
 # The same config for a thread of the command (a replica's copy, `phx watch`'s writer): click's
 # context is the main thread's alone, so a notice said by such a thread knew the environment's
 # secrets only, and quoted a DSN's or an S3 key's as it was. One command runs at a time.
@@ -244,7 +246,17 @@ def known_secrets() -> list[str]:
 
     ctx = click.get_current_context(silent=True)
     cfg = ctx.meta.get(_CONFIG_KEY) if ctx is not None else _COMMAND_CONFIG.get(_CONFIG_KEY)
-    return secrets_of(cfg, os.environ) if isinstance(cfg, Config) else env_secrets(os.environ)
+    # Every line printed asks: inside a command (its environment set for its life) the list is
+    # kept until the config is loaded, a secret read or the passphrase file changed on disk.
+    if ctx is None:
+        return secrets_of(cfg, os.environ) if isinstance(cfg, Config) else env_secrets(os.environ)
+    version = secrets_version(os.environ)
+    kept = ctx.meta.get(_SECRETS_KEY)
+    if kept is not None and kept[0] is cfg and kept[1] == version:
+        return list(kept[2])
+    found = secrets_of(cfg, os.environ) if isinstance(cfg, Config) else env_secrets(os.environ)
+    ctx.meta[_SECRETS_KEY] = (cfg, version, tuple(found))
+    return found
 
 
 def redacted(text: str) -> str:

@@ -51,7 +51,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
-from phoenix_backup.state import failed_parts_text, full_backup_problem, read_state, state_path
+from phoenix_backup.state import failed_parts_text, full_backup_problem, load_state, state_path
 from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:
@@ -726,7 +726,9 @@ def _age(seconds: float) -> str:
 
 def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     path = state_path(envx.home)
-    state = read_state(path)
+    state, damaged = load_state(path)
+    if damaged is not None:
+        result.add("last backup", "warn", damaged, "run `phx backup`")
     last: dict[str, Any] | None = None
     if state is not None:
         last = state.get("lastSuccess") or (state if state.get("success") else None)
@@ -747,7 +749,7 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     else:
         result.add("last backup", "ok", what)
     if state is not None and state.get("partial"):
-        shown = failed_parts_text(state) or state.get("error")
+        shown = failed_parts_text(state) or state.get("error") or "not recorded"
         result.add(
             "last backup",
             "warn",
@@ -878,10 +880,11 @@ def _last_drill(envx: Environment, result: DoctorResult) -> None:
         age = float("inf")
     what = f"last drill ({newest.get('name')}) {_age(age)} ago"
     if not newest.get("ok"):
+        errors = newest.get("errors")  # a list in every report a drill writes; a hand-edited one may hold anything
         result.add(
             "last drill",
             "fail",
-            f"{what} FAILED with {len(newest.get('errors') or [])} error(s)",
+            f"{what} FAILED with {len(errors) if isinstance(errors, list) else 'some'} error(s)",
             f"read {str(newest['_path']).removesuffix('.json')}.md, run `phx verify --read-data`, take a new backup",
         )
     elif age > DRILL_MAX_AGE:

@@ -81,6 +81,7 @@ from phoenix_backup.sinks.files import (
     grants_privilege,
     live_state,
     owner_differs,
+    seen_folding,
 )
 from phoenix_backup.sinks.select import ScopeFilter, restored_links, select_nodes
 from phoenix_backup.sources.files import SQLITE_SUFFIXES
@@ -445,6 +446,7 @@ class _Restore:
         result.deleting = self.delete
         result.warnings = self.warnings
         if dry_run:
+            self.folded_names(plan, dry_run=True)  # the refusal the restore itself would make
             self.preview(plan, result)
             if self.server_dbs:
                 from phoenix_backup.sinks import databases  # the database drivers: imported when needed
@@ -533,10 +535,14 @@ class _Restore:
 
     # -- planning ----------------------------------------------------------------------
 
-    def folded_names(self, plan: _Plan) -> None:
+    def folded_names(self, plan: _Plan, *, dry_run: bool = False) -> None:
         """`_refuse_folded_names`; the deletions it finds are the paths put back under another case
         there: they are taken out of `plan` (and the result listing it), each said in a warning."""
-        if same := _refuse_folded_names(plan.items):
+        folders = [(logical, str(self.layout.to_real(logical, self.to))) for logical, _ in plan.dirs]
+        same, unsure = _refuse_folded_names(plan.items, folders, dry_run=dry_run)
+        for message in unsure:
+            self.warn(message)
+        if same:
             plan.items[:] = [i for i in plan.items if i not in same]
             for item in same:
                 self.warn(
@@ -586,7 +592,12 @@ class _Restore:
             # New commits of a WAL database live in its -wal: the .db alone says nothing then.
             if not sqlite_sink.pending_journal(target) and _digest(target) == node.sha256:
                 action = "unchanged"
-        elif node.type == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(target) == node.link_target:
+        elif (
+            node.type == "symlink"
+            and stat.S_ISLNK(st.st_mode)
+            and os.readlink(target) == node.link_target
+            and not owner_differs(node, st)  # made anew, never chowned in place (`set_link_owner`)
+        ):
             action = "unchanged"
             metadata = st.st_mtime_ns != node.mtime_ns
         return PlanItem(logical, str(target), node.type, action, node.size, metadata)
@@ -1223,39 +1234,65 @@ def _same_inode(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
+_Fold = Callable[[str], str] | None
+_Probed = dict[Path, tuple[Path, _Fold, bool]]
+
+
+def _refuse_folded_names(
+    items: list[PlanItem], folders: list[tuple[str, str]], *, dry_run: bool = False
+) -> tuple[list[PlanItem], list[str]]:
     """RestoreError, before anything is written, when two paths the restore puts back differ only
     in case or Unicode normal form (`fold_name`) and the destination's file system takes them for
     one (macOS, vfat: `folds_names`; APFS formatted case-sensitive, ZFS with normalization, for
-    normal form only: `folds_forms`): the second would be written over the first, both said restored.
+    normal form only: `folds_forms`): the second would be written over the first, both said
+    restored; or a file and a folder (`folders`: the snapshot's, logical path and target) would
+    be one name there (`A` beside `a/x`): one of them cannot be made.
     Returned: the deletions that are, there, a path the restore puts back (or a folder on its way)
     under another case (`note.md` found beside the snapshot's `Note.md`, renamed since): they are
-    not done, for the delete, run after the writes, removed the file just restored or kept."""
-    groups: dict[str, list[PlanItem]] = {}
+    not done, for the delete, run after the writes, removed the file just restored or kept; and,
+    for a dry run (which writes no probe file: `seen_folding`), a warning for each pair whose
+    folder it could not tell about."""
+    groups: dict[str, dict[str, str]] = {}  # folded target -> target -> the path said
     for item in items:
         if item.action != "delete":
-            groups.setdefault(fold_name(item.target), []).append(item)
-    probed: dict[Path, tuple[Path, Callable[[str], str] | None]] = {}
+            groups.setdefault(fold_name(item.target), {})[item.target] = item.path
+    for logical, target in folders:
+        same = groups.setdefault(fold_name(target), {})
+        same.setdefault(target, f"{logical}/")  # a folder: said with its slash
+    probed: _Probed = {}
+    unsure: list[str] = []
     for same in groups.values():
-        if len({i.target for i in same}) < 2:
-            continue
-        folder, fold = _folds_at(Path(same[0].target).parent, probed)
+        if len(same) < 2 or all(p.endswith("/") for p in same.values()):
+            continue  # folders alone merge into one, each file in it kept (a pair of files is its own group)
+        folder, fold, known = _folds_at(Path(next(iter(same))).parent, probed, dry_run)
         if fold is None:
             continue
-        one: dict[str, list[PlanItem]] = {}
-        for item in same:
-            one.setdefault(fold(item.target), []).append(item)
+        one: dict[str, list[str]] = {}
+        for target, path in same.items():
+            one.setdefault(fold(target), []).append(path)
         for clash in one.values():
-            if len({i.target for i in clash}) > 1:
-                first, second = sorted(i.path for i in clash)[:2]
+            if len(clash) > 1 and not all(p.endswith("/") for p in clash):
+                first, second = sorted(clash)[:2]
+                if not known:
+                    unsure.append(
+                        f"{first} and {second} differ only in case or Unicode form: whether the file system of "
+                        f"{folder} takes them for one name is found by writing a probe file, which a dry run does "
+                        "not do, and no name there told; the restore itself refuses them if it does"
+                    )
+                    break
+                what = (
+                    "a file and a folder cannot both be there"
+                    if first.endswith("/") or second.endswith("/")
+                    else "one would be written over the other"
+                )
                 raise RestoreError(
                     f"{first} and {second} differ only in case or Unicode form, and the file system of {folder} "
-                    "takes them for one name: one would be written over the other; nothing was restored — restore "
-                    "to a folder on a file system that tells them apart (--to DIR), or one of them at a time (--path)"
+                    f"takes them for one name: {what}; nothing was restored — restore to a folder on a file "
+                    "system that tells them apart (--to DIR), or one of them at a time (--path)"
                 )
     deletes = [i for i in items if i.action == "delete"]
     if not deletes:
-        return []
+        return [], unsure
     exact: set[str] = set()
     for item in items:
         if item.action != "delete":
@@ -1267,36 +1304,47 @@ def _refuse_folded_names(items: list[PlanItem]) -> list[PlanItem]:
     for i in deletes:
         if i.target in exact or fold_name(i.target) not in put:
             continue
-        fold = _folds_at(Path(i.target).parent, probed)[1]
-        if fold is not None and fold(i.target) in {fold(p) for p in put[fold_name(i.target)]}:
+        _, fold, known = _folds_at(Path(i.target).parent, probed, dry_run)
+        if known and fold is not None and fold(i.target) in {fold(p) for p in put[fold_name(i.target)]}:
             out.append(i)
-    return out
+    return out, unsure
 
 
 def _nfd(name: str) -> str:
     return unicodedata.normalize("NFD", name)
 
 
-def _folds_at(
-    folder: Path, probed: dict[Path, tuple[Path, Callable[[str], str] | None]]
-) -> tuple[Path, Callable[[str], str] | None]:
-    """The folder probed (`folder`, or its nearest existing parent) and how its file system compares
+def _folds_at(folder: Path, probed: _Probed, dry_run: bool = False) -> tuple[Path, _Fold, bool]:
+    """The folder probed (`folder`, or its nearest existing parent), how its file system compares
     names: `fold_name` when it ignores case (`folds_names`), NFD when it ignores Unicode normal form
-    only (`folds_forms`), None when it tells them all apart; `probed` keeps each answer."""
+    only (`folds_forms`), None when it tells them all apart; and whether that is known. A dry run
+    writes no probe file: it looks up names already there in another case or form
+    (`seen_folding`), and may not know: the fold is then the most it may do. `probed` keeps each
+    answer."""
     start = folder
     if start in probed:
         return probed[start]
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    fold: Callable[[str], str] | None = None
-    try:
-        if folds_names(folder):
+    fold: _Fold = None
+    known = True
+    if dry_run:
+        case = seen_folding(folder, "case")
+        forms = seen_folding(folder, "form") if case is False else None
+        known = case is True or forms is not None
+        if case is not False:  # folds case (or may): taken to fold forms too, as `folds_names` says
             fold = fold_name
-        elif folds_forms(folder):
+        elif forms is not False:
             fold = _nfd
-    except OSError:
-        pass  # a folder that takes no file: the write itself says why
-    probed[start] = (folder, fold)
+    else:
+        try:
+            if folds_names(folder):
+                fold = fold_name
+            elif folds_forms(folder):
+                fold = _nfd
+        except OSError:
+            pass  # a folder that takes no file: the write itself says why
+    probed[start] = (folder, fold, known)
     return probed[start]
 
 

@@ -27,7 +27,7 @@ from phoenix_backup.state import (
     failed_parts_text,
     full_backup_problem,
     integrity_checks,
-    read_state,
+    load_state,
     state_path,
 )
 
@@ -156,7 +156,7 @@ class StatusResult:
 
 def status(cfg: Config, envx: Environment, *, now: float | None = None) -> StatusResult:
     moment = time.time() if now is None else now
-    state = read_state(state_path(envx.home))
+    state, damaged = load_state(state_path(envx.home))
     spec, recorded = schedule.expected_spec(cfg, envx.home)
     sched = schedule.status(envx.env, envx.home) if recorded else None
     when = datetime.fromtimestamp(moment).astimezone()
@@ -185,6 +185,11 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
     _check_age(result, when)
+    if damaged is not None:
+        if state is None:
+            result.alert = damaged
+        else:
+            result.warnings.append(damaged)
     per_target = (state or {}).get("targetsLastSuccess") or {}
     quiet = dataclasses.replace(envx, interactive=False, prompt=None)  # status never asks
     for name in enabled_targets(cfg):

@@ -294,7 +294,8 @@ def _edit_memory_md(path: Path, rng: random.Random, pool: TextPool, date: str) -
 
 
 def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42, scale: float = 1.0) -> DayStats:
-    """Apply one deterministic day of agent activity (``day`` ≥ 0) to a generated sample.
+    """Apply one deterministic day of agent activity (``day`` ≥ 0) to a generated sample. A day
+    applied twice is a ValueError that changes nothing (its memories' ids are already there).
 
     A day touches a fixed share of each store's rows; ``scale`` multiplies those shares (0.1 on
     a sample ten times larger changes about as many rows as a usual day of the smaller one)."""
@@ -305,9 +306,15 @@ def simulate_day(layout: SampleLayout, day: int, *, seed: int = 42, scale: float
     day_start = SIM_START + day * DAY
     date = day_date(day)
 
-    added, updated, deleted = _simulate_memory(
-        layout.memory_db, derive_rng(seed, "day", day, "memory"), pool, seed, day, day_start, scale
-    )
+    try:  # first: a day already applied fails here, rolled back, before any other store changes
+        added, updated, deleted = _simulate_memory(
+            layout.memory_db, derive_rng(seed, "day", day, "memory"), pool, seed, day, day_start, scale
+        )
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(
+            f"day {day} ({date}) was already simulated on the sample in {layout.root} (its new memories are "
+            f"there: {exc}); nothing was changed: simulate the next day, or generate the sample anew"
+        ) from exc
     observations = _simulate_observations(
         layout.observations_db,
         derive_rng(seed, "day", day, "observations"),

@@ -25,7 +25,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 from phoenix_backup.dirs import kernel_file_system, make_dirs
 from phoenix_backup.errors import PhoenixError, RestoreError, StorageError, UnsafePath, UsageError, shown
@@ -236,6 +236,75 @@ def folds_forms(folder: Path) -> bool:
     NFC is looked up in NFD, then removed."""
     probe = f"{_tmp_name()}-\u00e9"  # still a restore's temporary name (RESTORE_TEMP)
     return _same_file(folder, probe, unicodedata.normalize("NFD", probe))
+
+
+SEEN_ENTRIES = 1000  # entries of a folder `seen_folding` looks at, at most: a huge folder costs no more
+
+
+def seen_folding(folder: Path, what: Literal["case", "form"]) -> bool | None:
+    """`folds_names` ("case") or `folds_forms` ("form") for a dry run, which writes nothing: an
+    entry already there (one of `folder`'s, else `folder` itself or a folder above it, looked up in
+    its parent while that is on the same file system) is looked up under its name in the other
+    case (ASCII letters swapped) or normal form, and compared by device and inode. None when no
+    name there has another case or form (an empty folder, names of digits only)."""
+    other = _swapped_case if what == "case" else _other_form
+    try:
+        device = os.lstat(folder).st_dev
+        with os.scandir(folder) as entries:
+            listed = {entry.name for _, entry in zip(range(SEEN_ENTRIES), entries, strict=False)}
+    except OSError:
+        return None  # not readable: nothing there tells
+    for name in sorted(listed):
+        alt = other(name)
+        if alt is not None and alt in listed:
+            return False  # both names listed: two entries (a file system that folds them lists one)
+    pairs = [(folder, name) for name in sorted(listed)]
+    for path in (folder, *folder.parents):
+        if path == path.parent:
+            break
+        try:
+            if os.lstat(path.parent).st_dev != device:
+                break  # its name is looked up by the file system mounted above
+        except OSError:
+            break
+        pairs.append((path.parent, path.name))
+    for parent, name in pairs:
+        alt = other(name)
+        if alt is None:
+            continue
+        try:
+            st = os.lstat(parent / name)
+        except OSError:
+            continue  # gone since it was listed
+        try:
+            seen = os.lstat(parent / alt)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            continue
+        return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)
+    return None
+
+
+_ASCII_SWAP = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+def _swapped_case(name: str) -> str | None:
+    """`name` with its ASCII letters in the other case (a case-insensitive file system folds
+    those, whatever it does with others), None without one."""
+    swapped = name.translate(_ASCII_SWAP)
+    return swapped if swapped != name else None
+
+
+def _other_form(name: str) -> str | None:
+    """`name` in NFD if that differs, else in NFC if that does, else None."""
+    for form in ("NFD", "NFC"):
+        other = unicodedata.normalize(form, name)
+        if other != name:
+            return other
+    return None
 
 
 def _same_file(folder: Path, probe: str, other: str) -> bool:
@@ -825,6 +894,7 @@ class FileWriter:
             except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
                 raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
+                set_link_owner(fd, tmp, node, logical)
                 self.unchanged_since_planned(fd, name, logical)
             except BaseException:
                 _drop_temp(fd, tmp)
@@ -1171,6 +1241,51 @@ def owner_differs(node: Node, st: os.stat_result) -> bool:
     """As root, whether the existing path's owner or group is not `node`'s, which a restore sets
     (`set_owner_mode`): work for a restore in place as much as another mode is."""
     return os.geteuid() == 0 and (st.st_uid, st.st_gid) != (node.uid, node.gid)
+
+
+def set_link_owner(fd: int, name: str, node: Node, logical: str) -> None:
+    """As root, the owner of the symlink `name` this restore just made in the folder `fd` (the link
+    itself, never what it points to): a link has no mode of its own, but its owner decides who may
+    rename or delete it in a sticky folder (/tmp), and whether root follows it there. The link is
+    opened (O_PATH, never followed) and checked to be this process's own, pointing where the
+    snapshot's does, before that very inode is given away: in a folder another user can write, a
+    link of theirs swapped in under the temporary name is refused, never made root's. A file
+    system that keeps no owner is left as it is."""
+    if os.geteuid() != 0:
+        return
+    link = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        st = os.fstat(link)
+        if (
+            not stat.S_ISLNK(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or os.readlink("", dir_fd=link) != node.link_target
+        ):
+            raise UnsafePath(
+                f"{logical} in the destination was replaced while this restore made it (its temporary link is "
+                "not the one it made); it was left alone: restore again"
+            )
+        chown = _fchownat()
+        if chown is not None and (st.st_uid, st.st_gid) != (node.uid, node.gid):
+            chown(link, b"", node.uid, node.gid, _AT_EMPTY_PATH)  # a file system without owners: left as is
+    finally:
+        os.close(link)
+
+
+_AT_EMPTY_PATH = 0x1000
+
+
+@functools.cache
+def _fchownat() -> Callable[[int, bytes, int, int, int], int] | None:
+    """fchownat from the C library (os.chown takes no AT_EMPTY_PATH, which changes the very inode
+    an O_PATH descriptor holds), or None where there is none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fchownat
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, bytes, int, int, int], int], fn)
 
 
 def set_owner_mode(fd: int, node: Node) -> None:

@@ -1,0 +1,80 @@
+"""A hand-edited or damaged state file (`~/.argentos/backup/.last-backup`) fed to `phx status` and
+`phx doctor`: a field of a type Phoenix never writes (`failedParts` not a list, `lastSuccess` a
+number), a timestamp no clock can show, a file that is not UTF-8 or not JSON. Each crashed one
+or both ("unexpected internal error ... a bug in Phoenix"); each is now one line naming the state
+file and what is wrong with it, and the rest of the report goes on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from e2e_support import Result, Sandbox
+
+from phoenix_backup.state import state_path
+
+pytestmark = pytest.mark.phx_in_process
+
+PARTIAL = {"success": False, "partial": True, "scope": "identity"}  # every reader of failedParts runs
+FIELDS: list[tuple[str, Any]] = [
+    ("failedParts", 5),
+    ("failedParts", "postgres/main"),
+    ("lastFull", {"success": False, "partial": True, "failedParts": 5}),
+    ("timestamp", 10**400),
+    ("timestamp", 1e308),
+    ("timestamp", -1e20),
+    ("lastSuccess", 5),
+    ("lastSuccess", {"timestamp": 10**30}),
+    ("targets", [1]),
+    ("targetsLastSuccess", {"local": "yesterday"}),
+    ("targetsLastSuccess", {"local": {"timestamp": 10**30}}),
+]
+
+
+def _one_line(sb: Sandbox, needle: str) -> None:
+    for args, code in ((("status",), 1), (("doctor",), None)):
+        res = sb.phx_here(*args, code=1) if code else _doctor(sb)
+        text = res.out + res.err
+        assert "unexpected internal error" not in text, text
+        lines = [line for line in text.splitlines() if needle in line]
+        assert len(lines) == 1 and str(state_path(sb.home)) in lines[0], text
+    doc = sb.phx_here("status", "--json", code=1).json()
+    assert needle in json.dumps(doc), doc
+
+
+def _doctor(sb: Sandbox) -> Result:
+    """`phx doctor`, whose exit code depends on what the damage hides (a last success or not)."""
+    try:
+        return sb.phx_here("doctor")
+    except AssertionError as exc:
+        if "expected exit 0" not in str(exc):
+            raise
+        return sb.phx_here("doctor", code=1)
+
+
+def test_a_field_of_the_wrong_type_or_range_is_one_line(backed_up: Sandbox) -> None:
+    sb = backed_up
+    path = state_path(sb.home)
+    good = json.loads(path.read_text())
+    for key, value in FIELDS:
+        path.write_text(json.dumps({**good, **PARTIAL, key: value}))
+        _one_line(sb, f"({key}")
+
+
+@pytest.mark.parametrize(("raw", "why"), [(b'\xff{"timestamp": 1}', "not UTF-8"), (b'{"timestamp": 1', "not JSON")])
+def test_a_state_file_that_cannot_be_read_is_one_line(backed_up: Sandbox, raw: bytes, why: str) -> None:
+    state_path(backed_up.home).write_bytes(raw)
+    _one_line(backed_up, f"cannot be read ({why})")
+
+
+def test_a_drill_report_whose_errors_are_not_a_list_is_said(backed_up: Sandbox) -> None:
+    """A failed drill's report (`~/.argentos/backup/drills/*.json`) whose `errors` is a number:
+    `phx doctor` stopped with "unexpected internal error (TypeError ...)"; it now says the drill
+    failed."""
+    folder = backed_up.home / ".argentos/backup/drills"
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"ok": False, "started": "2026-12-01T02:00:00+00:00", "name": "drill-1", "errors": 5}
+    (folder / "20261201T020000Z.json").write_text(json.dumps(report))
+    res = backed_up.phx_here("doctor", code=1)
+    assert "last drill: last drill (drill-1)" in res.out and "FAILED with some error(s)" in res.out, res
