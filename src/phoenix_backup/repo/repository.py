@@ -782,7 +782,7 @@ class Repository:
                 keep_next=True,
             )
         self.notice(
-            f"the repository at {self.backend.location} is now format {CAPTURES_FORMAT_VERSION} (it holds capture "
+            f"the repository at {self.backend.location} is now format {CAPTURES_FORMAT_VERSION} (it may hold capture "
             "segments of `phx watch`): Phoenix versions that would lose them in a key rotation refuse it"
         )
         return True
