@@ -192,3 +192,70 @@ def test_a_watch_killed_between_the_config_and_its_first_segment_leaves_format_5
     assert _config(sb.repo)["version"] == 5
     assert any((sb.repo / "captures").iterdir())
     assert os.path.exists(sb.repo / "config")
+
+
+def test_two_watches_marking_at_once_write_the_same_config(sandbox: Sandbox) -> None:
+    """Two watches (two machines) each opened format 4 and hold their shared lease; both make it
+    format 5: the second writes the very bytes of the first (the JSON and its MAC are
+    deterministic), so whichever replace lands last, the config is the same."""
+    sb = sandbox
+    with (
+        _repo(sb) as one,
+        _repo(sb) as two,
+        one.lock(exclusive=False, command="watch"),
+        two.lock(exclusive=False, command="watch"),
+    ):
+        assert one.mark_captures()
+        first = (sb.repo / "config").read_bytes()
+        assert two.mark_captures()
+        assert (sb.repo / "config").read_bytes() == first == one.config.raw == two.config.raw
+    assert _config(sb.repo)["version"] == 5
+
+
+def test_a_write_only_repository_watched_is_format_5_signed_by_the_write_key(make_sandbox: Any, tmp_path: Path) -> None:
+    """The machine that backs up a write-only repository has only the write key: the format 5
+    config it writes keeps `writeOnly`, and the reading machine (the identity) opens it."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    assert _config(sb.repo)["version"] == 4
+    _watch_once(sb)
+    doc = _config(sb.repo)
+    assert doc["version"] == 5 and doc["packIds"] == "blake3" and "writeOnly" in doc, doc
+    sb.backup()  # the writer opens it again (its MAC is the write key's)
+    reader = Reader(sb, tmp_path / "reader", identity)
+    timeline = reader.phx("list", "--timeline", "--json").json()["databases"]
+    assert timeline, timeline
+
+
+def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A replica that missed a rotation (its config is the old key's, format 4): the watch does
+    not replace its config (it is not the same key's) and writes no segment there; the sync that
+    catches it up brings the format 5 config, then the segments."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    sb.phx_here("key", "rotate")  # the replica keeps the old key until its next sync
+    old = (replica / "config").read_bytes()
+    _table(sb.layout.dashboard_db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        w.replicas["replica"] = LocalBackend(replica)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+        w._write_queue()
+        assert "replica" in w.lagging
+    assert (replica / "config").read_bytes() == old and not list((replica / "captures").iterdir())
+    assert any("target replica: its config is not the first target's" in n for n in notices), notices
+    report = _sync(sb, replica)
+    assert report.ok, report.error
+    assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes() and _config(replica)["version"] == 5
+    assert any((replica / "captures").iterdir())
