@@ -138,8 +138,44 @@ def test_a_write_only_config_is_format_3_and_its_recipients_are_authenticated() 
     doc["writeOnly"] = {"recipients": ["age1notakey"]}
     with pytest.raises(CorruptObject, match="no age key"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
-    doc["version"] = 5
+    doc["version"] = 6
     with pytest.raises(UnsupportedFormat):
+        RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+
+
+def test_a_config_that_may_hold_capture_segments_is_format_5_and_says_its_pack_ids() -> None:
+    """Format 5 (docs/repository-format.md §2): `packIds` always, `writeOnly` where it was; a
+    field missing or unknown is malformed; `signed` never lowers it; format 6 is newer."""
+    _identity, recipient = _keys()
+    master = MasterSecrets.generate()
+    plain = replace(_config(recipient, master), write_only=None).signed(master)
+    assert plain.version == 2
+    five = replace(plain, captures=True).signed(master)
+    doc = json.loads(five.to_bytes())
+    assert five.version == 5 and doc["packIds"] == "sha256" and "writeOnly" not in doc
+    again = RepoConfig.from_bytes(five.to_bytes(), "repo")
+    assert again == five and again.captures and again.pack_ids == PackIds.SHA256 and again.problem(master, "x") is None
+    # A write-only one with BLAKE3 names, signed by the write key (the machine that backs up has no other).
+    wo = replace(_config(recipient, master), pack_ids=PackIds.BLAKE3, captures=True).signed(WriteKey.of(master))
+    doc = json.loads(wo.to_bytes())
+    assert wo.version == 5 and doc["packIds"] == "blake3" and doc["writeOnly"] == {"recipients": [recipient]}
+    assert RepoConfig.from_bytes(wo.to_bytes(), "repo").writer_problem(WriteKey.of(master)) is None
+    # Never lowered: a write-only conversion or a rotation signs it again as format 5.
+    assert replace(five, write_only=(recipient,)).signed(master).version == 5
+    assert five.signed(MasterSecrets.generate()).version == 5
+    for change in ({"packIds": None}, {"packIds": "md5"}, {"extra": 1}, {"version": 4}):
+        doc = json.loads(five.to_bytes())
+        doc.update(change)
+        if doc["packIds"] is None:
+            doc.pop("packIds")
+        with pytest.raises(CorruptObject):
+            RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+    # Lowered to 4 with BLAKE3 names (a format 4 config's shape): the MAC no longer verifies.
+    doc = json.loads(wo.to_bytes())
+    doc["version"] = 4
+    assert RepoConfig.from_bytes(json.dumps(doc).encode(), "repo").writer_problem(WriteKey.of(master)) is not None
+    doc["version"] = 6
+    with pytest.raises(UnsupportedFormat, match="newer than this Phoenix reads \\(5\\)"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
 
 

@@ -233,7 +233,10 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
             result.slots = [s.label for s in new_slots]
             result.dropped = dropped
 
-            config = repo.config.signed(new)
+            # A repository that holds capture segments becomes format 5 (written by a `phx watch` from
+            # before that format): a Phoenix that would rotate them away refuses it from now on.
+            holds_segments = next(iter(backend.list(captures.PREFIX)), None) is not None
+            config = replace(repo.config, captures=repo.config.captures or holds_segments).signed(new)
             fresh = Repository(backend, config, new, notice=envx.notice)
             sizes = {info.name: info.size for info in backend.list("data/")}
             pack_ids = repo.index.pack_ids()

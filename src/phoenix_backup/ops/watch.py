@@ -81,7 +81,7 @@ from phoenix_backup.repo.cache import Cache, cache_root
 from phoenix_backup.repo.chunker import HASH_SIZE, PageHashes, SpilledHashes
 from phoenix_backup.repo.crypto import load_cryptography, same_bytes, sha256_hex, zstandard_module
 from phoenix_backup.repo.locks import WATCH_LEASE_SECONDS, HeldLock, ProcessTag
-from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.sources.files import Entry, segment_folders
 from phoenix_backup.sources.scope import SCOPES
 from phoenix_backup.sources.sqlite_capture import CHECKPOINT_FRAMES, Image, Position, SqliteCapture
@@ -278,6 +278,7 @@ class Watcher:
         self.outage_noticed = 0.0
         self.replicas: dict[str, Backend] = {}
         self.lagging: dict[str, float] = {}  # replica -> when it failed (caught up by a sync)
+        self.marked: set[str] = set()  # replicas whose config is format 5 (`_mark_captures`)
         self.last_flush = time.monotonic()
         self.last_publish = time.monotonic()
         self.last_trim = time.monotonic()  # release_memory: a collection and a trim of the C heap
@@ -1171,6 +1172,10 @@ class Watcher:
             return False
         self._locked_noticed = False
         self.lock = held if isinstance(held, HeldLock) else None
+        # Format 5 at the first lease, so at each start (segments of a watch from before it may be
+        # there); should this write fail, the first segment's write tries again and says why.
+        with contextlib.suppress(PhoenixError):
+            self.repo.mark_captures()
         self.bases_due = True  # checked once the segments waiting are written (`_write_queue`)
         return True
 
@@ -1376,6 +1381,12 @@ class Watcher:
             # WATCH_LEASE_SECONDS + 10 s) gets in; the rest waits in the spool meanwhile.
             if self.queue and not self._lease():
                 break
+            if self.queue:
+                try:
+                    self._mark_captures()
+                except PhoenixError as exc:
+                    self._outage(self.queue[0][0], exc)
+                    return
             with self.wake:
                 if not self.queue or self._abandoned():
                     break
@@ -1431,6 +1442,37 @@ class Watcher:
                     self.lagging[rname] = time.monotonic()
         if self.writer is None:
             self._after_writes()
+
+    def _mark_captures(self) -> None:
+        """Format 5 on each target before a segment reaches it (docs/repository-format.md §2), under
+        the lease: the first target's config (`Repository.mark_captures`), then each replica's,
+        replaced by the first target's when it is the same repository under the same key. A replica
+        whose config is not that (another key: a rotation not brought there yet) gets no segment:
+        it lags, and the sync that catches it up brings the config first (repo/replicate.py)."""
+        self.repo.mark_captures()
+        ours = self.repo.config
+        for rname, backend in self.replicas.items():
+            if rname in self.lagging or rname in self.marked:
+                continue
+            problem: str | None = None
+            try:
+                if not backend.exists():
+                    continue  # no repository there yet: its sync makes one with this config
+                raw = backend.read("config")
+                theirs = RepoConfig.from_bytes(raw, backend.location)
+                if raw != ours.raw:
+                    if theirs.captures or not (theirs.same_but_captures(ours) and self.repo.authenticates(theirs)):
+                        problem = "its config is not the first target's (a key rotation not brought there yet?)"
+                    else:
+                        self.repo.locks.confirm_held("no capture segment was written there")
+                        backend.write("config", ours.raw)
+            except PhoenixError as exc:
+                problem = str(exc)
+            if problem is None:
+                self.marked.add(rname)
+            else:
+                self.warn(f"target {rname}: {problem}; it gets no capture segment until `phx sync` catches it up")
+                self.lagging[rname] = time.monotonic()
 
     def _outage(self, name: str, exc: PhoenixError) -> None:
         """The first target refused a segment: said once (then every OUTAGE_NOTICE_SECONDS with

@@ -151,6 +151,22 @@ def seed_repository(source: Backend, dest: Backend) -> None:
     dest.write("config", source.read("config"), exclusive=True)
 
 
+def _carry_mark(repo: Repository, dest: Backend, confirm: Confirmer, report: TargetReport) -> None:
+    """Before a capture segment is copied to `dest`: when the first target's config is format 5
+    (docs/repository-format.md §2) and `dest`'s is the same under the same key without it, `dest`
+    gets the first target's. Never the reverse: a version is never lowered."""
+    source_raw, raw = repo.backend.read("config"), dest.read("config")
+    if raw == source_raw:
+        return
+    ours = RepoConfig.from_bytes(source_raw, repo.backend.location)
+    theirs = RepoConfig.from_bytes(raw, dest.location)
+    marked = ours.captures and not theirs.captures and ours.same_but_captures(theirs)
+    if marked and repo.authenticates(ours) and repo.authenticates(theirs):
+        confirm.now(MORE_COMMITTED)
+        dest.write("config", source_raw)
+        report.objects += 1
+
+
 def replicate(
     repo: Repository,
     name: str,
@@ -242,7 +258,12 @@ def _replicate(
                 f"{dest.location} holds another repository (id {theirs.id[:8]}, not {repo.config.id[:8]}); "
                 f"point targets.{report.name} at an empty location or empty it"
             )
-        switched = raw != source.read("config")
+        source_raw = source.read("config")
+        switched = raw != source_raw
+        if switched and theirs.same_but_captures(repo.config) and repo.authenticates(theirs):
+            # The same key: one of the two has the format 5 mark of `phx watch` and the other not
+            # yet (`_carry_mark`). No rotation to bring over.
+            switched = False
     old: RetiredKeys = None  # the retired keys there, once looked for
     locks = LockManager(dest, repo.locks.sealer, notice)
     with locks.acquire(exclusive=False, command="replicate", ran=ran) as held:
@@ -418,7 +439,9 @@ def _replicate(
                 _copy_one(source, dest, obj, False, report)
                 report.snapshots += 1
         # The capture segments of `phx watch` and the integrity check records (they name snapshots,
-        # copied above).
+        # copied above). The format 5 mark first, read now (a watch may have written it since).
+        if not switched:
+            _carry_mark(repo, dest, confirm, report)
         for prefix in ("captures/", "checks/", retired.PREFIX):
             have_objects = {info.name for info in dest.list(prefix)}
             # An object under checks/ too large for a record is not read (nor copied).

@@ -84,10 +84,14 @@ if TYPE_CHECKING:
 # (repo/writeonly.py); format 4 is format 2 or 3 whose new packs are named by BLAKE3 instead of
 # SHA-256 (`packIds`, repo/pack.py). `phx init` writes format 4; a repository of format 2 or 3
 # keeps its format and its SHA-256 pack names, so a Phoenix that reads only those still reads it.
-FORMAT_VERSION = 4
+# Format 5 is any of those that may hold capture segments of `phx watch` (repo/captures.py): the
+# watch writes it before its first segment reaches a target, so a Phoenix from before segments
+# were re-sealed by `phx key rotate` refuses it as newer instead of rotating them away.
+FORMAT_VERSION = 5
 BASE_FORMAT_VERSION = 2
 WRITE_ONLY_FORMAT_VERSION = 3
 PACK_IDS_FORMAT_VERSION = 4
+CAPTURES_FORMAT_VERSION = 5
 FORMAT_NAME = "phoenix-repository"
 
 # FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
@@ -132,6 +136,8 @@ class RepoConfig:
     write_only: tuple[str, ...] | None = None
     # How packs written now are named: SHA-256 (formats 1 to 3) or BLAKE3 (format 4) of their bytes.
     pack_ids: PackIds = PackIds.SHA256
+    # Format 5: `phx watch` may have written capture segments here (`Repository.mark_captures`).
+    captures: bool = False
 
     def document(self) -> dict[str, Any]:
         """The config without its MAC: what the MAC authenticates."""
@@ -146,8 +152,8 @@ class RepoConfig:
         }
         if self.write_only is not None:
             doc["writeOnly"] = {"recipients": list(self.write_only)}
-        if self.pack_ids != PackIds.SHA256:
-            doc["packIds"] = self.pack_ids.value
+        if self.pack_ids != PackIds.SHA256 or self.captures:
+            doc["packIds"] = self.pack_ids.value  # format 5 says it always, "sha256" too
         return doc
 
     def to_bytes(self) -> bytes:
@@ -166,9 +172,12 @@ class RepoConfig:
         assert isinstance(secrets_, keyslots.MasterSecrets)
         return blake3.blake3(canonical, key=secrets_.derive(_CONFIG_MAC_CONTEXT)).digest()
 
-    def signed(self, secrets_: keyslots.MasterSecrets) -> RepoConfig:
-        """This config in the current format, authenticated by `secrets_`."""
-        if self.pack_ids != PackIds.SHA256:
+    def signed(self, secrets_: keyslots.MasterSecrets | WriteKey) -> RepoConfig:
+        """This config in the current format, authenticated by `secrets_` (a write-only one by its
+        write key). Format 5 stays format 5: `captures` is never dropped here."""
+        if self.captures:
+            version = CAPTURES_FORMAT_VERSION
+        elif self.pack_ids != PackIds.SHA256:
             version = PACK_IDS_FORMAT_VERSION
         elif self.write_only is not None:
             version = WRITE_ONLY_FORMAT_VERSION
@@ -177,6 +186,10 @@ class RepoConfig:
         config = replace(self, version=version)
         config = replace(config, mac=config._mac(secrets_))
         return replace(config, raw=config.to_bytes())
+
+    def same_but_captures(self, other: RepoConfig) -> bool:
+        """Whether `other` holds the same parameters, whatever its format 5 mark, version and MAC."""
+        return replace(self, captures=False, version=0, mac=None) == replace(other, captures=False, version=0, mac=None)
 
     def writer_problem(self, write_key: WriteKey) -> str | None:
         """Why this config is not the write-only repository of `write_key`, or None."""
@@ -251,10 +264,12 @@ class RepoConfig:
                     raise ValueError("mac is not 32 bytes")
             write_only = _write_only(d, version, where)
             pack_ids = PackIds.SHA256
+            # Format 4 names packs by BLAKE3; format 5 says which, either (the format it came from).
+            known = (PackIds.BLAKE3.value, PackIds.SHA256.value) if version >= CAPTURES_FORMAT_VERSION else ("blake3",)
             if version >= PACK_IDS_FORMAT_VERSION:
-                if d["packIds"] != PackIds.BLAKE3.value:
+                if d["packIds"] not in known:
                     raise CorruptObject(f"the repository config at {where} names unknown pack ids {d['packIds']!r}")
-                pack_ids = PackIds.BLAKE3
+                pack_ids = PackIds(d["packIds"])
             config = cls(
                 id=repo_id,
                 version=version,
@@ -266,6 +281,7 @@ class RepoConfig:
                 raw=bytes(data),
                 write_only=write_only,
                 pack_ids=pack_ids,
+                captures=version >= CAPTURES_FORMAT_VERSION,
             )
             if version >= 2 and set(d) - {"mac"} != set(config.document()):
                 raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
@@ -287,7 +303,8 @@ def _int(value: object) -> int:
 
 def _write_only(d: dict[str, Any], version: int, where: str) -> tuple[str, ...] | None:
     """A write-only config's recipients: format 3 is the write-only format and nothing else, and a
-    format 4 config may have them (a write-only repository with BLAKE3 pack names)."""
+    format 4 or 5 config may have them (a write-only repository with BLAKE3 pack names, or one that
+    may hold capture segments)."""
     if version < WRITE_ONLY_FORMAT_VERSION or (version >= PACK_IDS_FORMAT_VERSION and "writeOnly" not in d):
         if "writeOnly" in d:
             raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
@@ -668,13 +685,28 @@ class Repository:
         except BaseException:
             held.release_after_error()
             raise
-        if self.config.raw and current != self.config.raw:
+        if self.config.raw and current != self.config.raw and self._marked_meanwhile(current):
+            pass  # a `phx watch` made it format 5 meanwhile: nothing else changed
+        elif self.config.raw and current != self.config.raw:
             held.release_after_error()
             raise RepositoryError(
                 f"the repository at {self.backend.location} changed while this command was starting "
                 "(its key was rotated or its format upgraded); run the command again"
             )
         return held
+
+    def _marked_meanwhile(self, current: bytes) -> bool:
+        """Adopt `current` when it is this config made format 5 by a watch (`mark_captures`) after
+        this process opened the repository: the same key and parameters, so what it writes stays
+        valid (a backup starting with a first watch must not fail for it)."""
+        try:
+            theirs = RepoConfig.from_bytes(current, self.backend.location)
+        except PhoenixError:
+            return False
+        if not self.marked(theirs):
+            return False
+        self.config = theirs
+        return True
 
     def upgrade(self) -> bool:
         """Bring a format 1 repository to format 2 under an exclusive lock: authenticate the
@@ -702,6 +734,57 @@ class Repository:
             self.backend.write("config", config.to_bytes())
             self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {BASE_FORMAT_VERSION}")
+        return True
+
+    def authenticates(self, config: RepoConfig) -> bool:
+        """Whether `config` (another target's, or this one's read again) is authenticated by this
+        repository's key: by the write key when it is write-only, else by the master secrets."""
+        if config.mac is None:
+            return False
+        if config.write_only is not None:
+            return same_bytes(config.mac, config._mac(self.write_key))
+        return self._secrets is not None and same_bytes(config.mac, config._mac(self._secrets))
+
+    def marked(self, config: RepoConfig) -> bool:
+        """Whether `config` is this repository's config made format 5 (`mark_captures`) and
+        nothing else: the same fields, the same key."""
+        return (
+            config.captures
+            and not self.config.captures
+            and config.same_but_captures(self.config)
+            and self.authenticates(config)
+        )
+
+    def mark_captures(self) -> bool:
+        """Make the config format 5, "this repository may hold capture segments", before `phx watch`
+        writes one (docs/repository-format.md §2): a Phoenix that would rotate the key without
+        re-sealing them refuses the repository as newer. True when it was written.
+
+        Under the lock the caller holds, confirmed first: the watch's shared lease. Every other
+        command that replaces the config (a rotation, a format 1 upgrade, a write-only conversion)
+        holds an exclusive lock, so none runs meanwhile; a second watch writes the same bytes (the
+        MAC and the JSON are deterministic), and each object is replaced atomically."""
+        if self.config.captures:
+            return False
+        key: keyslots.MasterSecrets | WriteKey = self.write_key if self.config.write_only is not None else self.secrets
+        config = replace(self.config, captures=True).signed(key)
+        self.locks.confirm_held("no capture segment was written")
+        self.backend.write("config", config.to_bytes())
+        self.config = config
+        if self.pins is not None and self._secrets is not None:
+            # From now on this machine refuses the format 4 config put back (a downgrade).
+            self.pins.record(
+                config.id,
+                self.backend.location,
+                self._secrets.fingerprint,
+                format=config.version,
+                write_only=config.write_only is not None,
+                keep_next=True,
+            )
+        self.notice(
+            f"the repository at {self.backend.location} is now format {CAPTURES_FORMAT_VERSION} (it may hold capture "
+            "segments of `phx watch`): Phoenix versions that would lose them in a key rotation refuse it"
+        )
         return True
 
     # -- index -------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""Format 5, "this repository may hold capture segments" (docs/repository-format.md §2 and
+"Compatibility"): `phx watch` writes it to each target before its first segment there, so a
+Phoenix from before segments were re-sealed by `phx key rotate` refuses the repository as newer
+instead of rotating them away. A repository never watched keeps its format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import PASSPHRASE, TEST_KDF, Sandbox
+from killpoint import run_killed
+from test_key_rotate_history import _repo
+from test_watch_adversary import _commit, _table
+from test_watch_bases import _watcher
+
+from phoenix_backup.dirs import data_dir
+from phoenix_backup.repo import keys
+from phoenix_backup.repo.pack import PackIds
+from phoenix_backup.repo.pins import Pins
+from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.storage.base import Backend
+from phoenix_backup.storage.local import LocalBackend
+
+pytestmark = pytest.mark.phx_in_process
+
+
+def _config(root: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((root / "config").read_bytes())
+    return doc
+
+
+def _record(backend: Backend, where: str, log: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log `where:config` and `where:captures` as `backend` writes them, in order."""
+    real: Callable[..., None] = backend.write
+
+    def write(name: str, data: bytes, **kwargs: bool) -> None:
+        real(name, data, **kwargs)
+        if name == "config" or name.startswith("captures/"):
+            log.append(f"{where}:{name.split('/')[0]}")
+
+    monkeypatch.setattr(backend, "write", write)
+
+
+def _sync(sb: Sandbox, replica: Path, log: list[str] | None = None, mp: Any = None) -> TargetReport:
+    dest = LocalBackend(replica)
+    if log is not None:
+        _record(dest, "replica", log, mp)
+    with _repo(sb) as repo:
+        return replicate(repo, "replica", dest, lambda _m: None)
+
+
+def _watch_once(sb: Sandbox, replica: Path | None = None, log: list[str] | None = None, mp: Any = None) -> None:
+    """A watch's bases and first segment written, in this process; then, with `replica` added as
+    a replica (the base snapshot's copy goes to configured targets only), a second segment."""
+    db = sb.layout.dashboard_db
+    _table(db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        if log is not None:
+            _record(w.repo.backend, "first", log, mp)
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        assert not w.queue, notices
+        if replica is not None:
+            w.replicas["replica"] = LocalBackend(replica)
+            if log is not None:
+                _record(w.replicas["replica"], "replica", log, mp)
+            _commit(db, 1)
+            w.poll()
+            w.flush()
+            w._write_queue()
+            assert not w.queue and not w.lagging, (notices, w.result)
+
+
+def test_watch_makes_each_target_format_5_before_its_first_segment_and_a_replayed_4_is_refused(
+    make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    before = (sb.repo / "config").read_bytes()
+    assert _config(sb.repo)["version"] == _config(replica)["version"] == 4
+    with _repo(sb) as repo:  # a backup that opened the repository before the watch started
+        log: list[str] = []
+        _watch_once(sb, replica, log, monkeypatch)
+        # The first target's config, then the replica's, each before a segment reaches it.
+        assert log.index("first:config") < log.index("first:captures"), log
+        assert log.index("replica:config") < log.index("replica:captures"), log
+        for root in (sb.repo, replica):
+            doc = _config(root)
+            assert doc["version"] == 5 and doc["packIds"] == "blake3" and "writeOnly" not in doc, doc
+            assert any((root / "captures").iterdir())
+        assert (sb.repo / "config").read_bytes() == (replica / "config").read_bytes()
+        # The backup that opened format 4 takes its lock on format 5 and goes on (nothing else changed).
+        with repo.lock(exclusive=False, command="backup"):
+            assert repo.config.version == 5
+    assert sb.verify()["ok"] is True
+    # The format 4 config put back (it is authenticated: the same key signed it) is a downgrade.
+    (sb.repo / "config").write_bytes(before)
+    refused = sb.phx_here("list", code=1)
+    assert "is format 4" in refused.err and "saw it format 5" in refused.err, refused.err
+
+
+def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make_sandbox: Any, tmp_path: Path) -> None:
+    sb: Sandbox = make_sandbox()
+    for path in sorted(sb.repo.rglob("*"), reverse=True):
+        path.unlink() if not path.is_dir() else path.rmdir()
+    sb.repo.rmdir()
+    Repository.init(
+        LocalBackend(sb.repo),
+        lambda m: keys.wrap_passphrase(m, PASSPHRASE, kdf_params=TEST_KDF),
+        True,
+        pins=Pins(data_dir(sb.env) / "pins.json"),
+        pack_ids=PackIds.SHA256,
+    ).close()
+    assert _config(sb.repo)["version"] == 2
+    _watch_once(sb)
+    doc = _config(sb.repo)
+    assert doc["version"] == 5 and doc["packIds"] == "sha256", doc
+    (sb.workspace / "MEMORY.md").write_text("a new line\n")
+    sb.backup()
+    assert _config(sb.repo) == doc, "a backup keeps format 5"
+    packs = [p for p in (sb.repo / "data").rglob("*") if p.is_file()]
+    assert packs and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in packs)
+
+
+def test_an_unwatched_repository_keeps_its_format_until_a_watch_writes(
+    make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backups, forget and prune, a key rotation and a sync leave a repository never watched at
+    format 4 (an older Phoenix still reads it); the first watch makes it 5 on both targets, and a
+    sync then carries it to a replica that missed it."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    (sb.workspace / "MEMORY.md").write_text("# Memory\nsomething new\n")
+    sb.backup()
+    sb.phx_here("forget", sb.snapshots()[0]["id"])
+    sb.phx_here("prune")
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    sb.phx_here("key", "rotate")
+    rotated = _sync(sb, replica)
+    assert rotated.ok, rotated.error
+    assert _config(sb.repo)["version"] == _config(replica)["version"] == 4
+    _watch_once(sb)  # the first target only: the replica missed it
+    assert _config(sb.repo)["version"] == 5 and _config(replica)["version"] == 4
+    log: list[str] = []
+    report = _sync(sb, replica, log, monkeypatch)
+    assert report.ok, report.error
+    assert log and log[0] == "replica:config" and "replica:captures" in log, log  # the mark before any segment
+    assert (sb.repo / "config").read_bytes() == (replica / "config").read_bytes()
+    assert sorted(p.name for p in (replica / "captures").iterdir()) == sorted(
+        p.name for p in (sb.repo / "captures").iterdir()
+    )
+
+
+def test_a_repository_holding_segments_from_before_is_made_5_by_key_rotate(make_sandbox: Any, tmp_path: Path) -> None:
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    before = (sb.repo / "config").read_bytes()
+    _watch_once(sb)
+    # As a watch of the Phoenix before format 5 left it: segments under the format 4 config.
+    (sb.repo / "config").write_bytes(before)
+    assert _config(sb.repo)["version"] == 4
+    sb.env["PHX_DATA_DIR"] = str(tmp_path / "another-machine")  # one that never saw format 5
+    sb.phx_here("key", "rotate")
+    assert _config(sb.repo)["version"] == 5
+
+
+def test_a_watch_killed_between_the_config_and_its_first_segment_leaves_format_5(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = sandbox
+    _table(sb.layout.dashboard_db)
+    report = tmp_path / "kill"
+    env = {**sb.env, "PHX_KILL_AT": "1", "PHX_KILL_MATCH": "/captures/"}
+    outcome, _n, call = run_killed(["watch", "--no-files"], env, report, timeout=120)
+    assert outcome == "killed", (outcome, call)
+    assert not [p for p in (sb.repo / "captures").iterdir() if not p.name.startswith(".")]
+    assert _config(sb.repo)["version"] == 5
+    _watch_once(sb)
+    assert _config(sb.repo)["version"] == 5
+    assert any((sb.repo / "captures").iterdir())
+    assert os.path.exists(sb.repo / "config")
+
+
+def test_two_watches_marking_at_once_write_the_same_config(sandbox: Sandbox) -> None:
+    """Two watches (two machines) each opened format 4 and hold their shared lease; both make it
+    format 5: the second writes the very bytes of the first (the JSON and its MAC are
+    deterministic), so whichever replace lands last, the config is the same."""
+    sb = sandbox
+    with (
+        _repo(sb) as one,
+        _repo(sb) as two,
+        one.lock(exclusive=False, command="watch"),
+        two.lock(exclusive=False, command="watch"),
+    ):
+        assert one.mark_captures()
+        first = (sb.repo / "config").read_bytes()
+        assert two.mark_captures()
+        assert (sb.repo / "config").read_bytes() == first == one.config.raw == two.config.raw
+    assert _config(sb.repo)["version"] == 5
+
+
+def test_a_write_only_repository_watched_is_format_5_signed_by_the_write_key(make_sandbox: Any, tmp_path: Path) -> None:
+    """The machine that backs up a write-only repository has only the write key: the format 5
+    config it writes keeps `writeOnly`, and the reading machine (the identity) opens it."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    assert _config(sb.repo)["version"] == 4
+    _watch_once(sb)
+    doc = _config(sb.repo)
+    assert doc["version"] == 5 and doc["packIds"] == "blake3" and "writeOnly" in doc, doc
+    sb.backup()  # the writer opens it again (its MAC is the write key's)
+    reader = Reader(sb, tmp_path / "reader", identity)
+    timeline = reader.phx("list", "--timeline", "--json").json()["databases"]
+    assert timeline, timeline
+
+
+def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A replica that missed a rotation (its config is the old key's, format 4): the watch does
+    not replace its config (it is not the same key's) and writes no segment there; the sync that
+    catches it up brings the format 5 config, then the segments."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    sb.phx_here("key", "rotate")  # the replica keeps the old key until its next sync
+    old = (replica / "config").read_bytes()
+    _table(sb.layout.dashboard_db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        w.replicas["replica"] = LocalBackend(replica)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+        w._write_queue()
+        assert "replica" in w.lagging
+    assert (replica / "config").read_bytes() == old and not list((replica / "captures").iterdir())
+    assert any("target replica: its config is not the first target's" in n for n in notices), notices
+    report = _sync(sb, replica)
+    assert report.ok, report.error
+    assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes() and _config(replica)["version"] == 5
+    assert any((replica / "captures").iterdir())
