@@ -13,18 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PASSPHRASE, TEST_KDF, Sandbox
+from e2e_support import Sandbox
 from killpoint import run_killed
 from test_key_rotate_history import _repo
+from test_pack_ids import remake_as_format_2
 from test_watch_adversary import _commit, _table
 from test_watch_bases import _watcher
 
-from phoenix_backup.dirs import data_dir
-from phoenix_backup.repo import keys
-from phoenix_backup.repo.pack import PackIds
-from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import TargetReport, replicate
-from phoenix_backup.repo.repository import Repository
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -113,16 +109,7 @@ def test_watch_makes_each_target_format_5_before_its_first_segment_and_a_replaye
 
 def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make_sandbox: Any, tmp_path: Path) -> None:
     sb: Sandbox = make_sandbox()
-    for path in sorted(sb.repo.rglob("*"), reverse=True):
-        path.unlink() if not path.is_dir() else path.rmdir()
-    sb.repo.rmdir()
-    Repository.init(
-        LocalBackend(sb.repo),
-        lambda m: keys.wrap_passphrase(m, PASSPHRASE, kdf_params=TEST_KDF),
-        True,
-        pins=Pins(data_dir(sb.env) / "pins.json"),
-        pack_ids=PackIds.SHA256,
-    ).close()
+    remake_as_format_2(sb)
     assert _config(sb.repo)["version"] == 2
     _watch_once(sb)
     doc = _config(sb.repo)

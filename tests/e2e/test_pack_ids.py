@@ -43,6 +43,20 @@ def _verify_finds(sb: Sandbox, victim: Path) -> None:
     assert any(victim.name in (e.get("object") or "") for e in doc["errors"]), doc["errors"]
 
 
+def remake_as_format_2(sb: Sandbox) -> None:
+    """The sandbox's repository made again as an older Phoenix made it: format 2, packs named by SHA-256."""
+    for path in sorted(sb.repo.rglob("*"), reverse=True):
+        path.unlink() if not path.is_dir() else path.rmdir()
+    sb.repo.rmdir()
+    Repository.init(
+        LocalBackend(sb.repo),
+        lambda m: keys.wrap_passphrase(m, PASSPHRASE, kdf_params=TEST_KDF),
+        True,
+        pins=Pins(data_dir(sb.env) / "pins.json"),
+        pack_ids=PackIds.SHA256,
+    ).close()
+
+
 def test_a_new_repository_names_its_packs_by_blake3(make_sandbox, tmp_path: Path) -> None:
     sb: Sandbox = make_sandbox()
     state = sb.state()
@@ -65,17 +79,7 @@ def test_a_new_repository_names_its_packs_by_blake3(make_sandbox, tmp_path: Path
 
 def test_a_format_2_repository_keeps_sha256_names_and_its_format(make_sandbox, tmp_path: Path) -> None:
     sb: Sandbox = make_sandbox()
-    # The repository an older Phoenix made: format 2, packs named by SHA-256.
-    for path in sorted(sb.repo.rglob("*"), reverse=True):
-        path.unlink() if not path.is_dir() else path.rmdir()
-    sb.repo.rmdir()
-    Repository.init(
-        LocalBackend(sb.repo),
-        lambda m: keys.wrap_passphrase(m, PASSPHRASE, kdf_params=TEST_KDF),
-        True,
-        pins=Pins(data_dir(sb.env) / "pins.json"),
-        pack_ids=PackIds.SHA256,
-    ).close()
+    remake_as_format_2(sb)
     before = (sb.repo / "config").read_bytes()
     assert json.loads(before)["version"] == 2 and "packIds" not in json.loads(before)
     sb.backup()
