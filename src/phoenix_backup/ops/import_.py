@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ChecksumMismatch, NotAnExport, SourceError, UnsafePath, UsageError
+from phoenix_backup.errors import ChecksumMismatch, MergeFailed, NotAnExport, SourceError, UnsafePath, UsageError
 from phoenix_backup.memory.checksums import verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
-from phoenix_backup.ops.merge import confirm_merge
+from phoenix_backup.ops.merge import confirm_merge, merged_before
 from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
@@ -264,5 +264,13 @@ def import_export(
             "--force",
         )
     for src, target in zip(sources, targets, strict=True):
-        result.databases.append(merge_database(src, src.logical, target, mode=conflict_mode, dry_run=dry_run))
+        try:
+            result.databases.append(merge_database(src, src.logical, target, mode=conflict_mode, dry_run=dry_run))
+        except MergeFailed as exc:
+            if dry_run or not result.databases:
+                raise
+            # Each store is its own transaction: say which ones this import did change.
+            raise merged_before(
+                exc, result, "import again once the cause is fixed: their rows then count as unchanged"
+            ) from exc
     return result
