@@ -22,7 +22,7 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ChecksumMismatch, MergeFailed, NotAnExport, SourceError, UnsafePath, UsageError
-from phoenix_backup.memory.checksums import verify_checksums
+from phoenix_backup.memory.checksums import read_json_text, verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
 from phoenix_backup.ops.context import Environment
@@ -139,7 +139,7 @@ def _list(value: object) -> list[Any]:
 def read_metadata(folder: Path) -> dict[str, Any]:
     path = folder / "metadata.json"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_json_text(path)
     except FileNotFoundError:
         raise NotAnExport(f"{folder} holds no metadata.json; give the folder `phx export` wrote") from None
     except (OSError, ValueError) as exc:
