@@ -33,6 +33,7 @@ from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
+from phoenix_backup.sql import tokens, unquote
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
 
@@ -59,6 +60,11 @@ class ExportRowSource:
                 raise NotAnExport(
                     f"the export's schema for {self.logical} holds a statement that is not a CREATE ({s.name}); "
                     "import only exports written by `phx export`"
+                )
+            if _creates(s.sql) != (s.type, s.name):
+                raise NotAnExport(
+                    f"the export's schema for {self.logical} names a {s.type} {s.name!r} whose statement creates "
+                    f"something else ({s.sql[:80]!r}); import only exports written by `phx export`"
                 )
         self._tables: list[TableInfo] = []
         self._files: dict[str, Path] = {}
@@ -95,6 +101,29 @@ class ExportRowSource:
                 yield tuple(from_json(obj.get(c)) for c in columns)
         except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
+
+
+def _creates(sql: str) -> tuple[str, str] | None:
+    """The type and name of what a CREATE statement of `sqlite_master` makes: a trigger spelled
+    as a `table` statement was created before the rows, not after them; a statement naming
+    another object than its entry created it unchecked. None for what `sqlite_master` never holds
+    (TEMP, a schema-qualified name), or no CREATE at all."""
+    t = tokens(sql)
+    up = [x.upper() for x in t]
+    i = 2 if up[1:2] in (["UNIQUE"], ["VIRTUAL"]) else 1
+    kind = {"TABLE": "table", "INDEX": "index", "VIEW": "view", "TRIGGER": "trigger"}.get(up[i] if i < len(up) else "")
+    if up[:1] != ["CREATE"] or kind is None or (up[1] == "UNIQUE") != (kind == "index" and i == 2):
+        return None
+    if up[1] == "VIRTUAL" and kind != "table":
+        return None
+    i += 1
+    if up[i : i + 3] == ["IF", "NOT", "EXISTS"]:
+        i += 3
+    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in t[i]:
+        return None
+    if (up[-1] != "END") if kind == "trigger" else (";" in t):  # a second statement after it
+        return None
+    return kind, unquote(t[i])
 
 
 def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
