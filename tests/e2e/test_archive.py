@@ -101,6 +101,17 @@ def test_archive_refuses_what_it_cannot_do(backed_up: Sandbox, tmp_path: Path) -
     assert existing.read_bytes()[:2] == b"PK"
 
 
+def test_an_archive_into_the_workspace_or_the_repository_is_refused(backed_up: Sandbox) -> None:
+    # An archive is a plain copy of the snapshot (the config file's credentials, every store).
+    # Written into the workspace, the next backup saved it, and the next archive held it again;
+    # into the repository, it sat among the encrypted objects. `export --output` refused both.
+    sb = backed_up
+    inside = sb.workspace / "memory" / "snap.zip"
+    assert_error(sb.phx("archive", "latest", "--output", inside, check=None), 2, "inside the workspace", "archive")
+    assert_error(sb.phx("archive", "latest", "--output", sb.repo / "snap.tar.gz", check=None), 2, "repository")
+    assert not inside.exists() and not (sb.repo / "snap.tar.gz").exists()
+
+
 def test_archive_of_damaged_data_fails_and_leaves_no_archive(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
     damage_blob(sb, "workspace/MEMORY.md")

@@ -33,7 +33,13 @@ from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import ExitStatus, UsageError
-from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.context import (
+    Environment,
+    open_repository,
+    refuse_export_in_workspace,
+    refuse_plain_copies_in_repository,
+    require_identity,
+)
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot, unchecked_copy_note
 from phoenix_backup.repo.tree import Node
@@ -102,6 +108,12 @@ def archive(
     force: bool = False,
 ) -> ArchiveResult:
     fmt = archive_format(output)
+    output = output.absolute()
+    # A plain copy of the snapshot (its config file's credentials, every store): never among the
+    # repository's objects, nor in the workspace, where the next backup saved it and the next
+    # archive held it again, each larger than the last.
+    refuse_plain_copies_in_repository(cfg, output, "--output")
+    refuse_export_in_workspace(cfg, output, "archive")
     if output.exists() and not force:
         raise UsageError(f"{output} already exists; choose another name or pass --force to replace it")
     if not output.parent.is_dir():
