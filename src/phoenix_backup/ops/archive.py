@@ -208,15 +208,23 @@ def _phoenix_config(snap: Snapshot, nodes: list[tuple[str, Node]]) -> str | None
 
 
 def _zip_names(top: str, nodes: list[tuple[str, Node]]) -> None:
-    """A zip names its entries in UTF-8, in at most 65,535 bytes: a name or link target that is not
-    UTF-8 (a file from a Latin-1 system) or a longer path (a forged tree) cannot be written, and
-    tar can."""
+    """A zip names its entries in UTF-8, in at most 65,535 bytes, with `/` between folders: a name
+    or link target that is not UTF-8 (a file from a Latin-1 system), a name holding a backslash or
+    a longer path (a forged tree) cannot be written, and tar can."""
     for logical, node in nodes:
         shown = logical.encode("utf-8", "backslashreplace").decode()
         if not (_is_utf8(logical) and _is_utf8(node.link_target or "")):
             raise UsageError(
                 f"{shown} has a name or link target that is not UTF-8, which a zip archive cannot hold; write "
                 "FILE.tar.gz instead"
+            )
+        if "\\" in logical:
+            # The zip format's separator is `/` alone (APPNOTE 4.4.17), but extractors on Windows
+            # may take a backslash for one too: `workspace/..\\..\\x` was written as it is, which
+            # such an extractor may place outside the folder it unpacks into. tar keeps one name.
+            raise UsageError(
+                f"{shown} has a backslash in its name, which extractors on Windows may read as a folder separator "
+                "(a name such as ..\\..\\x may land outside the folder unpacked into); write FILE.tar.gz instead"
             )
         length = len(f"{top}/{logical}/".encode())
         if length > 0xFFFF:
