@@ -4,12 +4,14 @@ names, of its type, in one statement."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from phoenix_backup.errors import NotAnExport
+from phoenix_backup.memory import checksums
 from phoenix_backup.ops.import_ import ExportRowSource
 from phoenix_backup.sinks.sqlite_merge import merge_database
 
@@ -69,3 +71,16 @@ def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path) -> None:
         assert con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == [('Zz "q"',)]
     finally:
         con.close()
+
+
+def test_a_table_file_reformatted_by_hand_is_read_whole_only_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table file not in the one-row-a-line form is read whole (json.load): a 2 GB one took many
+    # times its size in memory. Past the bound it is one error, unread (the bound made small here).
+    source, _live = _store(tmp_path, ("table", "notes", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"))
+    (tmp_path / "notes.json").write_text(json.dumps([{"id": i, "body": "x" * 20} for i in range(10)]))
+    assert len(list(source.rows(source.tables[0]))) == 10
+    monkeypatch.setattr(checksums, "MAX_JSON_BYTES", 100)
+    with pytest.raises(NotAnExport, match="one-row-a-line form"):
+        list(source.rows(source.tables[0]))

@@ -22,6 +22,7 @@ from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ChecksumMismatch, MergeFailed, NotAnExport, SourceError, UnsafePath, UsageError
+from phoenix_backup.memory import checksums
 from phoenix_backup.memory.checksums import read_json_text, verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
@@ -34,6 +35,7 @@ from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
 from phoenix_backup.sql import tokens, unquote
+from phoenix_backup.units import human_size
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
 
@@ -132,6 +134,12 @@ def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         first = f.readline()
         if first.strip() != "[":
+            size = os.fstat(f.fileno()).st_size
+            if size > checksums.MAX_JSON_BYTES:  # read whole, as many times its size in memory
+                raise ValueError(
+                    f"it is not in the one-row-a-line form `phx export` writes, and at {human_size(size)} larger "
+                    f"than the {human_size(checksums.MAX_JSON_BYTES)} Phoenix reads whole"
+                )
             f.seek(0)
             doc = json.load(f, parse_constant=_no_constant)
             if not isinstance(doc, list):
