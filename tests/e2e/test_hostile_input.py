@@ -263,6 +263,31 @@ def test_a_number_beyond_int64_in_the_last_store_imports_nothing(sandbox: Sandbo
         con.close()
 
 
+def test_an_export_holding_one_key_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A hand-edited export with a row given twice, with other values: the second was counted
+    # skipped, or with --conflict-mode update written over the live row (exit 0).
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx_here("export", "--format", "json", "--output", export)
+    table = export / "databases" / "memory" / "lessons.json"
+    lines = table.read_text().splitlines()
+    row = json.loads(lines[1].removesuffix(","))
+    column = next(c for c, v in row.items() if isinstance(v, str) and c != "id")
+    lines.insert(2, json.dumps({**row, column: "written by whoever edited the export"}) + ",")
+    table.write_text("\n".join(lines) + "\n")
+    write_checksums(export)
+    db = sb.db_path("home/.argentos/memory.db")
+    res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
+    assert_error(res, 2, "lessons.json", "two rows with the key", "row 2")
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute(f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)).fetchone() == (
+            row[column],
+        )
+    finally:
+        con.close()
+
+
 def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
     # A bomb with this host's name and a later time is the next backup's parent: every backup
     # failed on it until someone forgot it. Now the backup reads every file and says why.

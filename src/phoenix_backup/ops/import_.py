@@ -95,6 +95,26 @@ class ExportRowSource:
     def tables(self) -> list[TableInfo]:
         return self._tables
 
+    def check_rows(self, table: TableInfo) -> None:
+        """Read every row of the table once: a value it cannot hold, or two rows with one key
+        (a hand-edited export: the one merged second was skipped, or with `update` overwrote the
+        first), is a NotAnExport naming the file."""
+        positions = _key_positions(table)
+        if positions is None:
+            collections.deque(self.rows(table), maxlen=0)
+            return
+        seen: set[tuple[SqlValue, ...]] = set()
+        for number, row in enumerate(self.rows(table), start=1):
+            key = tuple(row[i] for i in positions)
+            if None in key:  # a NULL equals no key: such rows are merged as whole rows
+                continue
+            if key in seen:
+                raise NotAnExport(
+                    f"{self._files[table.name].name} of the export holds two rows with the key {key!r:.80} (the "
+                    f"second is row {number}), of which the merge would keep one without a word; export again"
+                )
+            seen.add(key)
+
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         path = self._files[table.name]
         columns = table.columns
@@ -126,6 +146,12 @@ def _creates(sql: str) -> tuple[str, str] | None:
     if (up[-1] != "END") if kind == "trigger" else (";" in t):  # a second statement after it
         return None
     return kind, unquote(t[i])
+
+
+def _key_positions(table: TableInfo) -> list[int] | None:
+    if not table.key or not all(k in table.columns for k in table.key):
+        return None
+    return [table.columns.index(k) for k in table.key]
 
 
 def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
@@ -291,7 +317,7 @@ def import_export(
     # be read failed the import after the stores before it were merged.
     for src in sources:
         for table in src.tables:
-            collections.deque(src.rows(table), maxlen=0)
+            src.check_rows(table)
     if not dry_run and not force and sources:
         rows = sum(int(t.get("rows", 0)) for db in meta.get("databases", []) for t in db.get("tableFiles", []))
         confirm_merge(
