@@ -84,3 +84,18 @@ def test_a_table_file_reformatted_by_hand_is_read_whole_only_up_to_a_bound(
     monkeypatch.setattr(checksums, "MAX_JSON_BYTES", 100)
     with pytest.raises(NotAnExport, match="one-row-a-line form"):
         list(source.rows(source.tables[0]))
+
+
+@pytest.mark.parametrize("file", ["", "databases", "nowhere.json"])
+def test_a_table_file_that_is_a_folder_or_missing_is_one_error_naming_it(tmp_path: Path, file: str) -> None:
+    # Nothing ties tableFiles to the files checksums.json lists: a folder or a missing file named
+    # there ended `phx import` as an internal error (IsADirectoryError, FileNotFoundError).
+    (tmp_path / "databases").mkdir()
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [{"name": "notes", "columns": ["id"], "primaryKey": ["id"], "file": file}],
+    }
+    source = ExportRowSource(tmp_path, db)
+    with pytest.raises(NotAnExport, match=r"as the rows of table notes of home/x\.db"):
+        source.check_rows(source.tables[0])

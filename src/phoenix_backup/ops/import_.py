@@ -123,6 +123,12 @@ class ExportRowSource:
                 yield tuple(from_json(obj.get(c)) for c in columns)
         except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
+        except OSError as exc:  # metadata.json names a folder, or a file the export does not hold
+            shown = path.relative_to(self.folder.resolve()).as_posix()
+            raise NotAnExport(
+                f"metadata.json names {shown!r} as the rows of table {table.name} of {self.logical}, which cannot "
+                f"be read ({exc.strerror}); export again"
+            ) from exc
 
 
 def _creates(sql: str) -> tuple[str, str] | None:
