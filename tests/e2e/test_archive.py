@@ -101,6 +101,17 @@ def test_archive_refuses_what_it_cannot_do(backed_up: Sandbox, tmp_path: Path) -
     assert existing.read_bytes()[:2] == b"PK"
 
 
+def test_an_archive_into_the_workspace_or_the_repository_is_refused(backed_up: Sandbox) -> None:
+    # An archive is a plain copy of the snapshot (the config file's credentials, every store).
+    # Written into the workspace, the next backup saved it, and the next archive held it again;
+    # into the repository, it sat among the encrypted objects. `export --output` refused both.
+    sb = backed_up
+    inside = sb.workspace / "memory" / "snap.zip"
+    assert_error(sb.phx("archive", "latest", "--output", inside, check=None), 2, "inside the workspace", "archive")
+    assert_error(sb.phx("archive", "latest", "--output", sb.repo / "snap.tar.gz", check=None), 2, "repository")
+    assert not inside.exists() and not (sb.repo / "snap.tar.gz").exists()
+
+
 def test_archive_of_damaged_data_fails_and_leaves_no_archive(backed_up: Sandbox, tmp_path: Path) -> None:
     sb = backed_up
     damage_blob(sb, "workspace/MEMORY.md")
@@ -132,3 +143,23 @@ def test_a_file_name_that_is_not_utf8_is_archived_as_its_bytes(sandbox: Sandbox,
     res = sb.phx("archive", "latest", "--output", tmp_path / "agent.zip", check=None)
     assert_error(res, 2, "not UTF-8", ".tar.gz")
     assert not (tmp_path / "agent.zip").exists()
+
+
+def test_a_name_with_backslashes_is_refused_in_a_zip_and_kept_whole_in_a_tar(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A zip's separator is `/` alone, but extractors on Windows may read `\\` as one: the name
+    # `..\\..\\evil.md` (a valid name here) went into the zip as it is. tar keeps it as one name.
+    sb = sandbox
+    name = "..\\..\\evil.md"
+    (sb.workspace / name).write_bytes(b"one name\n")
+    sb.backup()
+    res = sb.phx("archive", "latest", "--output", tmp_path / "agent.zip", check=None)
+    assert_error(res, 2, "backslash", ".tar.gz")
+    assert not (tmp_path / "agent.zip").exists()
+    archive = tmp_path / "agent.tar.gz"
+    sb.phx("archive", "latest", "--output", archive)
+    out = tmp_path / "extracted"
+    extract(archive, out)
+    (root,) = out.iterdir()
+    assert (root / "workspace" / name).read_bytes() == b"one name\n"
+    check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root, capture_output=True)
+    assert check.returncode == 0, check

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Sandbox, assert_error, mount, row_count
+from e2e_support import Sandbox, assert_error, mount, row_count, run_phx
 
 from phoenix_backup.config.defaults import DEFAULT_SQLITE
 
@@ -199,6 +199,16 @@ def test_output_must_be_new_or_empty(sandbox: Sandbox, tmp_path: Path) -> None:
     sandbox.phx("export", "--format", "markdown", "--output", empty)
     assert (empty / "checksums.json").is_file()
     assert not [p for p in tmp_path.iterdir() if ".phx-tmp-" in p.name]  # no temporary folder left
+
+
+def test_output_dash_is_not_a_folder_named_dash(sandbox: Sandbox, tmp_path: Path) -> None:
+    # `--output -` (stdout, by habit) wrote the export into a new folder named `-` in the
+    # current folder, and said so among its other output.
+    here = tmp_path / "here"
+    here.mkdir()
+    res = run_phx(["export", "--output", "-"], sandbox.env, check=None, cwd=here)
+    assert_error(res, 2, "never written to stdout", "--output DIR")
+    assert list(here.iterdir()) == []
 
 
 def test_output_a_link_to_an_empty_folder_exports_into_that_folder(sandbox: Sandbox, tmp_path: Path) -> None:

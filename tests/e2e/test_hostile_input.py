@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from e2e_support import PHX, Result, Sandbox, assert_error, assert_restored
 from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo.crypto import Compression
 from phoenix_backup.sample import generate_workspace
+from phoenix_backup.sql import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, extents, file_node
@@ -226,6 +228,64 @@ def test_an_export_with_a_lone_surrogate_is_imported_without_a_traceback(sandbox
     assert res.code in (0, 3), res
     # --json: valid Unicode with U+FFFD in place of the surrogate (jsontext.portable)
     assert "notes\ufffd" in json.dumps(res.json(), ensure_ascii=False), res
+
+
+def test_a_number_beyond_int64_in_the_last_store_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    # json reads any integer; SQLite takes 64 bits. The rows were read ahead, but the number was
+    # found only when the last store was merged: an internal error (OverflowError), exit 1, with
+    # the stores before it already merged.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx_here("export", "--format", "json", "--output", export)
+    meta = json.loads((export / "metadata.json").read_text())
+    last = meta["databases"][-1]["tableFiles"][0]
+    table = export / last["file"]
+    lines = table.read_text().splitlines()
+    row = json.loads(lines[1].removesuffix(","))
+    row[last["primaryKey"][0]] = 2**64  # a new key: the row would be inserted
+    lines[1] = json.dumps(row) + ","
+    table.write_text("\n".join(lines) + "\n")
+    write_checksums(export)
+    first = sb.db_path(meta["databases"][0]["path"])
+    name = meta["databases"][0]["tableFiles"][-1]["name"]
+    con = sqlite3.connect(first)
+    try:
+        con.execute(f"DELETE FROM {quote(name)}")
+        con.commit()
+    finally:
+        con.close()
+    res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
+    assert_error(res, 2, Path(last["file"]).name, "18446744073709551616", "64-bit")
+    con = sqlite3.connect(first)
+    try:
+        assert con.execute(f"SELECT count(*) FROM {quote(name)}").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_an_export_holding_one_key_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A hand-edited export with a row given twice, with other values: the second was counted
+    # skipped, or with --conflict-mode update written over the live row (exit 0).
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx_here("export", "--format", "json", "--output", export)
+    table = export / "databases" / "memory" / "lessons.json"
+    lines = table.read_text().splitlines()
+    row = json.loads(lines[1].removesuffix(","))
+    column = next(c for c, v in row.items() if isinstance(v, str) and c != "id")
+    lines.insert(2, json.dumps({**row, column: "written by whoever edited the export"}) + ",")
+    table.write_text("\n".join(lines) + "\n")
+    write_checksums(export)
+    db = sb.db_path("home/.argentos/memory.db")
+    res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
+    assert_error(res, 2, "lessons.json", "two rows with the key", "row 2")
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute(f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)).fetchone() == (
+            row[column],
+        )
+    finally:
+        con.close()
 
 
 def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ FTS consistent afterwards, `--dry-run` writing nothing, confirmation required wi
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,16 @@ def test_tables_with_hostile_names_each_export_and_import_into_themselves(sandbo
         n: [(i, n)] for i, n in enumerate(names)
     }
     con.close()
+
+
+def test_an_import_whose_later_store_fails_names_the_stores_merged_before_it(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Each store is merged in a transaction of its own: when store 3 of 3 failed, the error named
+    # only it, and said nothing of the two stores the import had already changed.
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx_here("export", "--output", export)
+    paths = [d["path"] for d in json.loads((export / "metadata.json").read_text())["databases"]]
+    assert len(paths) == 3, paths
+    os.mkfifo(f"{sb.db_path(paths[-1])}-journal")  # the last store cannot be merged
+    res = sb.phx_here("import", export, "--force", code=1)
+    assert_error(res, 1, f"{paths[-1]} was not merged", f"{paths[0]}, {paths[1]} had been merged before it", "again")

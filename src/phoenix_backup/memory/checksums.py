@@ -11,15 +11,41 @@ exactly the text `sha256sum` prints for those files, so both can be checked with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup import jsontext
 from phoenix_backup.repo.crypto import Sha256, sha256_file
+from phoenix_backup.units import human_size
 
 CHECKSUMS = "checksums.json"
+# checksums.json and metadata.json are read whole: 256 MiB lists some two million files.
+MAX_JSON_BYTES = 256 << 20
+
+
+def read_json_text(path: Path) -> str:
+    """The text of an export's checksums.json or metadata.json, which `phx export` writes as
+    regular files of a bounded size. A symbolic link (out of the export: /etc/..., /dev/zero, the
+    live store), a FIFO (which blocks for ever) or a file past MAX_JSON_BYTES is a ValueError
+    saying so; other OSErrors (FileNotFoundError) as `open` raises them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("it is a symbolic link, which `phx export` never writes") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is not a regular file, which `phx export` always writes")
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"it is larger than the {human_size(MAX_JSON_BYTES)} Phoenix reads of it")
+    return data.decode("utf-8")
 
 
 def combined_digest(files: dict[str, str]) -> str:
@@ -64,7 +90,7 @@ def verify_checksums(root: Path) -> ChecksumReport:
     report = ChecksumReport()
     path = root / CHECKSUMS
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_json_text(path))
         files = doc["files"]
         if doc.get("algorithm") != "sha256" or not isinstance(files, dict):
             raise ValueError("not a sha256 checksum list")
@@ -75,6 +101,7 @@ def verify_checksums(root: Path) -> ChecksumReport:
         report.problems.append(f"{CHECKSUMS} is unreadable ({exc})")
         return report
     listed = {str(k): str(v) for k, v in files.items()}
+    real_root = os.path.realpath(root)
     if combined_digest(listed) != doc.get("combined"):
         report.problems.append(f"the combined digest of {CHECKSUMS} does not match its file list")
     for rel in sorted(listed):
@@ -84,6 +111,10 @@ def verify_checksums(root: Path) -> ChecksumReport:
             continue
         if not target.is_file():
             report.problems.append(f"{rel} is missing")
+            continue
+        if os.path.realpath(target) != os.path.join(real_root, *Path(rel).parts):
+            # A link to a file outside (/etc/..., the live store) was read and hashed.
+            report.problems.append(f"{rel} is a symbolic link or lies below one, which `phx export` never writes")
             continue
         report.checked += 1
         if sha256_file(target) != listed[rel]:

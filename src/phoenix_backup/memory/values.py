@@ -67,18 +67,27 @@ def json_value(value: SqlValue, vector: bool) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def from_json(value: Any) -> SqlValue:
-    """A JSON value of the export back to what SQLite stores."""
+    """A JSON value of the export back to what SQLite stores; anything `json_value` never writes
+    is a ValueError (read before any store changes, so a hand-made value imports nothing rather
+    than failing a later store's merge, or going in as another value)."""
     if value is None or isinstance(value, (str, int, float)):
         if isinstance(value, bool):  # JSON true/false never comes from SQLite, but be exact
             return int(value)
+        if isinstance(value, int) and value not in _INT64:
+            raise ValueError(f"the number {str(value)[:30]} is beyond SQLite's 64-bit integers")
         return value
     if isinstance(value, list):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"a vector holds something other than numbers: {value!r:.60}")
         return encode_vector(value)
-    if isinstance(value, dict):
-        if "$blob" in value:
-            return base64.b64decode(str(value["$blob"]), validate=True)
-        if "$real" in value:
+    if isinstance(value, dict) and len(value) == 1:
+        if isinstance(value.get("$blob"), str):
+            return base64.b64decode(value["$blob"], validate=True)
+        if value.get("$real") in ("inf", "-inf"):
             return math.inf if value["$real"] == "inf" else -math.inf
     raise ValueError(f"unexpected value in an export: {value!r:.60}")
 

@@ -33,7 +33,13 @@ from phoenix_backup._version import __version__
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import ExitStatus, UsageError
-from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.context import (
+    Environment,
+    open_repository,
+    refuse_export_in_workspace,
+    refuse_plain_copies_in_repository,
+    require_identity,
+)
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import Snapshot, unchecked_copy_note
 from phoenix_backup.repo.tree import Node
@@ -102,6 +108,12 @@ def archive(
     force: bool = False,
 ) -> ArchiveResult:
     fmt = archive_format(output)
+    output = output.absolute()
+    # A plain copy of the snapshot (its config file's credentials, every store): never among the
+    # repository's objects, nor in the workspace, where the next backup saved it and the next
+    # archive held it again, each larger than the last.
+    refuse_plain_copies_in_repository(cfg, output, "--output")
+    refuse_export_in_workspace(cfg, output, "archive")
     if output.exists() and not force:
         raise UsageError(f"{output} already exists; choose another name or pass --force to replace it")
     if not output.parent.is_dir():
@@ -196,15 +208,23 @@ def _phoenix_config(snap: Snapshot, nodes: list[tuple[str, Node]]) -> str | None
 
 
 def _zip_names(top: str, nodes: list[tuple[str, Node]]) -> None:
-    """A zip names its entries in UTF-8, in at most 65,535 bytes: a name or link target that is not
-    UTF-8 (a file from a Latin-1 system) or a longer path (a forged tree) cannot be written, and
-    tar can."""
+    """A zip names its entries in UTF-8, in at most 65,535 bytes, with `/` between folders: a name
+    or link target that is not UTF-8 (a file from a Latin-1 system), a name holding a backslash or
+    a longer path (a forged tree) cannot be written, and tar can."""
     for logical, node in nodes:
         shown = logical.encode("utf-8", "backslashreplace").decode()
         if not (_is_utf8(logical) and _is_utf8(node.link_target or "")):
             raise UsageError(
                 f"{shown} has a name or link target that is not UTF-8, which a zip archive cannot hold; write "
                 "FILE.tar.gz instead"
+            )
+        if "\\" in logical:
+            # The zip format's separator is `/` alone (APPNOTE 4.4.17), but extractors on Windows
+            # may take a backslash for one too: `workspace/..\\..\\x` was written as it is, which
+            # such an extractor may place outside the folder it unpacks into. tar keeps one name.
+            raise UsageError(
+                f"{shown} has a backslash in its name, which extractors on Windows may read as a folder separator "
+                "(a name such as ..\\..\\x may land outside the folder unpacked into); write FILE.tar.gz instead"
             )
         length = len(f"{top}/{logical}/".encode())
         if length > 0xFFFF:

@@ -808,10 +808,11 @@ def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> N
         refuse_inside(found, folder, what)
 
 
-def refuse_export_in_workspace(cfg: Config, folder: Path) -> None:
-    """UsageError when `export --output` lies in the workspace: the next backup would take the
-    export in (the secrets it holds unless `--sanitize`, and a copy of every store), and the
-    agent would find it among its files. The same rule, and the same comparison, as
+def refuse_export_in_workspace(cfg: Config, folder: Path, what: str = "export") -> None:
+    """UsageError when `export --output` (or `archive --output`, `what`) lies in the workspace:
+    the next backup would take the export in (the secrets it holds unless `--sanitize`, and a copy
+    of every store; an archive, which the next archive then holds again), and the agent would
+    find it among its files. The same rule, and the same comparison, as
     `refuse_plain_copies_in_repository`."""
     from phoenix_backup.storage.local import is_inside
 
@@ -819,7 +820,7 @@ def refuse_export_in_workspace(cfg: Config, folder: Path) -> None:
     if known and is_inside(cfg.workspace, folder):
         raise UsageError(
             f"--output {folder} is inside the workspace at {cfg.workspace.resolve()}, so the next backup would take "
-            "in the export and the secrets it may hold; choose a folder outside the workspace"
+            f"in the {what} and the secrets it may hold; choose a folder outside the workspace"
         )
 
 

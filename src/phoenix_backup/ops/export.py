@@ -323,6 +323,8 @@ def export(
 ) -> ExportResult:
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use json, csv or markdown")
+    if str(output) == "-":  # stdout by habit: the export went into a new folder named `-`
+        raise UsageError("an export is a folder of files, never written to stdout; name a new folder with --output DIR")
     output = output.absolute()
     if output.is_symlink():  # a link to an empty folder: the export goes into that folder, the link stays
         linked = output.resolve()

@@ -21,18 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.errors import ChecksumMismatch, NotAnExport, SourceError, UnsafePath, UsageError
-from phoenix_backup.memory.checksums import verify_checksums
+from phoenix_backup.errors import ChecksumMismatch, MergeFailed, NotAnExport, SourceError, UnsafePath, UsageError
+from phoenix_backup.memory import checksums
+from phoenix_backup.memory.checksums import read_json_text, verify_checksums
 from phoenix_backup.memory.schema import SchemaStatement, TableInfo
 from phoenix_backup.memory.values import SqlValue, from_json
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
-from phoenix_backup.ops.merge import confirm_merge
+from phoenix_backup.ops.merge import confirm_merge, merged_before
 from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
+from phoenix_backup.sql import tokens, unquote
+from phoenix_backup.units import human_size
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
 
@@ -59,6 +62,11 @@ class ExportRowSource:
                 raise NotAnExport(
                     f"the export's schema for {self.logical} holds a statement that is not a CREATE ({s.name}); "
                     "import only exports written by `phx export`"
+                )
+            if _creates(s.sql) != (s.type, s.name):
+                raise NotAnExport(
+                    f"the export's schema for {self.logical} names a {s.type} {s.name!r} whose statement creates "
+                    f"something else ({s.sql[:80]!r}); import only exports written by `phx export`"
                 )
         self._tables: list[TableInfo] = []
         self._files: dict[str, Path] = {}
@@ -87,6 +95,26 @@ class ExportRowSource:
     def tables(self) -> list[TableInfo]:
         return self._tables
 
+    def check_rows(self, table: TableInfo) -> None:
+        """Read every row of the table once: a value it cannot hold, or two rows with one key
+        (a hand-edited export: the one merged second was skipped, or with `update` overwrote the
+        first), is a NotAnExport naming the file."""
+        positions = _key_positions(table)
+        if positions is None:
+            collections.deque(self.rows(table), maxlen=0)
+            return
+        seen: set[tuple[SqlValue, ...]] = set()
+        for number, row in enumerate(self.rows(table), start=1):
+            key = tuple(row[i] for i in positions)
+            if None in key:  # a NULL equals no key: such rows are merged as whole rows
+                continue
+            if key in seen:
+                raise NotAnExport(
+                    f"{self._files[table.name].name} of the export holds two rows with the key {key!r:.80} (the "
+                    f"second is row {number}), of which the merge would keep one without a word; export again"
+                )
+            seen.add(key)
+
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         path = self._files[table.name]
         columns = table.columns
@@ -95,6 +123,41 @@ class ExportRowSource:
                 yield tuple(from_json(obj.get(c)) for c in columns)
         except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
+        except OSError as exc:  # metadata.json names a folder, or a file the export does not hold
+            shown = path.relative_to(self.folder.resolve()).as_posix()
+            raise NotAnExport(
+                f"metadata.json names {shown!r} as the rows of table {table.name} of {self.logical}, which cannot "
+                f"be read ({exc.strerror}); export again"
+            ) from exc
+
+
+def _creates(sql: str) -> tuple[str, str] | None:
+    """The type and name of what a CREATE statement of `sqlite_master` makes: a trigger spelled
+    as a `table` statement was created before the rows, not after them; a statement naming
+    another object than its entry created it unchecked. None for what `sqlite_master` never holds
+    (TEMP, a schema-qualified name), or no CREATE at all."""
+    t = tokens(sql)
+    up = [x.upper() for x in t]
+    i = 2 if up[1:2] in (["UNIQUE"], ["VIRTUAL"]) else 1
+    kind = {"TABLE": "table", "INDEX": "index", "VIEW": "view", "TRIGGER": "trigger"}.get(up[i] if i < len(up) else "")
+    if up[:1] != ["CREATE"] or kind is None or (up[1] == "UNIQUE") != (kind == "index" and i == 2):
+        return None
+    if up[1] == "VIRTUAL" and kind != "table":
+        return None
+    i += 1
+    if up[i : i + 3] == ["IF", "NOT", "EXISTS"]:
+        i += 3
+    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in t[i]:
+        return None
+    if (up[-1] != "END") if kind == "trigger" else (";" in t):  # a second statement after it
+        return None
+    return kind, unquote(t[i])
+
+
+def _key_positions(table: TableInfo) -> list[int] | None:
+    if not table.key or not all(k in table.columns for k in table.key):
+        return None
+    return [table.columns.index(k) for k in table.key]
 
 
 def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
@@ -103,6 +166,12 @@ def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         first = f.readline()
         if first.strip() != "[":
+            size = os.fstat(f.fileno()).st_size
+            if size > checksums.MAX_JSON_BYTES:  # read whole, as many times its size in memory
+                raise ValueError(
+                    f"it is not in the one-row-a-line form `phx export` writes, and at {human_size(size)} larger "
+                    f"than the {human_size(checksums.MAX_JSON_BYTES)} Phoenix reads whole"
+                )
             f.seek(0)
             doc = json.load(f, parse_constant=_no_constant)
             if not isinstance(doc, list):
@@ -139,7 +208,7 @@ def _list(value: object) -> list[Any]:
 def read_metadata(folder: Path) -> dict[str, Any]:
     path = folder / "metadata.json"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_json_text(path)
     except FileNotFoundError:
         raise NotAnExport(f"{folder} holds no metadata.json; give the folder `phx export` wrote") from None
     except (OSError, ValueError) as exc:
@@ -254,7 +323,7 @@ def import_export(
     # be read failed the import after the stores before it were merged.
     for src in sources:
         for table in src.tables:
-            collections.deque(src.rows(table), maxlen=0)
+            src.check_rows(table)
     if not dry_run and not force and sources:
         rows = sum(int(t.get("rows", 0)) for db in meta.get("databases", []) for t in db.get("tableFiles", []))
         confirm_merge(
@@ -264,5 +333,13 @@ def import_export(
             "--force",
         )
     for src, target in zip(sources, targets, strict=True):
-        result.databases.append(merge_database(src, src.logical, target, mode=conflict_mode, dry_run=dry_run))
+        try:
+            result.databases.append(merge_database(src, src.logical, target, mode=conflict_mode, dry_run=dry_run))
+        except MergeFailed as exc:
+            if dry_run or not result.databases:
+                raise
+            # Each store is its own transaction: say which ones this import did change.
+            raise merged_before(
+                exc, result, "import again once the cause is fixed: their rows then count as unchanged"
+            ) from exc
     return result

@@ -30,6 +30,13 @@ def confirm_merge(envx: Environment, question: str, flag: str) -> None:
         raise Cancelled("merge cancelled; nothing was changed")
 
 
+def merged_before(exc: MergeFailed, result: MergeResult, undo: str) -> MergeFailed:
+    """The failure of one store's merge, naming the stores merged before it (each store is its own
+    transaction, so they stay merged) and `undo`, how to undo or complete them."""
+    done = ", ".join(db.path for db in result.databases)
+    return MergeFailed(f"{exc}; {done} had been merged before it; {undo}")
+
+
 def snapshot_databases(repo: Repository, snap: Snapshot) -> list[tuple[str, Node]]:
     """(logical path, node) of every database a snapshot holds."""
     return [(lg, n) for lg, n in walk_tree(repo, snap.tree) if n.type == "sqlite"]
@@ -95,10 +102,13 @@ def merge_snapshot(
                     if dry_run or not result.databases:
                         raise
                     # Each store is its own transaction: say which ones this merge did change.
-                    done = ", ".join(db.path for db in result.databases)
                     safety_id = result.safety_snapshot
-                    undo = f"; restore safety snapshot {safety_id[:8]} to undo" if safety_id else ""
-                    raise MergeFailed(f"{exc}; {done} had been merged before it{undo}") from exc
+                    undo = (
+                        f"restore safety snapshot {safety_id[:8]} to undo"
+                        if safety_id
+                        else "merging again once the cause is fixed merges the rest"
+                    )
+                    raise merged_before(exc, result, undo) from exc
                 finally:
                     source.close()
                     copy.unlink(missing_ok=True)

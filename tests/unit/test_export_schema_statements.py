@@ -1,0 +1,101 @@
+"""`phx import` runs the CREATE statements of an export's metadata.json (checksums unkeyed:
+anyone handing the export over can change them): each must create exactly the object its entry
+names, of its type, in one statement."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.errors import NotAnExport
+from phoenix_backup.memory import checksums
+from phoenix_backup.ops.import_ import ExportRowSource
+from phoenix_backup.sinks.sqlite_merge import merge_database
+
+HOSTILE = {
+    # created before the rows, as a table; it deleted the agent's row when the export's went in
+    "trigger as a table": ("table", "zz", "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN DELETE FROM notes; END"),
+    "another name": ("table", "other", "CREATE TABLE notes2(a)"),
+    "temp": ("table", "zz", "CREATE TEMP TABLE zz(a)"),
+    "schema-qualified": ("table", "zz", "CREATE TABLE main.zz(a)"),
+    "two statements": ("table", "zz", "CREATE TABLE zz(a); DROP TABLE notes"),
+    "after a trigger": (
+        "trigger",
+        "zz",
+        "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; DROP TABLE t",
+    ),
+    "index as a view": ("view", "ix", "CREATE UNIQUE INDEX ix ON notes(body)"),
+    "NUL in the name": ("table", "a\0b", 'CREATE TABLE "a\0b"(x)'),
+}
+
+
+def _store(tmp_path: Path, stmt: tuple[str, str, str]) -> tuple[ExportRowSource, Path]:
+    live = tmp_path / "live.db"
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+    con.execute("INSERT INTO notes VALUES (1, 'the agent wrote this')")
+    con.commit()
+    con.close()
+    (tmp_path / "notes.json").write_text('[\n{"id": 2, "body": "from the export"}\n]\n')
+    typ, name, sql = stmt
+    db = {
+        "path": "home/x.db",
+        "schema": [{"type": typ, "name": name, "table": "notes", "sql": sql}],
+        "tableFiles": [{"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json"}],
+    }
+    return ExportRowSource(tmp_path, db), live
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_statement_creating_other_than_its_entry_names_is_refused(tmp_path: Path, case: str) -> None:
+    with pytest.raises(NotAnExport, match="creates something else"):
+        source, live = _store(tmp_path, HOSTILE[case])
+        merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    con = sqlite3.connect(tmp_path / "live.db")
+    try:
+        assert con.execute("SELECT * FROM notes").fetchall() == [(1, "the agent wrote this")]
+        assert con.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+    finally:
+        con.close()
+
+
+def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path) -> None:
+    sql = 'create trigger "Zz ""q""" after insert on notes begin select 1; end'
+    source, live = _store(tmp_path, ("trigger", 'Zz "q"', sql))
+    merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    con = sqlite3.connect(live)
+    try:
+        assert con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == [('Zz "q"',)]
+    finally:
+        con.close()
+
+
+def test_a_table_file_reformatted_by_hand_is_read_whole_only_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table file not in the one-row-a-line form is read whole (json.load): a 2 GB one took many
+    # times its size in memory. Past the bound it is one error, unread (the bound made small here).
+    source, _live = _store(tmp_path, ("table", "notes", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"))
+    (tmp_path / "notes.json").write_text(json.dumps([{"id": i, "body": "x" * 20} for i in range(10)]))
+    assert len(list(source.rows(source.tables[0]))) == 10
+    monkeypatch.setattr(checksums, "MAX_JSON_BYTES", 100)
+    with pytest.raises(NotAnExport, match="one-row-a-line form"):
+        list(source.rows(source.tables[0]))
+
+
+@pytest.mark.parametrize("file", ["", "databases", "nowhere.json"])
+def test_a_table_file_that_is_a_folder_or_missing_is_one_error_naming_it(tmp_path: Path, file: str) -> None:
+    # Nothing ties tableFiles to the files checksums.json lists: a folder or a missing file named
+    # there ended `phx import` as an internal error (IsADirectoryError, FileNotFoundError).
+    (tmp_path / "databases").mkdir()
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [{"name": "notes", "columns": ["id"], "primaryKey": ["id"], "file": file}],
+    }
+    source = ExportRowSource(tmp_path, db)
+    with pytest.raises(NotAnExport, match=r"as the rows of table notes of home/x\.db"):
+        source.check_rows(source.tables[0])
