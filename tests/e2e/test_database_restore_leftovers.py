@@ -571,3 +571,100 @@ def test_a_whole_database_through_a_session_pool_works_or_the_error_says_how(
         assert pg.query(db, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
     finally:
         pg.drop_database(db)
+
+
+# `phx` whose step `STEP` of sinks/postgres.py SIGKILLs the process: the restore killed exactly there.
+_KILLED_AT = """
+import os, signal, sys
+from phoenix_backup.sinks import postgres as sink
+setattr(sink, sys.argv[1], lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("step", ["_feed", "_analyze"])
+def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_committed(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A restore SIGKILLed after it created the snapshot's roles (while pg_restore ran, `_feed`)
+    left them on the server for ever, with LOGIN and the snapshot's password: a killed process
+    drops nothing. Now its journal lets the next drill against that server drop them, but never
+    a role the user created again under that name since, and none when the killed restore's
+    pg_restore had committed (`_analyze` runs after it: the restored database needs its roles)."""
+    import subprocess
+
+    pg = pg_server
+    db = pg.create_database("killroles")
+    tag = db[-8:]
+    owner, lone, again = (f"{p}{tag}" for p in ("own", "lone", "again"))
+    pg.sql("postgres", f"CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {lone} LOGIN; CREATE ROLE {again}")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {owner}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    pg.sql(db, "ALTER TABLE t OWNER TO postgres")
+    pg.sql("postgres", f"DROP ROLE {owner}; DROP ROLE {lone}; DROP ROLE {again}")
+    roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
+    try:
+        args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT, step, *args], env=env, capture_output=True, text=True, check=False
+        )
+        assert killed.returncode == -9, killed.stderr
+        assert pg.query("postgres", roles, ([owner, lone, again],)) == sorted((r,) for r in (again, lone, owner))
+        pg.sql("postgres", f"DROP ROLE {again}; CREATE ROLE {again}")  # the user's own role now
+        monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+        drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
+        assert drill.ok, drill
+        left = pg.query("postgres", roles, ([owner, lone, again],))
+        if step == "_feed":
+            assert left == [(again,)], drill.warnings
+            assert any("a killed restore or drill" in w and lone in w and owner in w for w in drill.warnings)
+        else:
+            assert left == sorted((r,) for r in (again, lone, owner)), drill.warnings
+            assert pg.query(db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'") == [(owner,)]
+        assert not list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())
+    finally:
+        pg.drop_database(db)
+        for role in (owner, lone, again):
+            pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_role_a_failed_restore_created_stays_once_made_a_member_meanwhile(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role a failed restore created, then made a member of another role by another session
+    while the restore ran (that session starts relying on it): DROP ROLE does not refuse it, and
+    the membership went with it, silently. Now the role stays, named in a warning."""
+    from phoenix_backup.sinks import postgres as sink
+
+    pg = pg_server
+    db = pg.create_database("rolesmember")
+    tag = db[-8:]
+    role, group = f"joined{tag}", f"grp{tag}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN; CREATE ROLE {group}")
+    pg.sql(db, "CREATE TABLE t (id int)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "CREATE VIEW v AS SELECT id FROM t")  # pg_restore --clean then fails
+    pg.sql("postgres", f"DROP ROLE {role}")
+    feed = sink._feed
+
+    def granted_then_fed(*args: Any, **kwargs: Any) -> Any:
+        pg.sql("postgres", f"GRANT {group} TO {role}")  # another session, once the role was created
+        return feed(*args, **kwargs)
+
+    monkeypatch.setattr(sink, "_feed", granted_then_fed)
+    try:
+        out = run_phx_here(
+            ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3
+        ).out
+        members = "SELECT pg_has_role(%s, %s, 'MEMBER') FROM pg_roles WHERE rolname = %s"
+        assert pg.query("postgres", members, (role, group, role)) == [(True,)], out
+        assert "a membership was granted to it or of it meanwhile" in out, out
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}; DROP ROLE IF EXISTS {group}")
