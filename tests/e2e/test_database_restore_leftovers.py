@@ -392,7 +392,9 @@ def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
     run_phx_here(["backup", "--json"], env)
     pg.sql(db, "DELETE FROM t WHERE id = 2")
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
-    fix = "a connection pooler such as pgbouncer is in between"
+    # Told by the session handed to a second client (`transaction_pooled`), before pgbouncer's refusal
+    # of `options` (`pooler_fix`).
+    fix = "a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between"
     try:
         backup = run_phx_here(["backup"], env, code=3).out
         assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
@@ -668,3 +670,43 @@ def test_a_role_a_failed_restore_created_stays_once_made_a_member_meanwhile(
     finally:
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {role}; DROP ROLE IF EXISTS {group}")
+
+
+_TRANSACTION_IGNORES = "transaction\nignore_startup_parameters = options\ndefault_pool_size = 2"
+
+
+@pytest.mark.parametrize("pgbouncer", [_TRANSACTION_IGNORES], indirect=True)
+def test_a_whole_database_through_a_transaction_pool_ignoring_options_is_refused(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """pgbouncer in transaction mode told `ignore_startup_parameters = options` no longer refused
+    pg_restore's startup parameter, so the refusal of a transaction pooler did not come: the
+    restore ran, and its plain SETs stayed on the pooled server session, whose next client got
+    `search_path = ''`, `row_security = off`. Now a server session handed to a second client while
+    the first is connected gives the pooler away: backup and restore fail naming pool_mode and
+    the fix, before anything changes, and the next client gets a clean session."""
+    import psycopg
+
+    pg = pg_server
+    db = pg.create_database("txpool")
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "DELETE FROM t WHERE id = 2")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
+    fix = "a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between"
+    try:
+        backup = run_phx_here(["backup"], env, code=3).out
+        assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
+        args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        restore = run_phx_here(args, env, code=3).out
+        assert fix in restore and "nothing was changed" in restore, restore
+        assert pg.query(db, "SELECT id FROM t") == [(1,)]
+        with psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user="postgres", password=pg.password, autocommit=True
+        ) as con:
+            settings = "SELECT current_setting('search_path'), current_setting('row_security')"
+            assert con.execute(settings).fetchone() == ('"$user", public', "on")
+    finally:
+        pg.drop_database(db)

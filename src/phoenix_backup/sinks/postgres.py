@@ -259,6 +259,8 @@ def _restore_dump(
     try:
         with conn.connect_server() as con:
             _, num = pg.server_version(con)
+            if pg.transaction_pooled(con, conn.connect_server):
+                raise RestoreError(f"{pg.transaction_pool_error('restore')}; nothing was changed")
             exists = _database_exists(con, conn.database)
             journal.server = _server_id(con)
         if journal.server:
