@@ -586,15 +586,16 @@ main()
 """
 
 
-@pytest.mark.parametrize("step", ["_feed", "_analyze"])
+@pytest.mark.parametrize(("step", "command"), [("_feed", "restore"), ("_analyze", "restore"), ("_analyze", "drill")])
 def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_committed(
-    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, step: str
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, step: str, command: str
 ) -> None:
     """A restore SIGKILLed after it created the snapshot's roles (while pg_restore ran, `_feed`)
     left them on the server for ever, with LOGIN and the snapshot's password: a killed process
     drops nothing. Now its journal lets the next drill against that server drop them, but never
     a role the user created again under that name since, and none when the killed restore's
-    pg_restore had committed (`_analyze` runs after it: the restored database needs its roles)."""
+    pg_restore had committed (`_analyze` runs after it: the restored database needs its roles).
+    A drill killed so left its scratch database too: it goes, then the roles."""
     import subprocess
 
     pg = pg_server
@@ -611,17 +612,22 @@ def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_commi
     roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
     try:
         args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        if command == "drill":
+            args = ["drill", "--backup", snap]
+        scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'phx\\_drill\\_%'"
         killed = subprocess.run(
             [sys.executable, "-c", _KILLED_AT, step, *args], env=env, capture_output=True, text=True, check=False
         )
         assert killed.returncode == -9, killed.stderr
+        assert pg.query("postgres", scratch) == [(1 if command == "drill" else 0,)]
         assert pg.query("postgres", roles, ([owner, lone, again],)) == sorted((r,) for r in (again, lone, owner))
         pg.sql("postgres", f"DROP ROLE {again}; CREATE ROLE {again}")  # the user's own role now
         monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
         drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
         assert drill.ok, drill
         left = pg.query("postgres", roles, ([owner, lone, again],))
-        if step == "_feed":
+        assert pg.query("postgres", scratch) == [(0,)], drill.warnings
+        if step == "_feed" or command == "drill":
             assert left == [(again,)], drill.warnings
             assert any("a killed restore or drill" in w and lone in w and owner in w for w in drill.warnings)
         else:
@@ -710,3 +716,54 @@ def test_a_whole_database_through_a_transaction_pool_ignoring_options_is_refused
             assert con.execute(settings).fetchone() == ('"$user", public', "on")
     finally:
         pg.drop_database(db)
+
+
+def test_a_restore_whose_server_goes_away_keeps_its_roles_journal_for_the_next_drill(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole-database restore whose server goes away while pg_restore runs: pg_restore fails
+    (exit 3, its words), its transaction is rolled back, and the roles it created cannot be dropped
+    then. They were left for good, and the warning told the user to drop them by hand. Now the
+    journal naming them is kept, and the next drill against that server drops them."""
+    from phoenix_backup.errors import SourceError
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as source
+
+    pg = pg_server
+    db = pg.create_database("goneaway")
+    role = f"gone{db[-8:]}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO {role}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    pg.sql(db, f"REVOKE ALL ON t FROM {role}; DELETE FROM t")
+    pg.sql("postgres", f"DROP ROLE {role}")
+    connect_server = source.PgConn.connect_server
+
+    def gone(self: Any) -> Any:
+        raise SourceError(f"cannot connect to PostgreSQL ({self.where}): server closed the connection unexpectedly")
+
+    def server_gone(args: list[str], *_: Any, **__: Any) -> None:
+        monkeypatch.setattr(source.PgConn, "connect_server", gone)  # from here on
+        raise sink.RestoreError("pg_restore of postgres/main failed (exit 1): server closed the connection")
+
+    monkeypatch.setattr(sink, "_feed", server_gone)
+    roles = "SELECT rolname FROM pg_roles WHERE rolname = %s"
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3)
+        assert "server closed the connection" in out.out and "next restore or drill against this server" in out.out
+        assert pg.query("postgres", roles, (role,)) == [(role,)]
+        assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]
+        journals = Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal"
+        assert len(list(journals.iterdir())) == 1
+        monkeypatch.setattr(source.PgConn, "connect_server", connect_server)
+        monkeypatch.undo()
+        monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+        drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
+        assert drill.ok, drill
+        assert pg.query("postgres", roles, (role,)) == [], drill.warnings
+        assert not list(journals.iterdir())
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")

@@ -11,10 +11,11 @@ role is created in a transaction that writes its line (name and oid) to the jour
 before it commits: a role the journal does not name was not created by the run, and one it names
 is that run's only while it has that oid (a role the user created again since has another). Later
 lines record the memberships the run gave, a drill's scratch database (before it is created) and
-the moment pg_restore starts (the server's transaction id then).
+the moment pg_restore starts (the server's transaction id then). A run that ends but could not
+drop its roles (the server went away) keeps its journal, marked as ended.
 
-The next restore or drill against that server reads the journals of runs that provably no longer
-run (`ProcessTag.gone`). A drill's scratch database is dropped, then its roles. A restore's roles
+The next restore or drill against that server reads the journals of runs that ended so or
+provably no longer run (`ProcessTag.gone`). A drill's scratch database is dropped, then its roles. A restore's roles
 are kept when its pg_restore may have committed (a table of its database was written by a
 transaction that began after the journal's mark: the restored objects depend on those roles);
 otherwise each is dropped as after a failed restore, only while it has the oid recorded, no
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix_backup.dirs import make_dirs
+from phoenix_backup.errors import PhoenixError
 from phoenix_backup.repo.locks import ProcessTag, own_start_time
 from phoenix_backup.sinks import leftovers
 from phoenix_backup.storage.local import os_error
@@ -108,7 +110,12 @@ class RolesJournal:
 
     def close(self) -> None:
         if self._dir is not None:
-            if not self._keep:
+            if self._keep:
+                # This run is over: the next one may drop what it names, even while this
+                # process runs on (the Python API).
+                with contextlib.suppress(PhoenixError):
+                    self.note({"ended": True})
+            else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.name, dir_fd=self._dir)
             os.close(self._dir)
@@ -162,11 +169,12 @@ def _read(folder: int, name: str, server: str) -> KilledRun | None:
                 _unlink(folder, name)
             return None
         try:
-            if json.loads(first).get("server") != server or not head.gone(reboot_proves=True):
+            if json.loads(first).get("server") != server:
                 return None
         except (ValueError, RecursionError, AttributeError):
             return None
         run = KilledRun(name)
+        ended = False
         while line := f.readline(_MAX_LINE):
             with contextlib.suppress(ValueError, RecursionError, TypeError, AttributeError):
                 item = json.loads(line)
@@ -178,4 +186,6 @@ def _read(folder: int, name: str, server: str) -> KilledRun | None:
                     run.drill = str(item["drill"])
                 elif "restoring" in item:
                     run.restoring, run.database = int(item["restoring"]), str(item["database"])
-        return run
+                elif item.get("ended") is True:
+                    ended = True
+        return run if ended or head.gone(reboot_proves=True) else None
