@@ -590,9 +590,9 @@ main()
 def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_committed(
     sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, step: str, command: str
 ) -> None:
-    """A restore SIGKILLed after it created the snapshot's roles (while pg_restore ran, `_feed`)
-    left them on the server for ever, with LOGIN and the snapshot's password: a killed process
-    drops nothing. Now its journal lets the next drill against that server drop them, but never
+    """A restore SIGKILLed after it created the snapshot's roles (as pg_restore was to start,
+    `_feed`) left them on the server for ever, with LOGIN and the snapshot's password: a killed
+    process drops nothing. Now its journal lets the next drill against that server drop them, but never
     a role the user created again under that name since, and none when the killed restore's
     pg_restore had committed (`_analyze` runs after it: the restored database needs its roles).
     A drill killed so left its scratch database too: it goes, then the roles."""
