@@ -767,3 +767,54 @@ def test_a_restore_whose_server_goes_away_keeps_its_roles_journal_for_the_next_d
     finally:
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_without_lock_waitstart_a_long_statement_in_a_short_lock_wait_is_not_cancelled(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before PostgreSQL 14 (no pg_locks.waitstart) the lock watch took a statement's start for the
+    start of its lock wait: a pg_restore statement that had run longer than the bound (a big COPY,
+    a CREATE INDEX) and was then seen in a short lock wait was cancelled at once, and the restore
+    failed blaming another session's lock. Now the watch measures the wait itself. (Such a server
+    is what the watch sees here: a version below 14.)"""
+    import psycopg
+
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as pg_source
+
+    monkeypatch.setattr(pg_source, "LOCK_WAIT_S", 1)
+    monkeypatch.setattr(sink._LockWatch, "POLL_S", 0.05)
+    monkeypatch.setattr(sink, "_WAITSTART_SINCE", 10**9)
+    name = "phoenix-restore-00000000long0000"
+    pg = pg_server
+    db = pg.create_database("longstmt")
+    pg.sql(db, "CREATE TABLE x (id int)")
+    conn = pg_source.PgConn(
+        "main", f"host={pg.host} port={pg.port} dbname={db} user={services.PG_SUPERUSER}", pg.password, {}
+    )
+    errors: list[str] = []
+    try:
+        with pg.connect(db) as holder, pg.connect(db) as probe:
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE x")
+            restore = psycopg.connect(conn.conninfo, password=pg.password, application_name=name, autocommit=True)
+
+            def long_then_lock() -> None:
+                try:  # one statement message: its query_start is before the sleep
+                    restore.execute("SELECT pg_sleep(1.2); LOCK TABLE x")
+                except psycopg.Error as exc:
+                    errors.append(str(exc))
+
+            with sink._LockWatch(conn, name) as watch:
+                waiter = threading.Thread(target=long_then_lock)
+                waiter.start()
+                waiting = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+                while probe.execute(waiting, (name,)).fetchone() is None:
+                    threading.Event().wait(0.02)
+                threading.Event().wait(0.3)  # a short wait: 6 looks of the watch
+                holder.execute("ROLLBACK")
+                waiter.join()
+            restore.close()
+        assert errors == [] and not watch.cancelled, errors
+    finally:
+        pg.drop_database(db)

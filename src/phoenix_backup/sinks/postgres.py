@@ -494,27 +494,48 @@ class _LockWatch:
 
     def _run(self) -> None:
         assert self._con is not None
-        if self._con.info.server_version >= _WAITSTART_SINCE:
-            query = (
-                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
-                "AND l.waitstart < now() - make_interval(secs => %s)"
-            )
-        else:
-            # No pg_locks.waitstart before PostgreSQL 14: the statement waits for a lock now and
-            # started longer ago than the bound (a DROP TABLE's time is its wait). Without this the
-            # watch ended at its first query, and a restore held up by a lock waited for ever.
-            query = (
-                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a WHERE a.application_name = %s "
-                "AND a.usename = current_user AND a.wait_event_type = 'Lock' "
-                "AND a.query_start < now() - make_interval(secs => %s)"
-            )
+        if self._con.info.server_version < _WAITSTART_SINCE:
+            self._run_measuring()
+            return
+        query = (
+            "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
+            "AND l.waitstart < now() - make_interval(secs => %s)"
+        )
         try:
             while not self._done.wait(self.POLL_S):
                 if self._con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
                     self.cancelled = True
         except psycopg.Error:
             pass  # no watch from here on (a server gone fails pg_restore)
+
+    def _run_measuring(self) -> None:
+        """No pg_locks.waitstart before PostgreSQL 14: the watch measures the wait itself, from the
+        first look that found the statement waiting for a lock, for as long as every look finds
+        it still waiting (the same statement: its pid and query_start). The statement's own start
+        was taken for the start of its wait: a long statement (a COPY, a CREATE INDEX) seen once
+        in a short lock wait was cancelled, and the restore failed, blaming another session."""
+        assert self._con is not None
+        query = (
+            "SELECT a.pid, a.query_start, now() FROM pg_stat_activity a WHERE a.application_name = %s "
+            "AND a.usename = current_user AND a.wait_event_type = 'Lock'"
+        )
+        since: dict[tuple[int, Any], Any] = {}
+        try:
+            while not self._done.wait(self.POLL_S):
+                rows = self._con.execute(query, (self.name,)).fetchall()
+                seen = {(int(pid), start): now for pid, start, now in rows}
+                since = {key: since.get(key, now) for key, now in seen.items()}
+                for (pid, start), now in seen.items():
+                    # Still that statement, still waiting: the cancel is for nothing else.
+                    if (now - since[(pid, start)]).total_seconds() > pg.LOCK_WAIT_S and self._con.execute(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND query_start = %s "
+                        "AND wait_event_type = 'Lock'",
+                        (pid, start),
+                    ).fetchall():
+                        self.cancelled = True
+        except psycopg.Error:
+            pass
 
 
 def _restore_env(conn: pg.PgConn) -> dict[str, str]:
