@@ -818,3 +818,42 @@ def test_without_lock_waitstart_a_long_statement_in_a_short_lock_wait_is_not_can
         assert errors == [] and not watch.cancelled, errors
     finally:
         pg.drop_database(db)
+
+
+def test_a_killed_runs_journal_that_cannot_be_looked_at_fails_no_restore(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal of a killed restore names a database no one may connect to now (whether its
+    pg_restore committed cannot be told): the next restore goes on, says so, and keeps the journal
+    (and the role it names) for a later run."""
+    from phoenix_backup.sinks import postgres_roles
+
+    pg = pg_server
+    db = pg.create_database("journalok")
+    shut = pg.create_database("shut")
+    role = f"kept{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role}")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    server = pg.query("postgres", "SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    journal = postgres_roles.RolesJournal()
+    journal.server = server
+    journal.note({"role": role, "oid": oid})
+    journal.note({"restoring": 1, "database": shut})
+    journal.keep()
+    journal.close()
+    pg.sql("postgres", f"ALTER DATABASE {shut} ALLOW_CONNECTIONS false")
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert f"what a killed restore or drill left on this server (roles {role}) could not be looked at" in out, out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)]
+        assert len(list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())) == 1
+    finally:
+        pg.sql("postgres", f"ALTER DATABASE {shut} ALLOW_CONNECTIONS true")
+        pg.drop_database(shut)
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")

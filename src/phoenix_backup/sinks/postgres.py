@@ -386,7 +386,7 @@ def _drop_created_roles(
                 except psycopg.Error as exc:
                     kept.append(f"{role} ({pg.pg_reason(exc)})")
     except (psycopg.Error, PhoenixError) as exc:
-        again = "the next restore or drill against this server drops them, or" if not killed else "or"
+        again = "the next restore or drill against this server drops them, or"
         outcome.warnings.append(
             f"the roles {'a killed restore' if killed else 'this restore'} created from globals.sql "
             f"({', '.join(sorted(created))}) could not be dropped after {after}: {exc}; {again} drop those you do "
@@ -421,14 +421,25 @@ def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) 
     database, then the roles they created, unless a restore may have committed (its restored
     objects depend on its roles). See sinks/postgres_roles.py."""
     for run, done in postgres_roles.killed_runs(server):
-        if run.drill:
-            with conn.connect_server() as con:
-                there = _database_exists(con, run.drill)
-            if there:
-                _drop_database(conn, run.drill, outcome)
-                outcome.warnings.append(f"database {run.drill}, the scratch database of a killed drill, was dropped")
-        elif run.restoring is not None and run.database and _may_have_committed(conn, run.database, run.restoring):
-            done()  # the restore's roles are the restored database's
+        try:
+            if run.drill:
+                with conn.connect_server() as con:
+                    there = _database_exists(con, run.drill)
+                if there:
+                    _drop_database(conn, run.drill, outcome)
+                    outcome.warnings.append(
+                        f"database {run.drill}, the scratch database of a killed drill, was dropped"
+                    )
+            elif run.restoring is not None and run.database and _may_have_committed(conn, run.database, run.restoring):
+                done()  # the restore's roles are the restored database's
+                continue
+        except (psycopg.Error, PhoenixError) as exc:
+            # This restore goes on; the journal stays for the next one.
+            outcome.warnings.append(
+                f"what a killed restore or drill left on this server (roles {', '.join(sorted(run.roles)) or 'none'}) "
+                f"could not be looked at: {pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else exc}; the next "
+                "restore or drill tries again"
+            )
             continue
         after = "the restore or drill that created them was killed"
         if _drop_created_roles(conn, run.roles, outcome, after=after, given=run.memberships, killed=True):
