@@ -392,7 +392,9 @@ def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
     run_phx_here(["backup", "--json"], env)
     pg.sql(db, "DELETE FROM t WHERE id = 2")
     sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
-    fix = "a connection pooler such as pgbouncer is in between"
+    # Told by the session handed to a second client (`transaction_pooled`), before pgbouncer's refusal
+    # of `options` (`pooler_fix`).
+    fix = "a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between"
     try:
         backup = run_phx_here(["backup"], env, code=3).out
         assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
@@ -571,3 +573,287 @@ def test_a_whole_database_through_a_session_pool_works_or_the_error_says_how(
         assert pg.query(db, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
     finally:
         pg.drop_database(db)
+
+
+# `phx` whose step `STEP` of sinks/postgres.py SIGKILLs the process: the restore killed exactly there.
+_KILLED_AT = """
+import os, signal, sys
+from phoenix_backup.sinks import postgres as sink
+setattr(sink, sys.argv[1], lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("step", "command"), [("_feed", "restore"), ("_analyze", "restore"), ("_analyze", "drill")])
+def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_committed(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, step: str, command: str
+) -> None:
+    """A restore SIGKILLed after it created the snapshot's roles (as pg_restore was to start,
+    `_feed`) left them on the server for ever, with LOGIN and the snapshot's password: a killed
+    process drops nothing. Now its journal lets the next drill against that server drop them, but never
+    a role the user created again under that name since, and none when the killed restore's
+    pg_restore had committed (`_analyze` runs after it: the restored database needs its roles).
+    A drill killed so left its scratch database too: it goes, then the roles."""
+    import subprocess
+
+    pg = pg_server
+    db = pg.create_database("killroles")
+    tag = db[-8:]
+    owner, lone, again = (f"{p}{tag}" for p in ("own", "lone", "again"))
+    pg.sql("postgres", f"CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {lone} LOGIN; CREATE ROLE {again}")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {owner}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    pg.sql(db, "ALTER TABLE t OWNER TO postgres")
+    pg.sql("postgres", f"DROP ROLE {owner}; DROP ROLE {lone}; DROP ROLE {again}")
+    roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
+    try:
+        args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        if command == "drill":
+            args = ["drill", "--backup", snap]
+        scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'phx\\_drill\\_%'"
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT, step, *args], env=env, capture_output=True, text=True, check=False
+        )
+        assert killed.returncode == -9, killed.stderr
+        assert pg.query("postgres", scratch) == [(1 if command == "drill" else 0,)]
+        assert pg.query("postgres", roles, ([owner, lone, again],)) == sorted((r,) for r in (again, lone, owner))
+        pg.sql("postgres", f"DROP ROLE {again}; CREATE ROLE {again}")  # the user's own role now
+        monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+        drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
+        assert drill.ok, drill
+        left = pg.query("postgres", roles, ([owner, lone, again],))
+        assert pg.query("postgres", scratch) == [(0,)], drill.warnings
+        if step == "_feed" or command == "drill":
+            assert left == [(again,)], drill.warnings
+            assert any("a killed restore or drill" in w and lone in w and owner in w for w in drill.warnings)
+        else:
+            assert left == sorted((r,) for r in (again, lone, owner)), drill.warnings
+            assert pg.query(db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'") == [(owner,)]
+        assert not list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())
+    finally:
+        pg.drop_database(db)
+        for role in (owner, lone, again):
+            pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_role_a_failed_restore_created_stays_once_made_a_member_meanwhile(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role a failed restore created, then made a member of another role by another session
+    while the restore ran (that session starts relying on it): DROP ROLE does not refuse it, and
+    the membership went with it, silently. Now the role stays, named in a warning."""
+    from phoenix_backup.sinks import postgres as sink
+
+    pg = pg_server
+    db = pg.create_database("rolesmember")
+    tag = db[-8:]
+    role, group = f"joined{tag}", f"grp{tag}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN; CREATE ROLE {group}")
+    pg.sql(db, "CREATE TABLE t (id int)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "CREATE VIEW v AS SELECT id FROM t")  # pg_restore --clean then fails
+    pg.sql("postgres", f"DROP ROLE {role}")
+    feed = sink._feed
+
+    def granted_then_fed(*args: Any, **kwargs: Any) -> Any:
+        pg.sql("postgres", f"GRANT {group} TO {role}")  # another session, once the role was created
+        return feed(*args, **kwargs)
+
+    monkeypatch.setattr(sink, "_feed", granted_then_fed)
+    try:
+        out = run_phx_here(
+            ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3
+        ).out
+        members = "SELECT pg_has_role(%s, %s, 'MEMBER') FROM pg_roles WHERE rolname = %s"
+        assert pg.query("postgres", members, (role, group, role)) == [(True,)], out
+        assert "a membership was granted to it or of it meanwhile" in out, out
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}; DROP ROLE IF EXISTS {group}")
+
+
+_TRANSACTION_IGNORES = "transaction\nignore_startup_parameters = options\ndefault_pool_size = 2"
+
+
+@pytest.mark.parametrize("pgbouncer", [_TRANSACTION_IGNORES], indirect=True)
+def test_a_whole_database_through_a_transaction_pool_ignoring_options_is_refused(
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+) -> None:
+    """pgbouncer in transaction mode told `ignore_startup_parameters = options` no longer refused
+    pg_restore's startup parameter, so the refusal of a transaction pooler did not come: the
+    restore ran, and its plain SETs stayed on the pooled server session, whose next client got
+    `search_path = ''`, `row_security = off`. Now a server session handed to a second client while
+    the first is connected gives the pooler away: backup and restore fail naming pool_mode and
+    the fix, before anything changes, and the next client gets a clean session."""
+    import psycopg
+
+    pg = pg_server
+    db = pg.create_database("txpool")
+    pg.sql(db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "DELETE FROM t WHERE id = 2")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db, port=pgbouncer)]})
+    fix = "a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between"
+    try:
+        backup = run_phx_here(["backup"], env, code=3).out
+        assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
+        args = ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"]
+        restore = run_phx_here(args, env, code=3).out
+        assert fix in restore and "nothing was changed" in restore, restore
+        assert pg.query(db, "SELECT id FROM t") == [(1,)]
+        with psycopg.connect(
+            host="127.0.0.1", port=pgbouncer, dbname=db, user="postgres", password=pg.password, autocommit=True
+        ) as con:
+            settings = "SELECT current_setting('search_path'), current_setting('row_security')"
+            assert con.execute(settings).fetchone() == ('"$user", public', "on")
+    finally:
+        pg.drop_database(db)
+
+
+def test_a_restore_whose_server_goes_away_keeps_its_roles_journal_for_the_next_drill(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole-database restore whose server goes away while pg_restore runs: pg_restore fails
+    (exit 3, its words), its transaction is rolled back, and the roles it created cannot be dropped
+    then. They were left for good, and the warning told the user to drop them by hand. Now the
+    journal naming them is kept, and the next drill against that server drops them."""
+    from phoenix_backup.errors import SourceError
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as source
+
+    pg = pg_server
+    db = pg.create_database("goneaway")
+    role = f"gone{db[-8:]}"
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO {role}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    pg.sql(db, f"REVOKE ALL ON t FROM {role}; DELETE FROM t")
+    pg.sql("postgres", f"DROP ROLE {role}")
+    connect_server = source.PgConn.connect_server
+
+    def gone(self: Any) -> Any:
+        raise SourceError(f"cannot connect to PostgreSQL ({self.where}): server closed the connection unexpectedly")
+
+    def server_gone(args: list[str], *_: Any, **__: Any) -> None:
+        monkeypatch.setattr(source.PgConn, "connect_server", gone)  # from here on
+        raise sink.RestoreError("pg_restore of postgres/main failed (exit 1): server closed the connection")
+
+    monkeypatch.setattr(sink, "_feed", server_gone)
+    roles = "SELECT rolname FROM pg_roles WHERE rolname = %s"
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3)
+        assert "server closed the connection" in out.out and "next restore or drill against this server" in out.out
+        assert pg.query("postgres", roles, (role,)) == [(role,)]
+        assert pg.query(db, "SELECT count(*) FROM t") == [(0,)]
+        journals = Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal"
+        assert len(list(journals.iterdir())) == 1
+        monkeypatch.setattr(source.PgConn, "connect_server", connect_server)
+        monkeypatch.undo()
+        monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+        drill = services.drill(sandbox, env, snap, "postgres/main", f"{db}_drill")
+        assert drill.ok, drill
+        assert pg.query("postgres", roles, (role,)) == [], drill.warnings
+        assert not list(journals.iterdir())
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_without_lock_waitstart_a_long_statement_in_a_short_lock_wait_is_not_cancelled(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before PostgreSQL 14 (no pg_locks.waitstart) the lock watch took a statement's start for the
+    start of its lock wait: a pg_restore statement that had run longer than the bound (a big COPY,
+    a CREATE INDEX) and was then seen in a short lock wait was cancelled at once, and the restore
+    failed blaming another session's lock. Now the watch measures the wait itself. (Such a server
+    is what the watch sees here: a version below 14.)"""
+    import psycopg
+
+    from phoenix_backup.sinks import postgres as sink
+    from phoenix_backup.sources import postgres as pg_source
+
+    monkeypatch.setattr(pg_source, "LOCK_WAIT_S", 1)
+    monkeypatch.setattr(sink._LockWatch, "POLL_S", 0.05)
+    monkeypatch.setattr(sink, "_WAITSTART_SINCE", 10**9)
+    name = "phoenix-restore-00000000long0000"
+    pg = pg_server
+    db = pg.create_database("longstmt")
+    pg.sql(db, "CREATE TABLE x (id int)")
+    conn = pg_source.PgConn(
+        "main", f"host={pg.host} port={pg.port} dbname={db} user={services.PG_SUPERUSER}", pg.password, {}
+    )
+    errors: list[str] = []
+    try:
+        with pg.connect(db) as holder, pg.connect(db) as probe:
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE x")
+            restore = psycopg.connect(conn.conninfo, password=pg.password, application_name=name, autocommit=True)
+
+            def long_then_lock() -> None:
+                try:  # one statement message: its query_start is before the sleep
+                    restore.execute("SELECT pg_sleep(1.2); LOCK TABLE x")
+                except psycopg.Error as exc:
+                    errors.append(str(exc))
+
+            with sink._LockWatch(conn, name) as watch:
+                waiter = threading.Thread(target=long_then_lock)
+                waiter.start()
+                waiting = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+                while probe.execute(waiting, (name,)).fetchone() is None:
+                    threading.Event().wait(0.02)
+                threading.Event().wait(0.3)  # a short wait: 6 looks of the watch
+                holder.execute("ROLLBACK")
+                waiter.join()
+            restore.close()
+        assert errors == [] and not watch.cancelled, errors
+    finally:
+        pg.drop_database(db)
+
+
+def test_a_killed_runs_journal_that_cannot_be_looked_at_fails_no_restore(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal of a killed restore names a database no one may connect to now (whether its
+    pg_restore committed cannot be told): the next restore goes on, says so, and keeps the journal
+    (and the role it names) for a later run."""
+    from phoenix_backup.sinks import postgres_roles
+
+    pg = pg_server
+    db = pg.create_database("journalok")
+    shut = pg.create_database("shut")
+    role = f"kept{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role}")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    server = pg.query("postgres", "SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    journal = postgres_roles.RolesJournal()
+    journal.server = server
+    journal.note({"role": role, "oid": oid})
+    journal.note({"restoring": 1, "database": shut})
+    journal.keep()
+    journal.close()
+    pg.sql("postgres", f"ALTER DATABASE {shut} ALLOW_CONNECTIONS false")
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert f"what a killed restore or drill left on this server (roles {role}) could not be looked at" in out, out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)]
+        assert len(list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())) == 1
+    finally:
+        pg.sql("postgres", f"ALTER DATABASE {shut} ALLOW_CONNECTIONS true")
+        pg.drop_database(shut)
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")

@@ -230,7 +230,7 @@ def _clean_one(folder: int, name: str, problems: list[str]) -> list[str]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
         lines = _lines(f)
-        head = _header(next(lines, ""))
+        head = journal_header(next(lines, ""))
         if head is None:
             # Empty, or damaged beyond use: it can name no file to remove. Unless a restore is
             # writing its first line right now (its file exists before its header is complete).
@@ -262,8 +262,9 @@ def _lines(f: IO[str]) -> Iterator[str]:
             pass
 
 
-def _header(line: str) -> ProcessTag | None:
-    """The writer named by a journal's first line; None when it is not one. A journal of an older
+def journal_header(line: str) -> ProcessTag | None:
+    """The writer named by a journal's first line; None when it is not one (shared with the journal
+    of created roles, sinks/postgres_roles.py, whose first line names its writer the same way). A journal of an older
     Phoenix has no host and no time namespace: unknown, so that only the same boot id says it is
     this machine's, and only a pid that no longer runs proves its death (ProcessTag.gone)."""
     try:

@@ -32,7 +32,7 @@ from phoenix_backup.repo.reader import read_node, stream_blocks
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.shell import child_group, stops_deferred
-from phoenix_backup.sinks import ConflictMode, postgres_agent
+from phoenix_backup.sinks import ConflictMode, postgres_agent, postgres_roles
 from phoenix_backup.sinks.postgres_agent import KeylessMode
 from phoenix_backup.sinks.streams import (
     DbRestoreOutcome,
@@ -90,24 +90,36 @@ def restore_pg_scratch(
             )
     target = conn.with_database(database)
     created: dict[str, int] = {}
-    outcome = _restore_dump(
-        repo,
-        target,
-        path,
-        files,
-        manifest,
-        clean=False,
-        configured=configured,
-        as_original=not drop_after,
-        roles=created,
-    )
-    if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
-        _drop_database(conn, database, outcome)
-        if drop_after and outcome.ok:
+    given: set[tuple[int, int]] = set()
+    journal = postgres_roles.RolesJournal()
+    try:
+        outcome = _restore_dump(
+            repo,
+            target,
+            path,
+            files,
+            manifest,
+            clean=False,
+            configured=configured,
+            as_original=not drop_after,
+            roles=created,
+            given=given,
+            journal=journal,
+            drill=drop_after,
+        )
+        if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
+            _drop_database(conn, database, outcome)
             # A drill leaves the server as it found it: the roles it created for its scratch
             # database go with it (a failed one dropped them already), unless something else
             # came to depend on them meanwhile.
-            _drop_created_roles(conn, created, outcome, after="the drill")
+            if (
+                drop_after
+                and outcome.ok
+                and not _drop_created_roles(conn, created, outcome, after="the drill", given=given)
+            ):
+                journal.keep()
+    finally:
+        journal.close()
     return outcome
 
 
@@ -209,12 +221,37 @@ def _restore_dump(
     configured: Any,
     as_original: bool = True,
     roles: dict[str, int] | None = None,
+    given: set[tuple[int, int]] | None = None,
+    journal: postgres_roles.RolesJournal | None = None,
+    drill: bool = False,
 ) -> DbRestoreOutcome:
     """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
     (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count.
-    `roles`, when given, is filled with the roles created from globals.sql (name to oid)."""
+    `roles`, when given, is filled with the roles created from globals.sql (name to oid), `given`
+    with the memberships of theirs it made; `journal` (the caller's, which closes it) records them
+    for the run after a kill (sinks/postgres_roles.py), `drill` says the database is a drill's."""
+    if journal is None:
+        journal = postgres_roles.RolesJournal()
+        try:
+            return _restore_dump(
+                repo,
+                conn,
+                path,
+                files,
+                manifest,
+                clean=clean,
+                configured=configured,
+                as_original=as_original,
+                roles=roles,
+                given=given,
+                journal=journal,
+                drill=drill,
+            )
+        finally:
+            journal.close()
     outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
     created: dict[str, int] = {} if roles is None else roles
+    memberships: set[tuple[int, int]] = set() if given is None else given
     dump = files.get(pg.DUMP)
     if dump is None:
         outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
@@ -222,7 +259,12 @@ def _restore_dump(
     try:
         with conn.connect_server() as con:
             _, num = pg.server_version(con)
+            if pg.transaction_pooled(con, conn.connect_server):
+                raise RestoreError(f"{pg.transaction_pool_error('restore')}; nothing was changed")
             exists = _database_exists(con, conn.database)
+            journal.server = _server_id(con)
+        if journal.server:
+            _clean_killed_runs(conn, journal.server, outcome)
         dumped_by = tuple(int(p) for p in str(manifest.get("pgDump", {}).get("version", "0")).split(".")[:1])
         need = max(pg.major_of_num(num), dumped_by)
         if configured is not None:
@@ -233,10 +275,18 @@ def _restore_dump(
         else:
             restore_tool = pg.find_pg_tool("pg_restore", path, need, conn.base_env, None).path
         if pg.GLOBALS in files:
-            created.update(_apply_globals(repo, conn, path, files[pg.GLOBALS], outcome))
+            created.update(_apply_globals(repo, conn, path, files[pg.GLOBALS], outcome, journal, memberships))
             outcome.stats["rolesCreated"] = list(created)
         if not exists:
+            if drill:
+                journal.note({"drill": conn.database})
             _create_database(conn, manifest, outcome, as_original=as_original)
+        if journal.started:
+            # pg_restore's transaction begins after this one: a table of the database written by
+            # a later one says the restore may have committed (`_may_have_committed`).
+            with conn.connect_server() as con:
+                mark = int((con.execute("SELECT txid_current()").fetchone() or (0,))[0])
+            journal.note({"restoring": mark, "database": conn.database})
         # Its session's name: the lock watch finds it by that.
         name = f"phoenix-restore-{secrets.token_hex(8)}"
         dbname = make_conninfo(conn.conninfo, application_name=name)
@@ -261,7 +311,8 @@ def _restore_dump(
         outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
-        _drop_created_roles(conn, created, outcome)
+        if not _drop_created_roles(conn, created, outcome, given=memberships):
+            journal.keep()  # the next restore or drill against this server drops them
         return outcome
     except BaseException:
         # A stop (Ctrl-C, SIGTERM, SIGHUP): pg_restore was ended (`_feed`), its transaction rolled
@@ -269,7 +320,8 @@ def _restore_dump(
         # so are the roles it created.
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)
-        _drop_created_roles(conn, created, outcome)
+        if not _drop_created_roles(conn, created, outcome, given=memberships):
+            journal.keep()
         raise
     wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
     if wrong:
@@ -281,18 +333,30 @@ def _restore_dump(
 
 
 def _drop_created_roles(
-    conn: pg.PgConn, created: dict[str, int], outcome: DbRestoreOutcome, *, after: str = "it failed"
-) -> None:
+    conn: pg.PgConn,
+    created: dict[str, int],
+    outcome: DbRestoreOutcome,
+    *,
+    after: str = "it failed",
+    given: set[tuple[int, int]] | None = None,
+    killed: bool = False,
+) -> bool:
     """After a restore that failed (its pg_restore rolled back), or a drill once its scratch
-    database is dropped (`after` says which), drop the roles this restore
-    created from globals.sql (`created`: name to oid), so the server is left as it was found. A
-    role is dropped only while it is still the one created (same oid), no role outside those was
-    made its member meanwhile, and nothing depends on it in any database (DROP ROLE refuses a role
-    that owns or was granted anything); otherwise it stays and a warning names it."""
+    database is dropped (`after` says which), or for a run that was killed (`killed`), drop the
+    roles that run created from globals.sql (`created`: name to oid), so the server is left as it
+    was found. A role is dropped only while it is still the one created (same oid), it is in no
+    membership but those the run gave (`given`, (role, member) oids; None: unknown, then only
+    those among the roles created), no session is logged in as it, and nothing depends on it in
+    any database (DROP ROLE refuses a role that owns or was granted anything; it would silently
+    take away a membership another session granted it meanwhile); otherwise it stays and a warning
+    names it. False when the server could not be reached (nothing was dropped)."""
     if not created:
-        return
-    outcome.stats["rolesCreated"] = []
+        return True
+    if not killed:
+        outcome.stats["rolesCreated"] = []
     kept: list[str] = []
+    dropped: list[str] = []
+    oids = list(created.values())
     try:
         with conn.connect_server() as con:
             for role, oid in sorted(created.items()):
@@ -304,27 +368,99 @@ def _drop_created_roles(
                         if int(row[0]) != oid:
                             kept.append(f"{role} (another role of that name exists now)")
                             continue
-                        others = con.execute(
-                            "SELECT count(*) FROM pg_auth_members WHERE roleid = %s AND member <> ALL(%s)",
-                            (oid, list(created.values())),
-                        ).fetchone()
-                        if others and others[0]:
-                            kept.append(f"{role} (it was granted to another role meanwhile)")
+                        pairs = con.execute(
+                            "SELECT roleid, member FROM pg_auth_members WHERE roleid = %s OR member = %s", (oid, oid)
+                        ).fetchall()
+                        if given is not None:
+                            new = [p for p in pairs if (int(p[0]), int(p[1])) not in given]
+                        else:
+                            new = [p for p in pairs if int(p[0]) not in oids or int(p[1]) not in oids]
+                        if new:
+                            kept.append(f"{role} (a membership was granted to it or of it meanwhile)")
+                            continue
+                        if con.execute("SELECT 1 FROM pg_stat_activity WHERE usesysid = %s", (oid,)).fetchone():
+                            kept.append(f"{role} (a session is logged in as it)")
                             continue
                         con.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+                        dropped.append(role)
                 except psycopg.Error as exc:
                     kept.append(f"{role} ({pg.pg_reason(exc)})")
     except (psycopg.Error, PhoenixError) as exc:
+        again = "the next restore or drill against this server drops them, or"
         outcome.warnings.append(
-            f"the roles this restore created from globals.sql ({', '.join(sorted(created))}) could not be dropped "
-            f"after {after}: {exc}; drop those you do not want by hand"
+            f"the roles {'a killed restore' if killed else 'this restore'} created from globals.sql "
+            f"({', '.join(sorted(created))}) could not be dropped after {after}: {exc}; {again} drop those you do "
+            "not want by hand"
         )
-        return
+        return False
+    if killed and dropped:
+        outcome.warnings.append(
+            f"role(s) a killed restore or drill created from globals.sql were dropped: {', '.join(dropped)}"
+        )
     if kept:
         outcome.warnings.append(
-            f"role(s) this restore created from globals.sql were left after {after}, as something depends on "
-            f"them: {'; '.join(kept)}"
+            f"role(s) {'a killed restore or drill' if killed else 'this restore'} created from globals.sql were left "
+            f"after {after}, as something depends on them: {'; '.join(kept)}"
         )
+    return True
+
+
+def _server_id(con: psycopg.Connection[Any]) -> str | None:
+    """The server's system identifier (another cluster on the same address has another); None
+    when this role may not read it (then no journal of created roles is kept)."""
+    try:
+        with con.transaction():
+            row = con.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except psycopg.Error:
+        return None
+    return str(row[0]) if row and row[0] else None
+
+
+def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) -> None:
+    """Drop what restores and drills against this server that were killed left: a drill's scratch
+    database, then the roles they created, unless a restore may have committed (its restored
+    objects depend on its roles). See sinks/postgres_roles.py."""
+    for run, done in postgres_roles.killed_runs(server):
+        try:
+            if run.drill:
+                with conn.connect_server() as con:
+                    there = _database_exists(con, run.drill)
+                if there:
+                    _drop_database(conn, run.drill, outcome)
+                    outcome.warnings.append(
+                        f"database {run.drill}, the scratch database of a killed drill, was dropped"
+                    )
+            elif run.restoring is not None and run.database and _may_have_committed(conn, run.database, run.restoring):
+                done()  # the restore's roles are the restored database's
+                continue
+        except (psycopg.Error, PhoenixError) as exc:
+            # This restore goes on; the journal stays for the next one.
+            outcome.warnings.append(
+                f"what a killed restore or drill left on this server (roles {', '.join(sorted(run.roles)) or 'none'}) "
+                f"could not be looked at: {pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else exc}; the next "
+                "restore or drill tries again"
+            )
+            continue
+        after = "the restore or drill that created them was killed"
+        if _drop_created_roles(conn, run.roles, outcome, after=after, given=run.memberships, killed=True):
+            done()
+
+
+def _may_have_committed(conn: pg.PgConn, database: str, mark: int) -> bool:
+    """Whether a transaction that began after `mark` (a txid_current() taken before pg_restore)
+    wrote a relation of `database`: then the killed restore's pg_restore may have committed. A
+    database that is gone holds nothing of it."""
+    with conn.connect_server() as con:
+        if not _database_exists(con, database):
+            return False
+    with conn.with_database(database).connect() as con:
+        row = con.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname NOT LIKE 'pg\\_to%%' "
+            "AND age(c.xmin) <= txid_current() - %s",
+            (mark,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 # The first PostgreSQL with pg_locks.waitstart (when a lock wait began).
@@ -369,27 +505,48 @@ class _LockWatch:
 
     def _run(self) -> None:
         assert self._con is not None
-        if self._con.info.server_version >= _WAITSTART_SINCE:
-            query = (
-                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
-                "AND l.waitstart < now() - make_interval(secs => %s)"
-            )
-        else:
-            # No pg_locks.waitstart before PostgreSQL 14: the statement waits for a lock now and
-            # started longer ago than the bound (a DROP TABLE's time is its wait). Without this the
-            # watch ended at its first query, and a restore held up by a lock waited for ever.
-            query = (
-                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a WHERE a.application_name = %s "
-                "AND a.usename = current_user AND a.wait_event_type = 'Lock' "
-                "AND a.query_start < now() - make_interval(secs => %s)"
-            )
+        if self._con.info.server_version < _WAITSTART_SINCE:
+            self._run_measuring()
+            return
+        query = (
+            "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "WHERE a.application_name = %s AND a.usename = current_user AND NOT l.granted "
+            "AND l.waitstart < now() - make_interval(secs => %s)"
+        )
         try:
             while not self._done.wait(self.POLL_S):
                 if self._con.execute(query, (self.name, float(pg.LOCK_WAIT_S))).fetchall():
                     self.cancelled = True
         except psycopg.Error:
             pass  # no watch from here on (a server gone fails pg_restore)
+
+    def _run_measuring(self) -> None:
+        """No pg_locks.waitstart before PostgreSQL 14: the watch measures the wait itself, from the
+        first look that found the statement waiting for a lock, for as long as every look finds
+        it still waiting (the same statement: its pid and query_start). The statement's own start
+        was taken for the start of its wait: a long statement (a COPY, a CREATE INDEX) seen once
+        in a short lock wait was cancelled, and the restore failed, blaming another session."""
+        assert self._con is not None
+        query = (
+            "SELECT a.pid, a.query_start, now() FROM pg_stat_activity a WHERE a.application_name = %s "
+            "AND a.usename = current_user AND a.wait_event_type = 'Lock'"
+        )
+        since: dict[tuple[int, Any], Any] = {}
+        try:
+            while not self._done.wait(self.POLL_S):
+                rows = self._con.execute(query, (self.name,)).fetchall()
+                seen = {(int(pid), start): now for pid, start, now in rows}
+                since = {key: since.get(key, now) for key, now in seen.items()}
+                for (pid, start), now in seen.items():
+                    # Still that statement, still waiting: the cancel is for nothing else.
+                    if (now - since[(pid, start)]).total_seconds() > pg.LOCK_WAIT_S and self._con.execute(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND query_start = %s "
+                        "AND wait_event_type = 'Lock'",
+                        (pid, start),
+                    ).fetchall():
+                        self.cancelled = True
+        except psycopg.Error:
+            pass
 
 
 def _restore_env(conn: pg.PgConn) -> dict[str, str]:
@@ -506,7 +663,13 @@ def _raw_role_name(text: str, statements: list[str]) -> str | None:
 
 
 def _apply_globals(
-    repo: Repository, conn: pg.PgConn, path: str, node: Node, outcome: DbRestoreOutcome
+    repo: Repository,
+    conn: pg.PgConn,
+    path: str,
+    node: Node,
+    outcome: DbRestoreOutcome,
+    journal: postgres_roles.RolesJournal | None = None,
+    given: set[tuple[int, int]] | None = None,
 ) -> dict[str, int]:
     """Create the roles of `globals.sql` that the server lacks, with their attributes, and their
     memberships. Existing roles are left exactly as they are: no membership, attribute, password,
@@ -537,10 +700,24 @@ def _apply_globals(
                     with con.transaction():
                         con.execute(ln.encode())
                         row = con.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                        if journal is not None and row:
+                            # Before it commits: a role the journal names with this oid is this run's.
+                            journal.note({"role": role, "oid": int(row[0])})
                     created[role] = int(row[0]) if row else 0
                 except psycopg.Error as exc:
                     outcome.warnings.append(f"role {role} could not be created: {pg.pg_reason(exc)}")
         outcome.warnings += _run_for_created(con, lines, set(created), handled)
+        if created:
+            # The memberships it gave them: any other one was granted meanwhile (`_drop_created_roles`).
+            oids = list(created.values())
+            rows = con.execute(
+                "SELECT roleid, member FROM pg_auth_members WHERE roleid = ANY(%s) OR member = ANY(%s)", (oids, oids)
+            ).fetchall()
+            pairs = {(int(a), int(b)) for a, b in rows}
+            if given is not None:
+                given |= pairs
+            if journal is not None:
+                journal.note({"memberships": sorted(pairs)})
     skipped = [ln for i, ln in enumerate(lines) if i not in handled and not _by_design(ln, existing)]
     if skipped:
         shown = "; ".join(_shown_statement(ln) for ln in skipped[:20])

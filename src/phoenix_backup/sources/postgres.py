@@ -30,7 +30,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -214,6 +214,46 @@ def pooler_fix(text: str, what: str) -> str:
         "session of its own; point the entry at the PostgreSQL server itself, usually port 5432, or at a pool in "
         "session mode that ignores that parameter: pgbouncer refuses it in every mode unless told "
         "`ignore_startup_parameters = options`)"
+    )
+
+
+# Seconds the probe's second client waits for a server session: one that waits is held by a
+# session pool for the first client (no transaction pooler hands it over).
+_POOL_PROBE_WAIT_S = 3
+
+
+def transaction_pooled(first: psycopg.Connection[Any], connect: Callable[[], psycopg.Connection[Any]]) -> bool:
+    """Whether a pooler in transaction (or statement) mode stands between phx and the server: the
+    server session `first` (outside a transaction) used is handed to a second client (`connect`
+    opens it as `first` was opened) while `first` is still connected, which only such a pool does
+    (the server itself, or a pool in session mode, gives each client a session of its own;
+    pgbouncer hands out the session used last first). Through one, the plain `SET`s of pg_dump and
+    pg_restore (`search_path = ''`, `row_security = off`) stay on a pooled session for the next
+    client; a pooler told `ignore_startup_parameters = options` does not refuse them, so
+    `pooler_fix` does not see it."""
+    row = first.execute("SELECT pg_backend_pid()").fetchone()
+    second = connect()
+    # Hung up, not cancelled: pgbouncer does not end a client's wait for a server session on a cancel.
+    timer = threading.Timer(_POOL_PROBE_WAIT_S, hang_up, (second,))
+    timer.start()
+    try:
+        other = second.execute("SELECT pg_backend_pid()").fetchone()
+    except psycopg.Error:
+        return False  # it waited for a session of its own: a session pool
+    finally:
+        timer.cancel()
+        with contextlib.suppress(psycopg.Error):
+            second.close()
+    return row is not None and other == row
+
+
+def transaction_pool_error(what: str) -> str:
+    return (
+        f"a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between: a whole-database "
+        f"{what} needs a server session of its own (pg_dump's and pg_restore's session settings, search_path = '' "
+        "and row_security = off, would stay on a pooled session for its next client); point the entry at the "
+        "PostgreSQL server itself, usually port 5432, or at a pool in session mode (pool_mode = session, with "
+        "ignore_startup_parameters = options)"
     )
 
 
@@ -653,6 +693,10 @@ class PostgresDump(_Reader):
 
     def _prepare(self, con: psycopg.Connection[Any]) -> None:
         version, num = server_version(con)
+        if transaction_pooled(con, self.conn.connect):
+            raise SourceError(
+                f"cannot back up PostgreSQL database `{self.entry.name}`: {transaction_pool_error('backup')}"
+            )
         self.tool = find_pg_tool("pg_dump", self.entry.name, major_of_num(num), self.env, self.entry.pg_dump)
         self._begin(con)  # the dump's own transaction is begun in `streams`
         role, blocked = rls_blockers(con)

@@ -1,0 +1,191 @@
+"""The journal of the roles a whole-database PostgreSQL restore or drill creates from `globals.sql`,
+read again by the next restore or drill against the same server when the run was killed.
+
+A failed restore, and a drill once its scratch database is dropped, drop the roles they created
+(sinks/postgres.py `_drop_created_roles`). A run that is SIGKILLed, or whose machine loses power,
+cannot: its roles (with LOGIN and the snapshot's passwords) would stay on the server for ever. So
+before its first role, a run starts a journal, `pg-roles-journal/<pid>-<start>-<random>` in the
+cache folder, whose first line names the process (as sinks/leftovers.py's) and the server (its
+`system_identifier`, never its address: another cluster on the same port is another server). Each
+role is created in a transaction that writes its line (name and oid) to the journal, fsynced,
+before it commits: a role the journal does not name was not created by the run, and one it names
+is that run's only while it has that oid (a role the user created again since has another). Later
+lines record the memberships the run gave, a drill's scratch database (before it is created) and
+the moment pg_restore starts (the server's transaction id then). A run that ends but could not
+drop its roles (the server went away) keeps its journal, marked as ended.
+
+The next restore or drill against that server reads the journals of runs that ended so or
+provably no longer run (`ProcessTag.gone`). A drill's scratch database is dropped, then its roles. A restore's roles
+are kept when its pg_restore may have committed (a table of its database was written by a
+transaction that began after the journal's mark: the restored objects depend on those roles);
+otherwise each is dropped as after a failed restore, only while it has the oid recorded, no
+membership was added to it since, no session is logged in as it, and nothing depends on it (DROP
+ROLE refuses a role that owns objects or holds privileges). A journal whose server cannot be
+reached is kept for the next run. A run that ends deletes its journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phoenix_backup.dirs import make_dirs
+from phoenix_backup.errors import PhoenixError
+from phoenix_backup.repo.locks import ProcessTag, own_start_time
+from phoenix_backup.sinks import leftovers
+from phoenix_backup.storage.local import os_error
+
+# A journal line is a small JSON object; a longer one is not Phoenix's.
+_MAX_LINE = 1024 * 1024
+
+
+def journal_dir() -> Path:
+    from phoenix_backup.repo.cache import cache_root  # not at import (as sinks/leftovers.py)
+
+    return cache_root() / "pg-roles-journal"
+
+
+class RolesJournal:
+    """The roles one run creates on the server `server` (its system identifier, set once known;
+    none: no journal is kept), recorded before each commits. Nothing is written until the first
+    `note`; `close` deletes it, unless `keep` was called (what it names is still to be dropped)."""
+
+    def __init__(self, notice: Callable[[str], None] | None = None) -> None:
+        self.server: str | None = None
+        self.name = f"{os.getpid()}-{own_start_time()}-{os.urandom(4).hex()}"
+        self.path = journal_dir() / self.name
+        self._notice = notice or (lambda _msg: None)
+        self._dir: int | None = None
+        self._off = False
+        self._keep = False
+
+    @property
+    def started(self) -> bool:
+        return self._dir is not None
+
+    def keep(self) -> None:
+        self._keep = True
+
+    def note(self, line: dict[str, Any]) -> None:
+        """Append `line`, fsynced, before the caller does what it announces."""
+        if self._off or not self.server:
+            return
+        new = self._dir is None
+        if new:
+            with contextlib.suppress(OSError):
+                make_dirs(self.path.parent)
+            self._dir = leftovers.own_folder(self.path.parent)
+            if self._dir is None:
+                self._off = True
+                self._notice(
+                    f"warning: {self.path.parent} cannot be created, or is not a folder of this user that only it can "
+                    "write, so this restore keeps no journal of the roles it creates: were it killed, they would "
+                    "stay on the server; set PHX_CACHE_DIR to a writable folder of your own"
+                )
+                return
+        assert self._dir is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            with os.fdopen(os.open(self.name, flags, 0o600, dir_fd=self._dir), "a", encoding="utf-8") as f:
+                if new:
+                    me = ProcessTag.current()
+                    head = {"host": me.host, "bootId": me.boot_id, "pidNamespace": me.pid_ns}
+                    head |= {"timeNamespace": me.time_ns, "pid": me.pid, "start": me.start, "server": self.server}
+                    f.write(json.dumps(head) + "\n")
+                f.write(json.dumps(line) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if new:
+                os.fsync(self._dir)
+        except OSError as exc:
+            what = f"writing the journal of created roles {self.path} (set PHX_CACHE_DIR to keep it on another disk)"
+            raise os_error(exc, what, destination=self.path) from exc
+
+    def close(self) -> None:
+        if self._dir is not None:
+            if self._keep:
+                # This run is over: the next one may drop what it names, even while this
+                # process runs on (the Python API).
+                with contextlib.suppress(PhoenixError):
+                    self.note({"ended": True})
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.name, dir_fd=self._dir)
+            os.close(self._dir)
+            self._dir = None
+
+
+@dataclass
+class KilledRun:
+    """What one journal of a killed run says: roles (name to oid), the memberships it gave (None
+    when it was killed before it recorded them), a drill's scratch database, pg_restore's mark."""
+
+    name: str
+    roles: dict[str, int] = field(default_factory=dict)
+    memberships: set[tuple[int, int]] | None = None
+    drill: str | None = None
+    database: str | None = None
+    restoring: int | None = None
+
+
+def killed_runs(server: str) -> Iterator[tuple[KilledRun, Callable[[], None]]]:
+    """The journals of runs against `server` that no longer run, each with the function that
+    deletes it (called once it is handled). Undecodable or foreign journals are skipped; one that
+    cannot be decoded at all is removed once a minute old (as sinks/leftovers.py's)."""
+    folder = leftovers.own_folder(journal_dir())
+    if folder is None:
+        return
+    try:
+        for name in sorted(os.listdir(folder)):
+            run = _read(folder, name, server)
+            if run is not None:
+                yield run, functools.partial(_unlink, folder, name)
+    finally:
+        os.close(folder)
+
+
+def _unlink(folder: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=folder)
+
+
+def _read(folder: int, name: str, server: str) -> KilledRun | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return None
+    with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
+        first = f.readline(_MAX_LINE)
+        head = leftovers.journal_header(first)
+        if head is None:
+            if time.time() - os.fstat(fd).st_mtime > 60:
+                _unlink(folder, name)
+            return None
+        try:
+            if json.loads(first).get("server") != server:
+                return None
+        except (ValueError, RecursionError, AttributeError):
+            return None
+        run = KilledRun(name)
+        ended = False
+        while line := f.readline(_MAX_LINE):
+            with contextlib.suppress(ValueError, RecursionError, TypeError, AttributeError):
+                item = json.loads(line)
+                if "role" in item:
+                    run.roles[str(item["role"])] = int(item["oid"])
+                elif "memberships" in item:
+                    run.memberships = {(int(a), int(b)) for a, b in item["memberships"]}
+                elif "drill" in item:
+                    run.drill = str(item["drill"])
+                elif "restoring" in item:
+                    run.restoring, run.database = int(item["restoring"]), str(item["database"])
+                elif item.get("ended") is True:
+                    ended = True
+        return run if ended or head.gone(reboot_proves=True) else None
