@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
@@ -168,7 +169,20 @@ def secrets_version(env: Mapping[str, str]) -> tuple[object, ...]:
         st = os.stat(path)
     except OSError:
         return (_SECRETS_CHANGES[0], os.fspath(path))
+    if not settled(st):
+        return (object(),)  # equal to nothing: changed within its times' tick, it may change unseen
     return (_SECRETS_CHANGES[0], os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+SETTLED_NS = 3_000_000_000  # `settled`: above a coarse kernel clock's tick (Linux before 6.13) and FAT's 2 s
+
+
+def settled(st: os.stat_result) -> bool:
+    """Whether a file's times tell a change made from now on: a file written in the same tick of
+    the clock that dates it (a hook rewriting the passphrase file in place, the same size, a few ms
+    after it was read) keeps its inode, size and times, so its version (`secrets_version`) is
+    trusted only once it was last changed `SETTLED_NS` ago."""
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLED_NS
 
 
 def remembered_secret(name: str) -> bytes | None:
@@ -222,7 +236,8 @@ def secret_file_again(path: Path) -> bytes | None:
             data: bytes | None = read_secret(f, path, "", "")
     except (OSError, UsageError):
         data = None
-    _SECRETS_SEEN[os.fspath(path)] = (version, data)
+    if settled(st):  # read before it settled, the bytes may be older than a version equal to it
+        _SECRETS_SEEN[os.fspath(path)] = (version, data)
     return data
 
 
