@@ -73,8 +73,11 @@ def load_state(path: Path | None = None) -> tuple[dict[str, Any] | None, str | N
     )
 
 
+LAST_TIMESTAMP = 253402214400  # 9999-12-31T00:00Z: before year 10000 in every time zone (UTC+14 too)
+
+
 def _timestamp(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 253402300800  # before year 10000
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < LAST_TIMESTAMP
 
 
 def _opt_str(v: object) -> bool:
