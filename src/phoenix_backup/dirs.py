@@ -213,18 +213,18 @@ def read_secret_file(path: Path, what: str, fix: str) -> bytes:
 
 
 def secret_file_again(path: Path) -> bytes | None:
-    """The secret file at `path` for redaction (kept out of what Phoenix shows): what this process
-    read from it already, else a regular file's bytes (up to the limit); None for a pipe or device
-    not read yet, or a file that cannot be read. A named pipe is never opened again: its writer
-    gave the secret once, and a second open would wait for ever for another."""
-    if os.fspath(path) in _SECRETS_READ:
-        return _SECRETS_READ[os.fspath(path)]
+    """The secret file at `path` for redaction (kept out of what Phoenix shows): a regular file's
+    bytes as they are now (up to the limit: a hook may have rotated it since this process read it,
+    whose bytes `remembered_secret(path)` keeps), else what this process read from it already;
+    None for a pipe or device not read yet, or a file that cannot be read. A named pipe is never
+    opened again: its writer gave the secret once, and a second open would wait for ever for
+    another."""
     try:
         st = os.stat(path)
     except OSError:
-        return None
+        return _SECRETS_READ.get(os.fspath(path))
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return _SECRETS_READ.get(os.fspath(path))
     # Every line Phoenix prints asks (cli/app.py `said`): the bytes are kept while the file is the
     # same (inode, size, times; a file written or replaced since is read again), a stat not a read.
     version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

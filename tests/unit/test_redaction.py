@@ -298,3 +298,26 @@ def test_a_passphrase_file_rewritten_in_place_within_one_clock_tick_is_read_agai
                 f.write(f"canary-passphrase-{n:02}\n".encode())
             os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
             assert said(f"a hook said canary-passphrase-{n:02}") == "a hook said ***"
+
+
+def test_a_passphrase_file_phoenix_read_itself_is_read_again_once_rotated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that opened the repository read PHX_PASSPHRASE_FILE itself (ops/context.py); the
+    secrets then always held those bytes, whatever the file held since: a hook rotating it
+    mid-command had its new passphrase printed as it was, though the list was made again. Both are
+    kept out now: the passphrase the command used, and the file as it is."""
+    import click
+
+    from phoenix_backup.cli.app import said
+    from phoenix_backup.dirs import read_secret_file
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("first-passphrase-canary\n")
+    monkeypatch.setenv("PHX_PASSPHRASE_FILE", str(secret))
+    with click.Context(click.Command("backup")):
+        read_secret_file(secret, "PHX_PASSPHRASE_FILE", "fix it")  # as the command opening the repository does
+        assert said("a hook said first-passphrase-canary") == "a hook said ***"
+        secret.write_text("second-passphrase-canary-rotated\n")
+        assert said("a hook said second-passphrase-canary-rotated") == "a hook said ***"
+        assert said("the old one was first-passphrase-canary") == "the old one was ***"
