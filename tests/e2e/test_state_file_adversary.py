@@ -103,3 +103,34 @@ def test_a_timestamp_in_the_last_hours_of_year_9999_is_one_line_east_of_utc(
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def _strict(text: str) -> Any:
+    """The document as a JSON reader other than Python's reads it: no NaN, no Infinity."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("targets", '{"local": {"ok": true, "seconds": NaN}}'),
+        ("lastFailure", '{"timestamp": 5, "took": Infinity}'),
+        ("failedParts", '[{"path": "a", "error": "b", "x": ' + "[" * 900 + "]" * 900 + "}]"),
+    ],
+)
+def test_a_value_no_json_reader_takes_is_one_line(backed_up: Sandbox, key: str, value: str) -> None:
+    """Fields `phx status --json` passes on as they are (`targets`, `failedParts`, extra keys of
+    `lastFailure`) holding a NaN or Infinity (Python's JSON reads them) went out as such, which no
+    other JSON reader (jq, a monitoring agent) takes; nested 900 levels they stopped it with
+    'unexpected internal error (RecursionError)'. Such a field is now left out, said in the one line."""
+    sb = backed_up
+    path = state_path(sb.home)
+    good = json.dumps({**json.loads(path.read_text()), **PARTIAL})
+    path.write_text(f'{good[:-1]}, "{key}": {value}}}')
+    _one_line(sb, f"({key}")
+    res = sb.phx_here("status", "--json", code=1)
+    assert "not saved or are damaged" in json.dumps(_strict(res.out))
