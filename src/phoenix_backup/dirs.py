@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
@@ -168,7 +169,20 @@ def secrets_version(env: Mapping[str, str]) -> tuple[object, ...]:
         st = os.stat(path)
     except OSError:
         return (_SECRETS_CHANGES[0], os.fspath(path))
+    if not settled(st):
+        return (object(),)  # equal to nothing: changed within its times' tick, it may change unseen
     return (_SECRETS_CHANGES[0], os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+SETTLED_NS = 3_000_000_000  # `settled`: above a coarse kernel clock's tick (Linux before 6.13) and FAT's 2 s
+
+
+def settled(st: os.stat_result) -> bool:
+    """Whether a file's times tell a change made from now on: a file written in the same tick of
+    the clock that dates it (a hook rewriting the passphrase file in place, the same size, a few ms
+    after it was read) keeps its inode, size and times, so its version (`secrets_version`) is
+    trusted only once it was last changed `SETTLED_NS` ago."""
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLED_NS
 
 
 def remembered_secret(name: str) -> bytes | None:
@@ -199,18 +213,18 @@ def read_secret_file(path: Path, what: str, fix: str) -> bytes:
 
 
 def secret_file_again(path: Path) -> bytes | None:
-    """The secret file at `path` for redaction (kept out of what Phoenix shows): what this process
-    read from it already, else a regular file's bytes (up to the limit); None for a pipe or device
-    not read yet, or a file that cannot be read. A named pipe is never opened again: its writer
-    gave the secret once, and a second open would wait for ever for another."""
-    if os.fspath(path) in _SECRETS_READ:
-        return _SECRETS_READ[os.fspath(path)]
+    """The secret file at `path` for redaction (kept out of what Phoenix shows): a regular file's
+    bytes as they are now (up to the limit: a hook may have rotated it since this process read it,
+    whose bytes `remembered_secret(path)` keeps), else what this process read from it already;
+    None for a pipe or device not read yet, or a file that cannot be read. A named pipe is never
+    opened again: its writer gave the secret once, and a second open would wait for ever for
+    another."""
     try:
         st = os.stat(path)
     except OSError:
-        return None
+        return _SECRETS_READ.get(os.fspath(path))
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return _SECRETS_READ.get(os.fspath(path))
     # Every line Phoenix prints asks (cli/app.py `said`): the bytes are kept while the file is the
     # same (inode, size, times; a file written or replaced since is read again), a stat not a read.
     version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -222,7 +236,8 @@ def secret_file_again(path: Path) -> bytes | None:
             data: bytes | None = read_secret(f, path, "", "")
     except (OSError, UsageError):
         data = None
-    _SECRETS_SEEN[os.fspath(path)] = (version, data)
+    if settled(st):  # read before it settled, the bytes may be older than a version equal to it
+        _SECRETS_SEEN[os.fspath(path)] = (version, data)
     return data
 
 

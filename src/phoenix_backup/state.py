@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,8 +74,33 @@ def load_state(path: Path | None = None) -> tuple[dict[str, Any] | None, str | N
     )
 
 
+LAST_TIMESTAMP = 253402214400  # 9999-12-31T00:00Z: before year 10000 in every time zone (UTC+14 too)
+
+
 def _timestamp(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 253402300800  # before year 10000
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < LAST_TIMESTAMP
+
+
+NESTED_AT_MOST = 32  # levels of a field's value; Phoenix writes 3 at most
+
+
+def _plain(v: object) -> bool:
+    """No NaN or Infinity in `v`, nested `NESTED_AT_MOST` levels at most: Python's JSON reads a
+    NaN and 900 levels, but no JSON reader of `phx status --json` takes a NaN, and writing the
+    document out again (status passes `targets`, `failedParts`, `lastFailure` on as they are)
+    ran out of Python's recursion, 'unexpected internal error (RecursionError)'."""
+    todo = [(v, 0)]  # a stack, not recursion
+    while todo:
+        x, depth = todo.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        if isinstance(x, dict | list) and depth >= NESTED_AT_MOST:
+            return False
+        if isinstance(x, dict):
+            todo += ((y, depth + 1) for y in x.values())
+        elif isinstance(x, list):
+            todo += ((y, depth + 1) for y in x)
+    return True
 
 
 def _opt_str(v: object) -> bool:
@@ -125,7 +151,7 @@ def _checked(data: dict[str, Any], fields: dict[str, _Check], at: str, bad: list
             if isinstance(value, dict):
                 out[key] = _checked(value, check, f"{at}{key}.", bad)
                 continue
-        elif check is None or check(value):
+        elif (check is None or check(value)) and _plain(value):
             out[key] = value
             continue
         bad.append(at + key)

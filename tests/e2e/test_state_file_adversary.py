@@ -7,6 +7,7 @@ file and what is wrong with it, and the rest of the report goes on."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -78,3 +79,58 @@ def test_a_drill_report_whose_errors_are_not_a_list_is_said(backed_up: Sandbox) 
     (folder / "20261201T020000Z.json").write_text(json.dumps(report))
     res = backed_up.phx_here("doctor", code=1)
     assert "last drill: last drill (drill-1)" in res.out and "FAILED with some error(s)" in res.out, res
+
+
+def test_a_timestamp_in_the_last_hours_of_year_9999_is_one_line_east_of_utc(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timestamp below year 10000 in UTC passed the check, but `phx status` shows it in local
+    time: at UTC+14 (Kiribati) it is in year 10000, and status stopped with 'unexpected internal
+    error (ValueError: year 10000 is out of range)'. A timestamp of the last day of 9999 is now
+    out of range too, said in the one line."""
+    sb = backed_up
+    path = state_path(sb.home)
+    good = json.loads(path.read_text())
+    monkeypatch.setenv("TZ", "KIR-14")  # POSIX: 14 hours east of UTC, no time zone data needed
+    time.tzset()
+    try:
+        for key, value in (("timestamp", 253402300000), ("lastSuccess", {"timestamp": 253402300000})):
+            path.write_text(json.dumps({**good, **PARTIAL, key: value}))
+            _one_line(sb, f"({key}")
+        path.write_text(json.dumps({**good, "targetsLastSuccess": {"local": {"timestamp": 253402300000}}}))
+        res = sb.phx_here("status")
+        assert "(targetsLastSuccess.local.timestamp)" in res.out + res.err, res
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def _strict(text: str) -> Any:
+    """The document as a JSON reader other than Python's reads it: no NaN, no Infinity."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("targets", '{"local": {"ok": true, "seconds": NaN}}'),
+        ("lastFailure", '{"timestamp": 5, "took": Infinity}'),
+        ("failedParts", '[{"path": "a", "error": "b", "x": ' + "[" * 900 + "]" * 900 + "}]"),
+    ],
+)
+def test_a_value_no_json_reader_takes_is_one_line(backed_up: Sandbox, key: str, value: str) -> None:
+    """Fields `phx status --json` passes on as they are (`targets`, `failedParts`, extra keys of
+    `lastFailure`) holding a NaN or Infinity (Python's JSON reads them) went out as such, which no
+    other JSON reader (jq, a monitoring agent) takes; nested 900 levels they stopped it with
+    'unexpected internal error (RecursionError)'. Such a field is now left out, said in the one line."""
+    sb = backed_up
+    path = state_path(sb.home)
+    good = json.dumps({**json.loads(path.read_text()), **PARTIAL})
+    path.write_text(f'{good[:-1]}, "{key}": {value}}}')
+    _one_line(sb, f"({key}")
+    res = sb.phx_here("status", "--json", code=1)
+    assert "not saved or are damaged" in json.dumps(_strict(res.out))

@@ -5,6 +5,7 @@ the token), the path only where asked (a Git remote's path names the repository)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,7 @@ def test_a_commands_lines_read_the_passphrase_file_once_and_again_when_it_change
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", counting)
+    monkeypatch.setattr("phoenix_backup.dirs.SETTLED_NS", 0)  # a file just written is trusted at once here
     with click.Context(click.Command("status")):
         for _ in range(50):
             assert said("a hook said first-passphrase-canary") == "a hook said ***"
@@ -261,3 +263,61 @@ def test_a_commands_lines_read_the_passphrase_file_once_and_again_when_it_change
         secret.write_text("second-passphrase-canary-rotated\n")
         assert said("a hook said second-passphrase-canary-rotated") == "a hook said ***"
         assert len(opened) == 2, opened
+
+
+def test_a_passphrase_file_rewritten_in_place_within_one_clock_tick_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secrets kept for a command's life were made again when the passphrase file's inode,
+    size or times changed: a hook rewriting it in place with a passphrase of the same length, its
+    mtime put back, within the tick of the kernel's coarse clock that dates a file (ctime the same
+    too), left the old list, and the new passphrase was printed as it is. A file changed this
+    recently is read again until its times can tell a change."""
+    import click
+
+    from phoenix_backup.cli.app import said
+
+    real_stat = os.stat
+
+    def coarse(*args: Any, **kwargs: Any) -> os.stat_result:
+        """A file system dated by a clock of 10 ms ticks (Linux before 6.13 gave a file a time
+        of its coarse clock; this one gives a stat a fine time once it was asked)."""
+        st = real_stat(*args, **kwargs)
+        ticks = {f"st_{t}time_ns": getattr(st, f"st_{t}time_ns") // 10**7 * 10**7 for t in "amc"}
+        return os.stat_result(tuple(st), ticks)
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("canary-passphrase-00\n")
+    monkeypatch.setenv("PHX_PASSPHRASE_FILE", str(secret))
+    monkeypatch.setattr(os, "stat", coarse)
+    with click.Context(click.Command("status")):
+        for n in range(1, 6):  # each rotation done at once, within a tick of the clock most of the time
+            st = secret.stat()
+            assert said(f"a hook said canary-passphrase-{n - 1:02}") == "a hook said ***"
+            with open(secret, "r+b") as f:
+                f.write(f"canary-passphrase-{n:02}\n".encode())
+            os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+            assert said(f"a hook said canary-passphrase-{n:02}") == "a hook said ***"
+
+
+def test_a_passphrase_file_phoenix_read_itself_is_read_again_once_rotated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that opened the repository read PHX_PASSPHRASE_FILE itself (ops/context.py); the
+    secrets then always held those bytes, whatever the file held since: a hook rotating it
+    mid-command had its new passphrase printed as it was, though the list was made again. Both are
+    kept out now: the passphrase the command used, and the file as it is."""
+    import click
+
+    from phoenix_backup.cli.app import said
+    from phoenix_backup.dirs import read_secret_file
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("first-passphrase-canary\n")
+    monkeypatch.setenv("PHX_PASSPHRASE_FILE", str(secret))
+    with click.Context(click.Command("backup")):
+        read_secret_file(secret, "PHX_PASSPHRASE_FILE", "fix it")  # as the command opening the repository does
+        assert said("a hook said first-passphrase-canary") == "a hook said ***"
+        secret.write_text("second-passphrase-canary-rotated\n")
+        assert said("a hook said second-passphrase-canary-rotated") == "a hook said ***"
+        assert said("the old one was first-passphrase-canary") == "the old one was ***"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -80,9 +81,10 @@ def env_secrets(env: Mapping[str, str]) -> list[str]:
     file = env_path(env, "PHX_PASSPHRASE_FILE")
     if file is not None:
         # A file that cannot be read or is too large gives no passphrase to the run either.
-        raw = secret_file_again(file)
-        if raw is not None:
-            passphrases.append(raw.decode("utf-8", "surrogateescape"))
+        # The bytes this run read (its passphrase) and the file as it is now (rotated since?).
+        for raw in dict.fromkeys((remembered_secret(os.fspath(file)), secret_file_again(file))):
+            if raw is not None:
+                passphrases.append(raw.decode("utf-8", "surrogateescape"))
     given = remembered_secret(PASSPHRASE_COMMAND_SECRET)  # the config's command, once it ran
     if given is not None:
         passphrases.append(given.decode("utf-8", "surrogateescape"))

@@ -245,9 +245,13 @@ def seen_folding(folder: Path, what: Literal["case", "form"]) -> bool | None:
     """`folds_names` ("case") or `folds_forms` ("form") for a dry run, which writes nothing: an
     entry already there (one of `folder`'s, else `folder` itself or a folder above it, looked up in
     its parent while that is on the same file system) is looked up under its name in the other
-    case (ASCII letters swapped) or normal form, and compared by device and inode. None when no
-    name there has another case or form (an empty folder, names of digits only)."""
+    case (ASCII letters swapped) or normal form, and compared by device and inode (a file of more
+    than one hard link tells nothing). None when no name there has another case or form (an empty
+    folder, names of digits only)."""
     other = _swapped_case if what == "case" else _other_form
+    # A destination that is a link (~/usb -> /media/usb) is written where it points: its own name
+    # and the folders above it are another file system's (the restore's probe file goes there too).
+    folder = Path(os.path.realpath(folder))
     try:
         device = os.lstat(folder).st_dev
         with os.scandir(folder) as entries:
@@ -282,7 +286,11 @@ def seen_folding(folder: Path, what: Literal["case", "form"]) -> bool | None:
             return False
         except OSError:
             continue
-        return (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino)
+        if (seen.st_dev, seen.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        if stat.S_ISDIR(st.st_mode) or st.st_nlink < 2:
+            return True
+        # A second hard link of one file (a name past the entries listed) tells nothing.
     return None
 
 
