@@ -15,6 +15,7 @@ it, with bounded time and memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -429,3 +430,29 @@ def write_corpus() -> None:
 if __name__ == "__main__":
     write_corpus()
     print(f"wrote {sum(len(v) for v in crafted().values())} inputs below {CORPUS}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def folding_lookups(monkeypatch: Any, below: Path) -> Iterator[None]:
+    """`os.lstat` of a name below `below` that is not there finds the entry whose name differs
+    only in case or Unicode form, as on a case-insensitive file system (none mounts here): the
+    restore's probe file and the dry run's look-ups of names already there see the same."""
+    from phoenix_backup.sinks.files import fold_name
+
+    real_lstat = os.lstat
+
+    def folding(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        try:
+            return real_lstat(path, *args, **kwargs)
+        except FileNotFoundError:
+            p = Path(path)
+            if kwargs.get("dir_fd") is not None or below not in p.parents:
+                raise
+            twins = [n for n in os.listdir(p.parent) if fold_name(n) == fold_name(p.name)]
+            if not twins:
+                raise
+            return real_lstat(p.parent / twins[0])
+
+    monkeypatch.setattr(os, "lstat", folding)
+    yield
+    monkeypatch.undo()

@@ -19,6 +19,7 @@ import pytest
 from e2e_support import PHX, Sandbox
 from test_restore_destination_errors import CAPLESS
 
+from hostile import folding_lookups
 from phoenix_backup.ops import restore as restore_op
 from phoenix_backup.repo.locks import boot_id, pid_namespace
 from phoenix_backup.sinks import files
@@ -257,30 +258,6 @@ def test_two_paths_in_nfc_and_nfd_on_a_normalizing_case_sensitive_destination_re
     assert not files.folds_forms(tmp_path) and not list(tmp_path.glob(".phx-tmp-*"))
 
 
-@contextlib.contextmanager
-def _folding_lookups(monkeypatch: pytest.MonkeyPatch, below: Path) -> Iterator[None]:
-    """`os.lstat` of a name below `below` that is not there finds the entry whose name differs
-    only in case or Unicode form, as on a case-insensitive file system (none mounts here): the
-    restore's probe file and the dry run's look-ups of names already there see the same."""
-    real_lstat = os.lstat
-
-    def folding(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        try:
-            return real_lstat(path, *args, **kwargs)
-        except FileNotFoundError:
-            p = Path(path)
-            if kwargs.get("dir_fd") is not None or below not in p.parents:
-                raise
-            twins = [n for n in os.listdir(p.parent) if files.fold_name(n) == files.fold_name(p.name)]
-            if not twins:
-                raise
-            return real_lstat(p.parent / twins[0])
-
-    monkeypatch.setattr(os, "lstat", folding)
-    yield
-    monkeypatch.undo()
-
-
 @pytest.mark.phx_in_process
 def test_a_dry_run_refuses_what_the_restore_refuses_on_a_case_insensitive_destination(
     backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -294,7 +271,7 @@ def test_a_dry_run_refuses_what_the_restore_refuses_on_a_case_insensitive_destin
     (sb.workspace / "memory/note.md").write_bytes(b"lower\n")
     sb.phx_here("backup")
     dest = tmp_path / "folding"
-    with _folding_lookups(monkeypatch, tmp_path.parent):
+    with folding_lookups(monkeypatch, tmp_path.parent):
         dry = sb.phx_here("restore", "--latest", "--to", dest, "--dry-run", "--json", code=1).json()["error"]
         real = sb.phx_here("restore", "--latest", "--to", dest, "--json", code=1).json()["error"]
     assert dry == real and "workspace/memory/Note.md and workspace/memory/note.md differ only in case" in dry
@@ -320,7 +297,7 @@ def test_a_file_beside_a_folder_of_the_same_name_in_another_case_is_refused_up_f
     (sb.workspace / "memory/topic/x.md").write_bytes(b"in the folder\n")
     sb.phx_here("backup")
     dest = tmp_path / "folding"
-    with _folding_lookups(monkeypatch, tmp_path.parent):
+    with folding_lookups(monkeypatch, tmp_path.parent):
         for extra in (("--dry-run",), ()):
             res = sb.phx_here("restore", "--latest", "--to", dest, *extra, "--json", code=1)
             error = res.json()["error"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from hostile import folding_lookups
 from phoenix_backup.sinks import files
 
 
@@ -39,19 +39,5 @@ def test_a_destination_that_is_a_link_is_judged_where_it_points(
     home = tmp_path / "home"
     home.mkdir()
     (home / "usb").symlink_to(vfat / "Backup")
-    real_lstat = os.lstat
-
-    def folding(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        try:
-            return real_lstat(path, *args, **kwargs)
-        except FileNotFoundError:
-            p = Path(path)
-            if vfat not in p.parents:
-                raise
-            twins = [n for n in os.listdir(p.parent) if n.lower() == p.name.lower()]
-            if not twins:
-                raise
-            return real_lstat(p.parent / twins[0])
-
-    monkeypatch.setattr(os, "lstat", folding)
-    assert files.seen_folding(home / "usb", "case") is True
+    with folding_lookups(monkeypatch, vfat):
+        assert files.seen_folding(home / "usb", "case") is True
