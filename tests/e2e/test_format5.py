@@ -20,6 +20,7 @@ from test_pack_ids import remake_as_format_2
 from test_watch_adversary import _commit, _table
 from test_watch_bases import _watcher
 
+from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import TargetReport, replicate
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -101,16 +102,20 @@ def test_watch_makes_each_target_format_5_before_its_first_segment_and_a_replaye
         with repo.lock(exclusive=False, command="backup"):
             assert repo.config.version == 5
     assert sb.verify()["ok"] is True
-    # The format 4 config put back (it is authenticated: the same key signed it) is a downgrade.
+    # The format 4 config put back (it is authenticated: the same key signed it): this Phoenix uses
+    # it, saying so; the pin keeps 5, which a Phoenix from before format 5 here refuses it by.
     (sb.repo / "config").write_bytes(before)
-    refused = sb.phx_here("list", code=1)
-    assert "is format 4" in refused.err and "saw it format 5" in refused.err, refused.err
+    listed = sb.phx_here("list")
+    assert "is format 4, but this machine saw it format 5" in listed.err, listed.err
+    pins = json.loads(Pins.for_env(sb.env).path.read_text())["repositories"]
+    assert [p["format"] for p in pins.values()] == [5], pins
 
 
 def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make_sandbox: Any, tmp_path: Path) -> None:
     sb: Sandbox = make_sandbox()
     remake_as_format_2(sb)
     assert _config(sb.repo)["version"] == 2
+    format_2 = (sb.repo / "config").read_bytes()
     _watch_once(sb)
     doc = _config(sb.repo)
     assert doc["version"] == 5 and doc["packIds"] == "sha256", doc
@@ -119,6 +124,11 @@ def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make
     assert _config(sb.repo) == doc, "a backup keeps format 5"
     packs = [p for p in (sb.repo / "data").rglob("*") if p.is_file()]
     assert packs and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in packs)
+    # Its format 2 config put back stays a downgrade (a format 1 config planted without the key
+    # and signed by another machine's upgrade is one too); only a format 4 one is used as it is.
+    (sb.repo / "config").write_bytes(format_2)
+    refused = sb.phx_here("list", code=1)
+    assert "is format 2 and not write-only, but this machine saw it format 5" in refused.err, refused.err
 
 
 def test_an_unwatched_repository_keeps_its_format_until_a_watch_writes(
@@ -246,3 +256,23 @@ def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over
     assert report.ok, report.error
     assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes() and _config(replica)["version"] == 5
     assert any((replica / "captures").iterdir())
+
+
+def test_a_replica_the_watch_has_not_reached_still_restores_when_the_first_target_is_lost(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """The pin says 5 (the watch marked the first target), the replica is still format 4 (the watch
+    never reached it): the first target lost, the replica taken as the repository restores, with a
+    notice saying why its format is lower and what brings it to 5 (before: refused as a downgrade
+    with "restore the config object from another target", which nothing here holds)."""
+    sb: Sandbox = make_sandbox()
+    snap = sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    _watch_once(sb)
+    assert _config(sb.repo)["version"] == 5 and _config(replica)["version"] == 4
+    sb.write_config(backupDir=str(replica))
+    out = tmp_path / "restored"
+    done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
+    assert "is format 4, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
+    assert sorted(p.name for p in out.rglob("*") if p.is_file())
