@@ -276,3 +276,25 @@ def test_a_replica_the_watch_has_not_reached_still_restores_when_the_first_targe
     done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
     assert "is format 4, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
     assert sorted(p.name for p in out.rglob("*") if p.is_file())
+
+
+def test_a_config_repair_objects_copies_from_a_format_4_replica_is_made_5_again(
+    make_sandbox: Any, moto: Any, tmp_path: Path
+) -> None:
+    """The first target (format 5, holding segments) lost its config; the S3 replica the watch never
+    reached is still format 4: `repair objects --from s3` copies its config back and makes it format
+    5 again, since the first target holds segments (before: it stayed format 4 with segments, which
+    a Phoenix from before format 5 opens and rotates them away)."""
+    from test_lost_data import replicated
+
+    sb, _bucket = replicated(make_sandbox, moto)
+    s3 = sb.config["targets"]["s3"]
+    sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "enabled": False}})
+    _watch_once(sb)
+    sb.write_config(targets={"local": {"enabled": True}, "s3": s3})
+    assert _config(sb.repo)["version"] == 5 and any((sb.repo / "captures").iterdir())
+    (sb.repo / "config").unlink()
+    repaired = sb.phx_here("repair", "objects", "--from", "s3", "--json")
+    assert "config" in repaired.json()["copied"], repaired.out
+    assert _config(sb.repo)["version"] == 5, repaired.err
+    assert sb.verify()["ok"] is True
