@@ -298,3 +298,34 @@ def test_a_config_repair_objects_copies_from_a_format_4_replica_is_made_5_again(
     assert "config" in repaired.json()["copied"], repaired.out
     assert _config(sb.repo)["version"] == 5, repaired.err
     assert sb.verify()["ok"] is True
+
+
+def test_a_replica_holding_no_repository_yet_gets_no_segment_before_its_config(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A replica added to the config, not synced yet (no config there): the watch writes no
+    segment there, so no segment sits in a store without a format 5 config; `phx sync` makes the
+    repository there (format 5), then copies the segments. Before, the watch wrote its segments
+    there first."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    replica = tmp_path / "replica"
+    _table(sb.layout.dashboard_db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        w.replicas["replica"] = LocalBackend(replica)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+        w._write_queue()
+        lagging = set(w.lagging)
+    assert not replica.exists() or not list(replica.rglob("captures/*")), list(replica.rglob("*"))
+    assert lagging == {"replica"}
+    assert any("target replica: holds no repository yet" in n for n in notices), notices
+    report = _sync(sb, replica)
+    assert report.ok and report.initialised, report.error
+    assert _config(replica)["version"] == 5 and any((replica / "captures").iterdir())
