@@ -329,3 +329,16 @@ def test_a_replica_holding_no_repository_yet_gets_no_segment_before_its_config(
     report = _sync(sb, replica)
     assert report.ok and report.initialised, report.error
     assert _config(replica)["version"] == 5 and any((replica / "captures").iterdir())
+
+
+def test_a_forget_that_writes_merged_segments_makes_the_repository_5(sandbox: Sandbox) -> None:
+    """Segments under a format 4 config (as a watch from before format 5 left them): the forget
+    that thins them writes its merged segments into a format 5 repository (before: format 4)."""
+    from test_watch_thinning import _make_history
+
+    sandbox.write_config(retention={"capturesHourlyWithin": "2d"})
+    _make_history(sandbox)
+    assert _config(sandbox.repo)["version"] == 4
+    done = sandbox.phx_here("forget", "--json").json()["targets"]["local"]["captures"]
+    assert done["merges"], done
+    assert _config(sandbox.repo)["version"] == 5
