@@ -342,3 +342,31 @@ def test_a_forget_that_writes_merged_segments_makes_the_repository_5(sandbox: Sa
     done = sandbox.phx_here("forget", "--json").json()["targets"]["local"]["captures"]
     assert done["merges"], done
     assert _config(sandbox.repo)["version"] == 5
+
+
+def test_a_format_1_repository_marked_before_its_upgrade_gets_its_slots_sealed(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A format 1 repository whose upgrade waited (busy when the watch opened it): the watch's
+    format 5 config comes with the slots sealed, as the upgrade seals them (before: format 1
+    slots were left for good beside the format 5 config, shown as not the owner's)."""
+    from test_repository_trust import as_format_1
+
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    as_format_1(sb)
+    sb.env["PHX_DATA_DIR"] = str(tmp_path / "fresh")  # a machine that never saw it in format 4
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), upgrade=False)
+    try:
+        with repo.lock(exclusive=False, command="watch"):
+            repo.mark_captures()
+    finally:
+        repo.close()
+    assert _config(sb.repo)["version"] == 5
+    for path in (sb.repo / "keys").iterdir():
+        assert b"old-host" not in path.read_bytes()
+    listing = sb.phx_here("key", "list", "--json").json()
+    assert [(s["status"], s["host"]) for s in listing] == [("ok", "old-host")], listing

@@ -725,16 +725,20 @@ class Repository:
             # Each write confirms the lock first (docs/reliability.md, Locks): a suspend right
             # after taking it, or a lock removed meanwhile, stops the upgrade before it writes.
             self.confirmer.now(COMMITTED)
-            for slot in slots:
-                if slot.version < 2:
-                    self.confirmer.step(MORE_COMMITTED)
-                    self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
+            self._seal_slots(slots)
             config = self.config.signed(self.secrets)
             self.confirmer.now(MORE_COMMITTED)
             self.backend.write("config", config.to_bytes())
             self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {BASE_FORMAT_VERSION}")
         return True
+
+    def _seal_slots(self, slots: list[keyslots.KeySlot]) -> None:
+        """Format 1 to 2 (`upgrade`): seal each format 1 slot's metadata, before the config."""
+        for slot in slots:
+            if slot.version < 2:
+                self.confirmer.step(MORE_COMMITTED)
+                self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
 
     def authenticates(self, config: RepoConfig) -> bool:
         """Whether `config` (another target's, or this one's read again) is authenticated by this
@@ -769,6 +773,11 @@ class Repository:
         key: keyslots.MasterSecrets | WriteKey = self.write_key if self.config.write_only is not None else self.secrets
         config = replace(self.config, captures=True).signed(key)
         self.locks.confirm_held("no capture segment was written")
+        if self.config.version < BASE_FORMAT_VERSION:
+            # A format 1 repository whose upgrade waited (another command held it at the open):
+            # its slots are sealed first, as the upgrade does; left format 1 beside a format 5
+            # config they would stay unsealed for good, looking planted (`upgrade`).
+            self._seal_slots(self.read_key_slots(self.backend))
         self.backend.write("config", config.to_bytes())
         self.config = config
         if self.pins is not None and self._secrets is not None:
