@@ -20,6 +20,7 @@ from test_pack_ids import remake_as_format_2
 from test_watch_adversary import _commit, _table
 from test_watch_bases import _watcher
 
+from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import TargetReport, replicate
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
@@ -101,16 +102,20 @@ def test_watch_makes_each_target_format_5_before_its_first_segment_and_a_replaye
         with repo.lock(exclusive=False, command="backup"):
             assert repo.config.version == 5
     assert sb.verify()["ok"] is True
-    # The format 4 config put back (it is authenticated: the same key signed it) is a downgrade.
+    # The format 4 config put back (it is authenticated: the same key signed it): this Phoenix uses
+    # it, saying so; the pin keeps 5, which a Phoenix from before format 5 here refuses it by.
     (sb.repo / "config").write_bytes(before)
-    refused = sb.phx_here("list", code=1)
-    assert "is format 4" in refused.err and "saw it format 5" in refused.err, refused.err
+    listed = sb.phx_here("list")
+    assert "is format 4, but this machine saw it format 5" in listed.err, listed.err
+    pins = json.loads(Pins.for_env(sb.env).path.read_text())["repositories"]
+    assert [p["format"] for p in pins.values()] == [5], pins
 
 
 def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make_sandbox: Any, tmp_path: Path) -> None:
     sb: Sandbox = make_sandbox()
     remake_as_format_2(sb)
     assert _config(sb.repo)["version"] == 2
+    format_2 = (sb.repo / "config").read_bytes()
     _watch_once(sb)
     doc = _config(sb.repo)
     assert doc["version"] == 5 and doc["packIds"] == "sha256", doc
@@ -119,6 +124,11 @@ def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make
     assert _config(sb.repo) == doc, "a backup keeps format 5"
     packs = [p for p in (sb.repo / "data").rglob("*") if p.is_file()]
     assert packs and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in packs)
+    # Its format 2 config put back stays a downgrade (a format 1 config planted without the key
+    # and signed by another machine's upgrade is one too); only a format 4 one is used as it is.
+    (sb.repo / "config").write_bytes(format_2)
+    refused = sb.phx_here("list", code=1)
+    assert "is format 2 and not write-only, but this machine saw it format 5" in refused.err, refused.err
 
 
 def test_an_unwatched_repository_keeps_its_format_until_a_watch_writes(
@@ -246,3 +256,117 @@ def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over
     assert report.ok, report.error
     assert (replica / "config").read_bytes() == (sb.repo / "config").read_bytes() and _config(replica)["version"] == 5
     assert any((replica / "captures").iterdir())
+
+
+def test_a_replica_the_watch_has_not_reached_still_restores_when_the_first_target_is_lost(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """The pin says 5 (the watch marked the first target), the replica is still format 4 (the watch
+    never reached it): the first target lost, the replica taken as the repository restores, with a
+    notice saying why its format is lower and what brings it to 5 (before: refused as a downgrade
+    with "restore the config object from another target", which nothing here holds)."""
+    sb: Sandbox = make_sandbox()
+    snap = sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    _watch_once(sb)
+    assert _config(sb.repo)["version"] == 5 and _config(replica)["version"] == 4
+    sb.write_config(backupDir=str(replica))
+    out = tmp_path / "restored"
+    done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
+    assert "is format 4, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
+    assert sorted(p.name for p in out.rglob("*") if p.is_file())
+
+
+def test_a_config_repair_objects_copies_from_a_format_4_replica_is_made_5_again(
+    make_sandbox: Any, moto: Any, tmp_path: Path
+) -> None:
+    """The first target (format 5, holding segments) lost its config; the S3 replica the watch never
+    reached is still format 4: `repair objects --from s3` copies its config back and makes it format
+    5 again, since the first target holds segments (before: it stayed format 4 with segments, which
+    a Phoenix from before format 5 opens and rotates them away)."""
+    from test_lost_data import replicated
+
+    sb, _bucket = replicated(make_sandbox, moto)
+    s3 = sb.config["targets"]["s3"]
+    sb.write_config(targets={"local": {"enabled": True}, "s3": {**s3, "enabled": False}})
+    _watch_once(sb)
+    sb.write_config(targets={"local": {"enabled": True}, "s3": s3})
+    assert _config(sb.repo)["version"] == 5 and any((sb.repo / "captures").iterdir())
+    (sb.repo / "config").unlink()
+    repaired = sb.phx_here("repair", "objects", "--from", "s3", "--json")
+    assert "config" in repaired.json()["copied"], repaired.out
+    assert _config(sb.repo)["version"] == 5, repaired.err
+    assert sb.verify()["ok"] is True
+
+
+def test_a_replica_holding_no_repository_yet_gets_no_segment_before_its_config(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A replica added to the config, not synced yet (no config there): the watch writes no
+    segment there, so no segment sits in a store without a format 5 config; `phx sync` makes the
+    repository there (format 5), then copies the segments. Before, the watch wrote its segments
+    there first."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    replica = tmp_path / "replica"
+    _table(sb.layout.dashboard_db)
+    notices: list[str] = []
+    with _watcher(sb, notices) as w:
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        w.replicas["replica"] = LocalBackend(replica)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+        w._write_queue()
+        lagging = set(w.lagging)
+    assert not replica.exists() or not list(replica.rglob("captures/*")), list(replica.rglob("*"))
+    assert lagging == {"replica"}
+    assert any("target replica: holds no repository yet" in n for n in notices), notices
+    report = _sync(sb, replica)
+    assert report.ok and report.initialised, report.error
+    assert _config(replica)["version"] == 5 and any((replica / "captures").iterdir())
+
+
+def test_a_forget_that_writes_merged_segments_makes_the_repository_5(sandbox: Sandbox) -> None:
+    """Segments under a format 4 config (as a watch from before format 5 left them): the forget
+    that thins them writes its merged segments into a format 5 repository (before: format 4)."""
+    from test_watch_thinning import _make_history
+
+    sandbox.write_config(retention={"capturesHourlyWithin": "2d"})
+    _make_history(sandbox)
+    assert _config(sandbox.repo)["version"] == 4
+    done = sandbox.phx_here("forget", "--json").json()["targets"]["local"]["captures"]
+    assert done["merges"], done
+    assert _config(sandbox.repo)["version"] == 5
+
+
+def test_a_format_1_repository_marked_before_its_upgrade_gets_its_slots_sealed(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A format 1 repository whose upgrade waited (busy when the watch opened it): the watch's
+    format 5 config comes with the slots sealed, as the upgrade seals them (before: format 1
+    slots were left for good beside the format 5 config, shown as not the owner's)."""
+    from test_repository_trust import as_format_1
+
+    from phoenix_backup.config import load_config
+    from phoenix_backup.ops.context import Environment, open_repository
+
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    as_format_1(sb)
+    sb.env["PHX_DATA_DIR"] = str(tmp_path / "fresh")  # a machine that never saw it in format 4
+    repo = open_repository(load_config(sb.config_path, sb.env), Environment(env=sb.env), upgrade=False)
+    try:
+        with repo.lock(exclusive=False, command="watch"):
+            repo.mark_captures()
+    finally:
+        repo.close()
+    assert _config(sb.repo)["version"] == 5
+    for path in (sb.repo / "keys").iterdir():
+        assert b"old-host" not in path.read_bytes()
+    listing = sb.phx_here("key", "list", "--json").json()
+    assert [(s["status"], s["host"]) for s in listing] == [("ok", "old-host")], listing

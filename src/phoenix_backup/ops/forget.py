@@ -375,6 +375,10 @@ def thin_captures(
                 # database was damaged), the sound states before it would go with the rest. The
                 # next forget tries again.
                 continue
+        if pieces and not dry_run:
+            # Segments of a watch from before format 5 under a format 4 config: format 5 before a
+            # merged segment is written (docs/repository-format.md, Version 5).
+            repo.mark_captures()
         for segs, made, snapshot in pieces:
             merged = made or captures.merge(segs, loaded)
             name, raw = captures.seal(repo, merged)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from phoenix_backup.config import Config
 from phoenix_backup.errors import PhoenixError, RepositoryError, RepositoryNotFound, UsageError
 from phoenix_backup.ops.context import Environment, enabled_targets, open_repository, pins, target_backend
+from phoenix_backup.repo import captures
 from phoenix_backup.repo.repair import (
     IndexRepair,
     ObjectsRepair,
@@ -87,6 +88,10 @@ def repair_objects(cfg: Config, envx: Environment, *, source: str, read_data: bo
         try:
             with repo.lock(exclusive=True, command="repair objects"):
                 repair_data(repo, other, report, read_data=read_data)
+                if "config" in report.copied and next(iter(repo.backend.list(captures.PREFIX)), None) is not None:
+                    # A replica's config from before the watch marked this target (format 4): the
+                    # segments here make it format 5 again (docs/repository-format.md, Version 5).
+                    repo.mark_captures()
         finally:
             repo.close()
             other.close()

@@ -1457,10 +1457,11 @@ class Watcher:
             problem: str | None = None
             try:
                 if not backend.exists():
-                    continue  # no repository there yet: its sync makes one with this config
-                raw = backend.read("config")
-                theirs = RepoConfig.from_bytes(raw, backend.location)
-                if raw != ours.raw:
+                    # No repository there yet: a segment written now would sit there without a
+                    # config; the catch-up (or `phx sync`) makes one with this config, then copies.
+                    problem = "holds no repository yet"
+                elif (raw := backend.read("config")) != ours.raw:
+                    theirs = RepoConfig.from_bytes(raw, backend.location)
                     if theirs.captures or not (theirs.same_but_captures(ours) and self.repo.authenticates(theirs)):
                         problem = "its config is not the first target's (a key rotation not brought there yet?)"
                     else:

@@ -725,16 +725,20 @@ class Repository:
             # Each write confirms the lock first (docs/reliability.md, Locks): a suspend right
             # after taking it, or a lock removed meanwhile, stops the upgrade before it writes.
             self.confirmer.now(COMMITTED)
-            for slot in slots:
-                if slot.version < 2:
-                    self.confirmer.step(MORE_COMMITTED)
-                    self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
+            self._seal_slots(slots)
             config = self.config.signed(self.secrets)
             self.confirmer.now(MORE_COMMITTED)
             self.backend.write("config", config.to_bytes())
             self.config = config
         self.notice(f"upgraded the repository at {self.backend.location} to format {BASE_FORMAT_VERSION}")
         return True
+
+    def _seal_slots(self, slots: list[keyslots.KeySlot]) -> None:
+        """Format 1 to 2 (`upgrade`): seal each format 1 slot's metadata, before the config."""
+        for slot in slots:
+            if slot.version < 2:
+                self.confirmer.step(MORE_COMMITTED)
+                self.backend.write(f"keys/{slot.id}", slot.upgraded(self.secrets).to_json())
 
     def authenticates(self, config: RepoConfig) -> bool:
         """Whether `config` (another target's, or this one's read again) is authenticated by this
@@ -769,6 +773,11 @@ class Repository:
         key: keyslots.MasterSecrets | WriteKey = self.write_key if self.config.write_only is not None else self.secrets
         config = replace(self.config, captures=True).signed(key)
         self.locks.confirm_held("no capture segment was written")
+        if self.config.version < BASE_FORMAT_VERSION:
+            # A format 1 repository whose upgrade waited (another command held it at the open):
+            # its slots are sealed first, as the upgrade does; left format 1 beside a format 5
+            # config they would stay unsealed for good, looking planted (`upgrade`).
+            self._seal_slots(self.read_key_slots(self.backend))
         self.backend.write("config", config.to_bytes())
         self.config = config
         if self.pins is not None and self._secrets is not None:
@@ -1899,7 +1908,16 @@ def _choose_secrets(
             f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
             "change how data is written; restore the config object from another target or a copy"
         )
-    if pin is not None and (config.version < pin.format or (pin.write_only and config.write_only is None)):
+    # Format 5 says only "may hold capture segments" (`mark_captures`): a format 4 config this key
+    # signs is a replica no watch or sync has reached since (the first target may be lost), or one
+    # put back. This Phoenix reads and writes it as it is (its rotation re-seals segments, its watch
+    # marks it again), saying so below; the pin keeps 5, so an older Phoenix here still refuses it.
+    # Only 4: a format 2 or 3 config may be a format 1 one planted without the key (other chunker
+    # sizes, say) that another machine's upgrade signed, which the pin's higher format refuses;
+    # format 4 is only ever written by `phx init` (a 5 made from a 2 says "sha256").
+    unmarked = pin is not None and pin.format == CAPTURES_FORMAT_VERSION and config.version == PACK_IDS_FORMAT_VERSION
+    lowered = pin is not None and config.version < pin.format and not unmarked
+    if pin is not None and (lowered or (pin.write_only and config.write_only is None)):
         was = "write-only" if pin.write_only and config.write_only is None else f"format {pin.format}"
         raise ConfigNotAuthenticated(
             f"the repository config at {location} is format {config.version}"
@@ -1961,6 +1979,14 @@ def _choose_secrets(
             "was read or written; restore the config and keys/ objects from another target or a copy"
         )
     slot, master = found[0]
+    if unmarked:
+        notice(
+            f"the repository config at {location} is format {config.version}, but this machine saw it format "
+            f"{CAPTURES_FORMAT_VERSION} (it may hold capture segments of `phx watch`): a replica no watch or sync "
+            "reached since, or a config put back; it is used as it is. `phx sync` (from the first target) or "
+            f"`phx watch` makes it format {CAPTURES_FORMAT_VERSION} again; until then a Phoenix from before "
+            "format 5 on another machine could rotate its capture segments away"
+        )
     if pins is not None:
         fingerprint = master.fingerprint
         seen_write_only = config.write_only is not None
