@@ -225,6 +225,22 @@ def test_a_write_only_repository_watched_is_format_5_signed_by_the_write_key(mak
     assert timeline, timeline
 
 
+def _segments_after_a_replica_joins(sb: Sandbox, replica: Path, notices: list[str]) -> set[str]:
+    """A watch writes its first segment, then `replica` joins its targets and a commit makes the
+    next segment: the replicas left lagging."""
+    with _watcher(sb, notices) as w:
+        w._lease()
+        w.poll()
+        w.flush()
+        w._write_queue()
+        w.replicas["replica"] = LocalBackend(replica)
+        _commit(sb.layout.dashboard_db, 1)
+        w.poll()
+        w.flush()
+        w._write_queue()
+        return set(w.lagging)
+
+
 def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over(
     make_sandbox: Any, tmp_path: Path
 ) -> None:
@@ -239,17 +255,7 @@ def test_a_replica_under_another_key_gets_no_segment_until_a_sync_brings_it_over
     old = (replica / "config").read_bytes()
     _table(sb.layout.dashboard_db)
     notices: list[str] = []
-    with _watcher(sb, notices) as w:
-        w._lease()
-        w.poll()
-        w.flush()
-        w._write_queue()
-        w.replicas["replica"] = LocalBackend(replica)
-        _commit(sb.layout.dashboard_db, 1)
-        w.poll()
-        w.flush()
-        w._write_queue()
-        assert "replica" in w.lagging
+    assert "replica" in _segments_after_a_replica_joins(sb, replica, notices)
     assert (replica / "config").read_bytes() == old and not list((replica / "captures").iterdir())
     assert any("target replica: its config is not the first target's" in n for n in notices), notices
     report = _sync(sb, replica)
@@ -312,17 +318,7 @@ def test_a_replica_holding_no_repository_yet_gets_no_segment_before_its_config(
     replica = tmp_path / "replica"
     _table(sb.layout.dashboard_db)
     notices: list[str] = []
-    with _watcher(sb, notices) as w:
-        w._lease()
-        w.poll()
-        w.flush()
-        w._write_queue()
-        w.replicas["replica"] = LocalBackend(replica)
-        _commit(sb.layout.dashboard_db, 1)
-        w.poll()
-        w.flush()
-        w._write_queue()
-        lagging = set(w.lagging)
+    lagging = _segments_after_a_replica_joins(sb, replica, notices)
     assert not replica.exists() or not list(replica.rglob("captures/*")), list(replica.rglob("*"))
     assert lagging == {"replica"}
     assert any("target replica: holds no repository yet" in n for n in notices), notices
