@@ -824,3 +824,140 @@ def test_a_killed_runs_journal_that_cannot_be_looked_at_fails_no_restore(
         pg.drop_database(shut)
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def _killed_runs_journal(pg: PgServer, lines: list[dict[str, Any]]) -> Path:
+    """The journal a killed restore left (marked ended: its process is over), as RolesJournal writes it."""
+    from phoenix_backup.sinks import postgres_roles
+
+    journal = postgres_roles.RolesJournal()
+    journal.server = pg.query("postgres", "SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    for line in lines:
+        journal.note(line)
+    journal.keep()
+    journal.close()
+    return journal.path
+
+
+def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore killed once its pg_restore had committed (the restored database needs its roles),
+    whose database the user renamed since (restored under a scratch name, then put in place): the
+    next restore looked for the journal's database by its name, found none, took it that nothing
+    was committed and dropped the roles, such as the LOGIN role the applications connect as, which
+    nothing in the catalogs ties to the database. The database is found by its oid now: they stay."""
+    pg = pg_server
+    db = pg.create_database("renamesrc")
+    killed = pg.create_database("renamed")  # the killed restore's database
+    renamed = f"{killed}_live"
+    role = f"app{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    mark, db_oid = pg.query(
+        "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (killed,)
+    )[0]
+    journal = _killed_runs_journal(
+        pg,
+        [
+            {"role": role, "oid": oid},
+            {"memberships": []},
+            {"restoring": mark, "database": killed, "databaseOid": db_oid},
+        ],
+    )
+    pg.sql(killed, "CREATE TABLE restored (id int); INSERT INTO restored VALUES (1)")  # pg_restore committed
+    pg.sql("postgres", f'ALTER DATABASE "{killed}" RENAME TO "{renamed}"')
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)], out
+        assert not journal.exists()  # handled: the roles are the restored database's
+    finally:
+        pg.drop_database(renamed)
+        pg.drop_database(killed)
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_damaged_or_planted_roles_journal_fails_no_restore_and_drops_nothing(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journals of killed runs as a disk or a hand may leave them: a folder under a journal's
+    name ended the next restore as an internal error (IsADirectoryError), so did a line whose oid
+    is Infinity (OverflowError); a role name that is a lone surrogate went on to the server's
+    queries; a damaged line in the middle (it may have been the pg_restore mark) was skipped, and
+    the roles the journal named were dropped as if pg_restore never began. Now the restore runs
+    (exit 0), and a journal that cannot be read whole drops nothing and is kept."""
+    pg = pg_server
+    db = pg.create_database("planted")
+    role = f"plant{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    damaged = _killed_runs_journal(pg, [{"role": role, "oid": oid}])
+    (damaged.parent / "0-0-folder").mkdir()
+    text = damaged.read_text().splitlines()
+    # A role line, a damaged line where the pg_restore mark was, then the end.
+    damaged.write_text("\n".join([*text[:2], '{"restoring": 1X', *text[2:]]) + "\n")
+    for bad in ('{"role": "x", "oid": Infinity}', '{"role": "\\udc80", "oid": 5}', '{"memberships": [[1e400, 1]]}'):
+        path = _killed_runs_journal(pg, [{"memberships": []}])
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)], out
+        assert damaged.exists()
+        assert pg.query(db, "SELECT id FROM t") == [(1,)]
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_restore_failing_after_pg_restore_committed_keeps_the_roles_of_the_restored_database(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole-database restore in place whose pg_restore had committed (the database there is now
+    the snapshot's) but that failed after it, in ANALYZE or the row counts (or was stopped with
+    Ctrl-C there, a long step on a big database): the roles it created were dropped as after a
+    rolled-back pg_restore. DROP ROLE refused the owner of the tables, but the LOGIN role the
+    applications connect as (a member of that owner, nothing else) went: the restored database
+    was left without it. Now roles go only while pg_restore's work is undone too."""
+    from phoenix_backup.sinks import postgres as sink
+
+    pg = pg_server
+    db = pg.create_database("aftercommit")
+    tag = db[-8:]
+    owner, login = f"own{tag}", f"login{tag}"
+    pg.sql("postgres", f"CREATE ROLE {owner}; CREATE ROLE {login} LOGIN; GRANT {owner} TO {login}")
+    pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {owner}")
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    run_phx_here(["backup", "--json"], env)
+    pg.sql(db, "ALTER TABLE t OWNER TO postgres")
+    pg.sql("postgres", f"DROP ROLE {login}; DROP ROLE {owner}")
+
+    def analyze_fails(*_: Any, **__: Any) -> list[str]:
+        raise sink.RestoreError("ANALYZE failed: canceling statement due to statement timeout")
+
+    monkeypatch.setattr(sink, "_analyze", analyze_fails)
+    roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
+    try:
+        out = run_phx_here(
+            ["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env, code=3
+        ).out
+        assert "ANALYZE failed" in out, out
+        assert pg.query(db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'") == [(owner,)]
+        assert pg.query("postgres", roles, ([owner, login],)) == sorted([(login,), (owner,)]), out
+        assert pg.query("postgres", "SELECT pg_has_role(%s, %s, 'MEMBER')", (login, owner)) == [(True,)]
+        assert not list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())
+    finally:
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {login}; DROP ROLE IF EXISTS {owner}")

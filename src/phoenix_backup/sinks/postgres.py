@@ -252,6 +252,7 @@ def _restore_dump(
     outcome = DbRestoreOutcome(path, "postgresql", conn.where, expected=dict(manifest.get("tables", {})))
     created: dict[str, int] = {} if roles is None else roles
     memberships: set[tuple[int, int]] = set() if given is None else given
+    committed = False  # pg_restore's transaction committed: the restored objects need the roles
     dump = files.get(pg.DUMP)
     if dump is None:
         outcome.error = f"{path} has no {pg.DUMP} in the snapshot"
@@ -284,9 +285,13 @@ def _restore_dump(
         if journal.started:
             # pg_restore's transaction begins after this one: a table of the database written by
             # a later one says the restore may have committed (`_may_have_committed`).
+            # The database by its oid too: renamed since, it still holds what pg_restore committed.
             with conn.connect_server() as con:
-                mark = int((con.execute("SELECT txid_current()").fetchone() or (0,))[0])
-            journal.note({"restoring": mark, "database": conn.database})
+                row = con.execute(
+                    "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (conn.database,)
+                ).fetchone()
+            mark, db_oid = (int(row[0]), row[1]) if row else (0, None)
+            journal.note({"restoring": mark, "database": conn.database, "databaseOid": db_oid})
         # Its session's name: the lock watch finds it by that.
         name = f"phoenix-restore-{secrets.token_hex(8)}"
         dbname = make_conninfo(conn.conninfo, application_name=name)
@@ -304,6 +309,7 @@ def _restore_dump(
             if watch.cancelled:
                 raise RestoreError(_lock_wait_error(what)) from exc
             raise
+        committed = True
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.counts_as_recorded(pg.table_counts(con), outcome.expected)
@@ -311,16 +317,16 @@ def _restore_dump(
         outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
-        if not _drop_created_roles(conn, created, outcome, given=memberships):
+        if not _undo_created_roles(conn, created, outcome, memberships, committed=committed):
             journal.keep()  # the next restore or drill against this server drops them
         return outcome
     except BaseException:
         # A stop (Ctrl-C, SIGTERM, SIGHUP): pg_restore was ended (`_feed`), its transaction rolled
-        # back; a database this restore created is dropped again, never one that was there, and
-        # so are the roles it created.
+        # back (unless it had committed: the stop came in ANALYZE); a database this restore
+        # created is dropped again, never one that was there, and so are the roles it created.
         if outcome.stats.get("databaseCreated"):
             _drop_database(conn, conn.database, outcome)
-        if not _drop_created_roles(conn, created, outcome, given=memberships):
+        if not _undo_created_roles(conn, created, outcome, memberships, committed=committed):
             journal.keep()
         raise
     wrong = {t: (n, outcome.found.get(t)) for t, n in outcome.expected.items() if outcome.found.get(t) != n}
@@ -330,6 +336,27 @@ def _restore_dump(
         return outcome
     outcome.ok = True
     return outcome
+
+
+def _undo_created_roles(
+    conn: pg.PgConn,
+    created: dict[str, int],
+    outcome: DbRestoreOutcome,
+    given: set[tuple[int, int]],
+    *,
+    committed: bool,
+) -> bool:
+    """After a restore that failed or was stopped: drop the roles it created unless its
+    pg_restore had committed into a database that stays (one that was there: the restored objects
+    are theirs, and a LOGIN role nothing in the catalogs ties to them was dropped, leaving the
+    restored database without it). False as `_drop_created_roles`."""
+    if committed and created and not outcome.stats.get("databaseCreated"):
+        outcome.warnings.append(
+            f"the roles this restore created from globals.sql ({', '.join(sorted(created))}) stay: pg_restore had "
+            f"committed, {conn.database} holds the snapshot's objects, which need them"
+        )
+        return True
+    return _drop_created_roles(conn, created, outcome, given=given)
 
 
 def _drop_created_roles(
@@ -430,7 +457,7 @@ def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) 
                     outcome.warnings.append(
                         f"database {run.drill}, the scratch database of a killed drill, was dropped"
                     )
-            elif run.restoring is not None and run.database and _may_have_committed(conn, run.database, run.restoring):
+            elif run.restoring is not None and run.database and _may_have_committed(conn, run):
                 done()  # the restore's roles are the restored database's
                 continue
         except (psycopg.Error, PhoenixError) as exc:
@@ -446,12 +473,20 @@ def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) 
             done()
 
 
-def _may_have_committed(conn: pg.PgConn, database: str, mark: int) -> bool:
-    """Whether a transaction that began after `mark` (a txid_current() taken before pg_restore)
-    wrote a relation of `database`: then the killed restore's pg_restore may have committed. A
-    database that is gone holds nothing of it."""
+def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
+    """Whether a transaction that began after the run's mark (a txid_current() taken before
+    pg_restore) wrote a relation of its database: then the killed restore's pg_restore may have
+    committed. The database is found by its oid (a name alone lost it once renamed, and its roles,
+    which the restored objects need, were dropped); a database that is gone holds nothing of it."""
+    assert run.database is not None and run.restoring is not None
+    database, mark = run.database, run.restoring
     with conn.connect_server() as con:
-        if not _database_exists(con, database):
+        if run.database_oid is not None:
+            row = con.execute("SELECT datname FROM pg_database WHERE oid = %s", (run.database_oid,)).fetchone()
+            if row is None:
+                return False
+            database = str(row[0])
+        elif not _database_exists(con, database):
             return False
     with conn.with_database(database).connect() as con:
         row = con.execute(

@@ -11,7 +11,8 @@ role is created in a transaction that writes its line (name and oid) to the jour
 before it commits: a role the journal does not name was not created by the run, and one it names
 is that run's only while it has that oid (a role the user created again since has another). Later
 lines record the memberships the run gave, a drill's scratch database (before it is created) and
-the moment pg_restore starts (the server's transaction id then). A run that ends but could not
+the moment pg_restore starts (the server's transaction id then, and its database's oid: a
+database renamed since is still found). A run that ends but could not
 drop its roles (the server went away) keeps its journal, marked as ended.
 
 The next restore or drill against that server reads the journals of runs that ended so or
@@ -21,7 +22,9 @@ transaction that began after the journal's mark: the restored objects depend on 
 otherwise each is dropped as after a failed restore, only while it has the oid recorded, no
 membership was added to it since, no session is logged in as it, and nothing depends on it (DROP
 ROLE refuses a role that owns objects or holds privileges). A journal whose server cannot be
-reached is kept for the next run. A run that ends deletes its journal.
+reached is kept for the next run, so is one with a damaged line before its last (a line the kill
+cut short is the last, and what it announced never happened): it drops nothing. A run that ends
+deletes its journal.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import contextlib
 import functools
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -132,7 +136,9 @@ class KilledRun:
     memberships: set[tuple[int, int]] | None = None
     drill: str | None = None
     database: str | None = None
+    database_oid: int | None = None
     restoring: int | None = None
+    ended: bool = False
 
 
 def killed_runs(server: str) -> Iterator[tuple[KilledRun, Callable[[], None]]]:
@@ -161,6 +167,35 @@ def _read(folder: int, name: str, server: str) -> KilledRun | None:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except OSError:
         return None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        # A folder of that name (reading it ended the restore as an internal error): it names
+        # nothing this run may drop.
+        os.close(fd)
+        return None
+    try:
+        return _read_open(fd, folder, name, server)
+    except OSError:
+        return None  # unreadable (an I/O error): kept for a later run
+
+
+def _oid(value: Any) -> int:
+    if type(value) is not int or not 0 < value < 2**32:
+        raise ValueError(f"not an oid: {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"not a name: {value!r}")
+    value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    return value
+
+
+def _read_open(fd: int, folder: int, name: str, server: str) -> KilledRun | None:
     with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
         first = f.readline(_MAX_LINE)
         head = leftovers.journal_header(first)
@@ -174,18 +209,39 @@ def _read(folder: int, name: str, server: str) -> KilledRun | None:
         except (ValueError, RecursionError, AttributeError):
             return None
         run = KilledRun(name)
-        ended = False
+        torn = False
         while line := f.readline(_MAX_LINE):
-            with contextlib.suppress(ValueError, RecursionError, TypeError, AttributeError):
-                item = json.loads(line)
-                if "role" in item:
-                    run.roles[str(item["role"])] = int(item["oid"])
-                elif "memberships" in item:
-                    run.memberships = {(int(a), int(b)) for a, b in item["memberships"]}
-                elif "drill" in item:
-                    run.drill = str(item["drill"])
-                elif "restoring" in item:
-                    run.restoring, run.database = int(item["restoring"]), str(item["database"])
-                elif item.get("ended") is True:
-                    ended = True
-        return run if ended or head.gone(reboot_proves=True) else None
+            if torn:
+                # A line that is not the run's, and more after it: not a line the kill cut short
+                # (whose step never happened), so what this journal says cannot be trusted, a
+                # pg_restore mark may be the one lost. It is kept, and nothing it names dropped.
+                return None
+            try:
+                _parse(json.loads(line), run)
+            except (ValueError, RecursionError, TypeError, AttributeError, OverflowError, KeyError):
+                # An infinite number or a name that is no text (a lone surrogate) ended the
+                # restore as an internal error.
+                torn = True
+        return run if run.ended or head.gone(reboot_proves=True) else None
+
+
+def _parse(item: Any, run: KilledRun) -> None:
+    """One line of the journal into `run`, each value as the run wrote it, else ValueError."""
+    if not isinstance(item, dict):
+        raise ValueError("not a journal line")
+    if "role" in item:
+        run.roles[_text(item["role"])] = _oid(item["oid"])
+    elif "memberships" in item:
+        run.memberships = {(_oid(a), _oid(b)) for a, b in item["memberships"]}
+    elif "drill" in item:
+        run.drill = _text(item["drill"])
+    elif "restoring" in item:
+        if type(item["restoring"]) is not int or not 0 <= item["restoring"] < 2**63:
+            raise ValueError("not a transaction id")
+        db_oid = None if item.get("databaseOid") is None else _oid(item["databaseOid"])
+        run.restoring, run.database = item["restoring"], _text(item["database"])
+        run.database_oid = db_oid
+    elif item.get("ended") is True:
+        run.ended = True
+    else:
+        raise ValueError("not a journal line")
