@@ -80,6 +80,14 @@ def _owning_once_created(pg: PgServer, database: str, role: str) -> threading.Th
     return holder
 
 
+def _backed_up(sandbox: Sandbox, pg: PgServer, db: str) -> tuple[dict[str, str], str]:
+    """`db` the config's one PostgreSQL database, backed up: the environment to run `phx` with and
+    the snapshot's id."""
+    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
+    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
+    return env, run_phx_here(["backup", "--json"], env).json()["id"]
+
+
 def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_server: PgServer) -> None:
     """A whole-database restore creates the snapshot's roles the server lacks, then pg_restore
     fails and rolls back: the roles stayed, with LOGIN and the snapshot's password. Now those it
@@ -95,9 +103,7 @@ def test_roles_a_failed_restore_created_are_dropped_again(sandbox: Sandbox, pg_s
         f"CREATE ROLE {there}",
     )
     pg.sql(db, f"CREATE TABLE t (id int); CREATE TABLE o (id int); ALTER TABLE o OWNER TO {owner}")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     # Then: the roles are gone, and a view the snapshot does not know depends on t, so that
     # pg_restore --clean cannot drop t and fails.
     pg.sql(db, "DROP TABLE o; CREATE VIEW v AS SELECT id FROM t")
@@ -132,9 +138,7 @@ def test_a_drill_drops_the_roles_it_created_with_its_scratch_database(sandbox: S
     owner, held, there = (f"{p}{tag}" for p in ("own", "held", "was"))
     pg.sql("postgres", f"CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {held}; CREATE ROLE {there}")
     pg.sql(db, f"CREATE TABLE t (id int); ALTER TABLE t OWNER TO {owner}; GRANT SELECT ON t TO {held}, {there}")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    env, snap = _backed_up(sandbox, pg, db)
     pg.sql(db, f"ALTER TABLE t OWNER TO postgres; REVOKE ALL ON t FROM {held}")
     pg.sql("postgres", f"DROP ROLE {owner}; DROP ROLE {held}")
     other = pg.create_database("drilldep")
@@ -611,9 +615,7 @@ def test_roles_of_a_killed_restore_are_dropped_by_the_next_drill_unless_it_commi
     owner, lone, again = (f"{p}{tag}" for p in ("own", "lone", "again"))
     pg.sql("postgres", f"CREATE ROLE {owner} LOGIN PASSWORD 'pw'; CREATE ROLE {lone} LOGIN; CREATE ROLE {again}")
     pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {owner}")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    env, snap = _backed_up(sandbox, pg, db)
     pg.sql(db, "ALTER TABLE t OWNER TO postgres")
     pg.sql("postgres", f"DROP ROLE {owner}; DROP ROLE {lone}; DROP ROLE {again}")
     roles = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1"
@@ -661,9 +663,7 @@ def test_a_role_a_failed_restore_created_stays_once_made_a_member_meanwhile(
     role, group = f"joined{tag}", f"grp{tag}"
     pg.sql("postgres", f"CREATE ROLE {role} LOGIN; CREATE ROLE {group}")
     pg.sql(db, "CREATE TABLE t (id int)")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     pg.sql(db, "CREATE VIEW v AS SELECT id FROM t")  # pg_restore --clean then fails
     pg.sql("postgres", f"DROP ROLE {role}")
     feed = sink._feed
@@ -701,9 +701,7 @@ def test_a_restore_whose_server_goes_away_keeps_its_roles_journal_for_the_next_d
     role = f"gone{db[-8:]}"
     pg.sql("postgres", f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
     pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO {role}")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    snap = run_phx_here(["backup", "--json"], env).json()["id"]
+    env, snap = _backed_up(sandbox, pg, db)
     pg.sql(db, f"REVOKE ALL ON t FROM {role}; DELETE FROM t")
     pg.sql("postgres", f"DROP ROLE {role}")
     connect_server = source.PgConn.connect_server
@@ -800,9 +798,7 @@ def test_a_killed_runs_journal_that_cannot_be_looked_at_fails_no_restore(
     shut = pg.create_database("shut")
     role = f"kept{db[-8:]}"
     pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
     pg.sql("postgres", f"CREATE ROLE {role}")
     oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
@@ -853,9 +849,7 @@ def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
     renamed = f"{killed}_live"
     role = f"app{db[-8:]}"
     pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
     pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
     oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
@@ -896,9 +890,7 @@ def test_a_damaged_or_planted_roles_journal_fails_no_restore_and_drops_nothing(
     db = pg.create_database("planted")
     role = f"plant{db[-8:]}"
     pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
     pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
     oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
@@ -938,9 +930,7 @@ def test_a_restore_failing_after_pg_restore_committed_keeps_the_roles_of_the_res
     owner, login = f"own{tag}", f"login{tag}"
     pg.sql("postgres", f"CREATE ROLE {owner}; CREATE ROLE {login} LOGIN; GRANT {owner} TO {login}")
     pg.sql(db, f"CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {owner}")
-    sandbox.write_config(databases={"postgres": [postgres_entry(pg, db)]})
-    env = sandbox.env_with(PHX_TEST_PGPASSWORD=pg.password)
-    run_phx_here(["backup", "--json"], env)
+    env, _ = _backed_up(sandbox, pg, db)
     pg.sql(db, "ALTER TABLE t OWNER TO postgres")
     pg.sql("postgres", f"DROP ROLE {login}; DROP ROLE {owner}")
 
