@@ -27,6 +27,20 @@ HOSTILE = {
         "zz",
         "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; DROP TABLE t",
     ),
+    # ends with END like a trigger: the second ran at merge time ("one statement at a time"),
+    # after the stores before it had been merged
+    "a trigger after a trigger": (
+        "trigger",
+        "zz",
+        "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; "
+        "CREATE TRIGGER yy AFTER INSERT ON notes BEGIN DELETE FROM notes; END",
+    ),
+    "a CASE after a trigger": (
+        "trigger",
+        "zz",
+        "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; SELECT CASE WHEN 1 THEN 1 END",
+    ),
+    "NUL past the name": ("table", "zz", "CREATE TABLE zz(a DEFAULT 'x\0y')"),
     "index as a view": ("view", "ix", "CREATE UNIQUE INDEX ix ON notes(body)"),
     "NUL in the name": ("table", "a\0b", 'CREATE TABLE "a\0b"(x)'),
 }
@@ -62,8 +76,16 @@ def test_a_statement_creating_other_than_its_entry_names_is_refused(tmp_path: Pa
         con.close()
 
 
-def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path) -> None:
-    sql = 'create trigger "Zz ""q""" after insert on notes begin select 1; end'
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'create trigger "Zz ""q""" after insert on notes begin select 1; end',
+        # a `;` in a string, a CASE ... END and a comment inside the body end no statement
+        'create trigger "Zz ""q""" after insert on notes begin select \';\' /* ; */; '
+        "select case when new.id then 2 end; end -- ;",
+    ],
+)
+def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path, sql: str) -> None:
     source, live = _store(tmp_path, ("trigger", 'Zz "q"', sql))
     merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
     con = sqlite3.connect(live)

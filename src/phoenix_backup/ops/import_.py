@@ -34,7 +34,7 @@ from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
-from phoenix_backup.sql import tokens, unquote
+from phoenix_backup.sql import statement_ends, tokens, unquote
 from phoenix_backup.units import human_size
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
@@ -147,9 +147,9 @@ def _creates(sql: str) -> tuple[str, str] | None:
     i += 1
     if up[i : i + 3] == ["IF", "NOT", "EXISTS"]:
         i += 3
-    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in t[i]:
+    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in sql:  # SQLite's text ends at a NUL
         return None
-    if (up[-1] != "END") if kind == "trigger" else (";" in t):  # a second statement after it
+    if statement_ends(sql):  # a second statement after it (a trigger's own `;` end nothing)
         return None
     return kind, unquote(t[i])
 
