@@ -121,3 +121,42 @@ def test_a_table_file_that_is_a_folder_or_missing_is_one_error_naming_it(tmp_pat
     source = ExportRowSource(tmp_path, db)
     with pytest.raises(NotAnExport, match=r"as the rows of table notes of home/x\.db"):
         source.check_rows(source.tables[0])
+
+
+def _swapped_export(tmp_path: Path) -> tuple[ExportRowSource, Path]:
+    """An export whose table file lies in databases/s/, read through a link to its folder (as a
+    user may give it), and a file outside holding a row of someone else's."""
+    real = tmp_path / "real"
+    (real / "databases" / "s").mkdir(parents=True)
+    (real / "databases" / "s" / "notes.json").write_text('[\n{"id": 2, "body": "from the export"}\n]\n')
+    (tmp_path / "given").symlink_to(real)
+    outside = tmp_path / "outside"
+    (outside / "s").mkdir(parents=True)
+    (outside / "s" / "notes.json").write_text('[\n{"id": 9, "body": "a secret of another store"}\n]\n')
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [
+            {"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "databases/s/notes.json"}
+        ],
+    }
+    return ExportRowSource(tmp_path / "given", db), outside
+
+
+@pytest.mark.parametrize("swapped", ["file", "folder"])
+def test_a_link_swapped_in_after_the_checks_is_never_read(tmp_path: Path, swapped: str) -> None:
+    # checksums.json is checked (no links), then the table files are opened by name: a file or a
+    # folder replaced by a link in between (whoever can write the export) had the rows of a file
+    # outside the export imported.
+    source, outside = _swapped_export(tmp_path)
+    assert list(source.rows(source.tables[0])) == [(2, "from the export")]  # the folder given as a link
+    store = tmp_path / "real" / "databases" / "s"
+    if swapped == "file":
+        (store / "notes.json").unlink()
+        (store / "notes.json").symlink_to(outside / "s" / "notes.json")
+    else:
+        (store / "notes.json").unlink()
+        store.rmdir()
+        store.symlink_to(outside / "s")
+    with pytest.raises(NotAnExport, match="symbolic link or lies below one"):
+        source.check_rows(source.tables[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import re
@@ -119,7 +120,7 @@ class ExportRowSource:
         path = self._files[table.name]
         columns = table.columns
         try:
-            for obj in _json_objects(path):
+            for obj in _json_objects(self.folder.resolve(), path.relative_to(self.folder.resolve()).as_posix()):
                 yield tuple(from_json(obj.get(c)) for c in columns)
         except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
@@ -160,10 +161,11 @@ def _key_positions(table: TableInfo) -> list[int] | None:
     return [table.columns.index(k) for k in table.key]
 
 
-def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
-    """The row objects of a table file, one line at a time as `phx export` writes them (`[`, one
-    object per line, `]`); a file reformatted by hand is read whole instead."""
-    with open(path, encoding="utf-8") as f:
+def _json_objects(root: Path, rel: str) -> Iterator[dict[str, Any]]:
+    """The row objects of the table file `rel` of the export in `root`, one line at a time as
+    `phx export` writes them (`[`, one object per line, `]`); a file reformatted by hand is read
+    whole instead. Opened as checksums.json was checked: a link swapped in since is refused."""
+    with io.TextIOWrapper(checksums.open_export_file(root, rel), encoding="utf-8") as f:
         first = f.readline()
         if first.strip() != "[":
             size = os.fstat(f.fileno()).st_size
