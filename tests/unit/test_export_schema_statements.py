@@ -46,7 +46,7 @@ HOSTILE = {
 }
 
 
-def _store(tmp_path: Path, stmt: tuple[str, str, str]) -> tuple[ExportRowSource, Path]:
+def _store(tmp_path: Path, *stmts: tuple[str, str, str]) -> tuple[ExportRowSource, Path]:
     live = tmp_path / "live.db"
     con = sqlite3.connect(live)
     con.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
@@ -54,10 +54,9 @@ def _store(tmp_path: Path, stmt: tuple[str, str, str]) -> tuple[ExportRowSource,
     con.commit()
     con.close()
     (tmp_path / "notes.json").write_text('[\n{"id": 2, "body": "from the export"}\n]\n')
-    typ, name, sql = stmt
     db = {
         "path": "home/x.db",
-        "schema": [{"type": typ, "name": name, "table": "notes", "sql": sql}],
+        "schema": [{"type": typ, "name": name, "table": "notes", "sql": sql} for typ, name, sql in stmts],
         "tableFiles": [{"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json"}],
     }
     return ExportRowSource(tmp_path, db), live
@@ -79,18 +78,34 @@ def test_a_statement_creating_other_than_its_entry_names_is_refused(tmp_path: Pa
 @pytest.mark.parametrize(
     "sql",
     [
-        'create trigger "Zz ""q""" after insert on notes begin select 1; end',
+        'create trigger "Zz ""q""" after insert on fresh begin select 1; end',
         # a `;` in a string, a CASE ... END and a comment inside the body end no statement
-        'create trigger "Zz ""q""" after insert on notes begin select \';\' /* ; */; '
-        "select case when new.id then 2 end; end -- ;",
+        'create trigger "Zz ""q""" after insert on fresh begin select \';\' /* ; */; '
+        "select case when new.a then 2 end; end -- ;",
     ],
 )
 def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path, sql: str) -> None:
-    source, live = _store(tmp_path, ("trigger", 'Zz "q"', sql))
+    source, live = _store(tmp_path, ("table", "fresh", "CREATE TABLE fresh(a)"), ("trigger", 'Zz "q"', sql))
     merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
     con = sqlite3.connect(live)
     try:
         assert con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == [('Zz "q"',)]
+    finally:
+        con.close()
+
+
+def test_an_export_s_trigger_on_a_table_the_store_had_is_not_added(tmp_path: Path) -> None:
+    # A well-formed trigger the live store lacks was created on the agent's own table: from then
+    # on each note the agent wrote deleted all the others. The rows go in; the trigger does not.
+    wipe = "CREATE TRIGGER wipe AFTER INSERT ON notes BEGIN DELETE FROM notes WHERE id <> new.id; END"
+    source, live = _store(tmp_path, ("trigger", "wipe", wipe))
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert any("trigger wipe of the source, on table notes" in w for w in merged.warnings), merged.warnings
+    con = sqlite3.connect(live)
+    try:
+        con.execute("INSERT INTO notes VALUES (3, 'the agent goes on')")
+        assert con.execute("SELECT id FROM notes ORDER BY id").fetchall() == [(1,), (2,), (3,)]
+        assert con.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
     finally:
         con.close()
 

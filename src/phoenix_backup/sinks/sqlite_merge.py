@@ -19,7 +19,8 @@ that updates such a table, a counter, is named in a warning: it did not count th
 When a live trigger may RAISE(FAIL), each row is written in a savepoint, so a refused row leaves
 nothing behind.
 Tables, indexes, virtual tables, views and triggers missing from the live store
-are created from the source's schema first (triggers and views after the rows). Everything for
+are created from the source's schema first (triggers and views after the rows); a trigger only
+on a table the merge created, never on one the store already had (named in a warning). Everything for
 one store happens in one transaction: after the rows, external-content FTS indexes are rebuilt
 (`INSERT INTO fts(fts) VALUES('rebuild')`), FTS5 `integrity-check` and `PRAGMA integrity_check`
 run, and only when both pass is the transaction committed; otherwise it is rolled back and the
@@ -344,11 +345,33 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
                 "source as they are, so a value it keeps (a counter, a total) does not count the rows merged "
                 "now — recompute it if the agent relies on it"
             )
+    created = {_fold(t) for t in created_tables}
     for stmt in late:
         try:
             con.execute(stmt.sql)
         except sqlite3.OperationalError as exc:
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+            continue
+        if stmt.type == "trigger":
+            _keep_trigger_of_a_created_table(con, stmt.name, created, result)
+
+
+def _keep_trigger_of_a_created_table(
+    con: sqlite3.Connection, name: str, created: set[str], result: DatabaseMerge
+) -> None:
+    """A trigger the source has and the store lacks stays only on a table this merge created
+    (a store on a new machine gets its FTS triggers). One on a table the store already had would
+    run, from then on, code the store's owner never put there whenever the agent writes (deleting
+    rows, writing elsewhere): it is dropped again and named. Its table is the one SQLite read from
+    the statement (sqlite_master's tbl_name), never what the source says it is."""
+    row = con.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)).fetchone()
+    if row is None or _fold(str(row[0])) in created:
+        return
+    con.execute(f"DROP TRIGGER {quote(name)}")
+    result.warnings.append(
+        f"trigger {name} of the source, on table {row[0]} which the store already had without it, was not created: "
+        "a merge adds rows, not code that runs when the agent writes; create it by hand if the agent needs it"
+    )
 
 
 def _unloadable_virtual_tables(con: sqlite3.Connection) -> dict[str, str]:
