@@ -110,6 +110,24 @@ def test_an_export_s_trigger_on_a_table_the_store_had_is_not_added(tmp_path: Pat
         con.close()
 
 
+def test_an_export_s_unique_index_on_a_table_the_store_had_is_not_added(tmp_path: Path) -> None:
+    # A UNIQUE index the live rows did not break went in, and refused the agent's next note of
+    # the same text ('UNIQUE constraint failed'). A plain index (reads only) is still created.
+    source, live = _store(
+        tmp_path,
+        ("index", "one_body", "CREATE UNIQUE INDEX one_body ON notes(body)"),
+        ("index", "by_body", "CREATE INDEX by_body ON notes(body)"),
+    )
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert any("UNIQUE index one_body of the source, on table notes" in w for w in merged.warnings), merged.warnings
+    con = sqlite3.connect(live)
+    try:
+        con.execute("INSERT INTO notes VALUES (3, 'from the export')")
+        assert con.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [("by_body",)]
+    finally:
+        con.close()
+
+
 def test_a_table_file_reformatted_by_hand_is_read_whole_only_up_to_a_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
