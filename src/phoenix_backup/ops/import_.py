@@ -320,6 +320,14 @@ def import_export(
                 "config backs up; nothing was imported — import into a folder with --to DIR, or add the store to "
                 "databases.sqlite"
             )
+        twice = next((t for t in targets if os.path.realpath(t) == os.path.realpath(target)), None)
+        if twice is not None:
+            # Each entry is merged on its own: the second's rows went over the first's (a key of
+            # both counted skipped, or with `update` written over), the duplicate-key check unseen.
+            raise NotAnExport(
+                f"the export names the store {target} twice (as {src.logical}); `phx export` writes each store once "
+                "— nothing was imported; export again"
+            )
         targets.append(target)
     # Every row is read once before any store changes: a table file of a later store that cannot
     # be read failed the import after the stores before it were merged.
