@@ -38,6 +38,11 @@ def statement_ends(text: str) -> bool:
     return any(w == ";" and sqlite3.complete_statement(" ".join(words[: k + 1])) for k, w in enumerate(words))
 
 
+def fold_name(name: str) -> str:
+    """A name as SQLite compares names: ASCII letters in any case."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
+
+
 def unquote(token: str) -> str:
     """The name a token stands for: quotes taken off (doubled ones made single), any spelling."""
     close = _CLOSE.get(token[:1])

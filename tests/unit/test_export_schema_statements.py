@@ -193,3 +193,28 @@ def test_a_link_swapped_in_after_the_checks_is_never_read(tmp_path: Path, swappe
         store.symlink_to(outside / "s")
     with pytest.raises(NotAnExport, match="symbolic link or lies below one"):
         source.check_rows(source.tables[0])
+
+
+@pytest.mark.parametrize("second", ["notes", "NOTES"])
+def test_a_table_given_twice_is_refused(tmp_path: Path, second: str) -> None:
+    # Each tableFiles entry was merged on its own into the one live table (SQLite's names ignore
+    # ASCII case): the second file's row 1 went over the live row with `update`, past the
+    # duplicate-key check, which reads one entry at a time.
+    source, live = _store(tmp_path)
+    (tmp_path / "other.json").write_text('[\n{"id": 1, "body": "written by whoever edited it"}\n]\n')
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [
+            {"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json"},
+            {"name": second, "columns": ["id", "body"], "primaryKey": ["id"], "file": "other.json"},
+        ],
+    }
+    with pytest.raises(NotAnExport, match=f"gives table {second} of home/x.db twice"):
+        source = ExportRowSource(tmp_path, db)
+        merge_database(source, "home/x.db", live, mode="update", dry_run=False)
+    con = sqlite3.connect(live)
+    try:
+        assert con.execute("SELECT * FROM notes").fetchall() == [(1, "the agent wrote this")]
+    finally:
+        con.close()

@@ -35,7 +35,7 @@ from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
-from phoenix_backup.sql import statement_ends, tokens, unquote
+from phoenix_backup.sql import fold_name, statement_ends, tokens, unquote
 from phoenix_backup.units import human_size
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
@@ -84,6 +84,13 @@ class ExportRowSource:
                 raise NotAnExport(
                     f"the export names one file for two tables of {self.logical} ({t['file']}): one table's rows "
                     "were written over the other's by an older phx; export again with this version"
+                )
+            if any(fold_name(info.name) == fold_name(t.name) for t in self._tables):
+                # Each is merged on its own into the one live table: the second's rows went over
+                # the first's past the duplicate-key check (or one file was never read).
+                raise NotAnExport(
+                    f"the export gives table {info.name} of {self.logical} twice in metadata.json; `phx export` "
+                    "writes each table once — export again"
                 )
             self._tables.append(info)
             self._files[info.name] = path

@@ -48,7 +48,7 @@ from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableI
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
-from phoenix_backup.sql import quote, tokens, unquote
+from phoenix_backup.sql import fold_name, quote, tokens, unquote
 from phoenix_backup.units import human_size
 
 BUSY_TIMEOUT_S = 30.0
@@ -535,9 +535,7 @@ def _declares_on_conflict(sql: str) -> bool:
     return any(words[i : i + 2] == ["ON", "CONFLICT"] for i in range(len(words) - 1))
 
 
-def _fold(name: str) -> str:
-    """A name as SQLite compares names: ASCII letters in any case."""
-    return "".join(c.lower() if c.isascii() else c for c in name)
+_fold = fold_name
 
 
 def _merge_table(
