@@ -110,6 +110,33 @@ def test_an_export_s_trigger_on_a_table_the_store_had_is_not_added(tmp_path: Pat
         con.close()
 
 
+def test_a_new_store_gets_every_trigger_and_index_of_the_export(tmp_path: Path) -> None:
+    # A store on a new machine: its tables' triggers (FTS ones), UNIQUE indexes and a view's
+    # INSTEAD OF trigger all come with it.
+    source, live = _store(
+        tmp_path,
+        ("table", "notes", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"),
+        ("table", "log", "CREATE TABLE log(id)"),
+        ("index", "one_body", "CREATE UNIQUE INDEX one_body ON notes(body)"),
+        ("view", "recent", "CREATE VIEW recent AS SELECT * FROM notes"),
+        ("trigger", "logged", "CREATE TRIGGER logged AFTER INSERT ON notes BEGIN INSERT INTO log VALUES (new.id); END"),
+        (
+            "trigger",
+            "via",
+            "CREATE TRIGGER via INSTEAD OF INSERT ON recent BEGIN INSERT INTO notes VALUES (new.id, new.body); END",
+        ),
+    )
+    live.unlink()
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert merged.warnings == []
+    con = sqlite3.connect(live)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger', 'view')")}
+        assert names == {"one_body", "recent", "logged", "via"}
+    finally:
+        con.close()
+
+
 def test_an_export_s_unique_index_on_a_table_the_store_had_is_not_added(tmp_path: Path) -> None:
     # A UNIQUE index the live rows did not break went in, and refused the agent's next note of
     # the same text ('UNIQUE constraint failed'). A plain index (reads only) is still created.

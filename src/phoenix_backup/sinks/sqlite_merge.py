@@ -355,7 +355,9 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
         except sqlite3.OperationalError as exc:
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
             continue
-        if stmt.type == "trigger":
+        if stmt.type == "view":  # its INSTEAD OF triggers come with it
+            created.add(_fold(stmt.name))
+        elif stmt.type == "trigger":
             _keep_only_on_a_created_table(con, stmt, created, result)
 
 
