@@ -327,10 +327,11 @@ def import_export(
                 "config backs up; nothing was imported — import into a folder with --to DIR, or add the store to "
                 "databases.sqlite"
             )
-        twice = next((t for t in targets if os.path.realpath(t) == os.path.realpath(target)), None)
+        twice = next((t for t in targets if os.path.normpath(t) == os.path.normpath(target)), None)
         if twice is not None:
             # Each entry is merged on its own: the second's rows went over the first's (a key of
             # both counted skipped, or with `update` written over), the duplicate-key check unseen.
+            # By path, not through links: two stores of the exporting machine may be one file here.
             raise NotAnExport(
                 f"the export names the store {target} twice (as {src.logical}); `phx export` writes each store once "
                 "— nothing was imported; export again"
