@@ -29,6 +29,20 @@ def tokens(text: str) -> list[str]:
     return [t for t in _TOKEN.findall(text) if not t.startswith(("--", "/*"))]
 
 
+def statement_ends(text: str) -> bool:
+    """Whether an SQLite text holds the end of a statement (a `;` closing it) anywhere, as
+    SQLite reads it: a `;` inside a trigger's BEGIN ... END, a string, a quoted name or a comment
+    ends nothing. `sqlite_master` keeps each statement without its `;`, so there any end is a
+    second statement after the first (`... END; CREATE TRIGGER b ... END`)."""
+    words = tokens(text)
+    return any(w == ";" and sqlite3.complete_statement(" ".join(words[: k + 1])) for k, w in enumerate(words))
+
+
+def fold_name(name: str) -> str:
+    """A name as SQLite compares names: ASCII letters in any case."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
+
+
 def unquote(token: str) -> str:
     """The name a token stands for: quotes taken off (doubled ones made single), any spelling."""
     close = _CLOSE.get(token[:1])

@@ -288,6 +288,36 @@ def test_an_export_holding_one_key_twice_imports_nothing(sandbox: Sandbox, tmp_p
         con.close()
 
 
+def test_an_export_naming_one_store_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    # The duplicate-key check reads one entry at a time: the same store given twice in
+    # metadata.json, the second entry's file holding a row of other values, had that row written
+    # over the live one with --conflict-mode update (exit 0).
+    sb = sandbox
+    export = tmp_path / "export"
+    sb.phx_here("export", "--format", "json", "--output", export)
+    table = export / "databases" / "memory" / "lessons.json"
+    lines = table.read_text().splitlines()
+    row = json.loads(lines[1].removesuffix(","))
+    column = next(c for c, v in row.items() if isinstance(v, str) and c != "id")
+    (export / "again.json").write_text("[\n" + json.dumps({**row, column: "written by whoever edited it"}) + "\n]\n")
+    meta = json.loads((export / "metadata.json").read_text())
+    store = next(d for d in meta["databases"] if d["path"].endswith("memory.db"))
+    lessons = next(t for t in store["tableFiles"] if t["file"].endswith("/lessons.json"))
+    meta["databases"].append({**store, "tableFiles": [{**lessons, "file": "again.json", "rows": 1}]})
+    (export / "metadata.json").write_text(json.dumps(meta))
+    write_checksums(export)
+    db = sb.db_path("home/.argentos/memory.db")
+    res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
+    assert_error(res, 2, "names the store", "twice", "nothing was imported")
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute(f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)).fetchone() == (
+            row[column],
+        )
+    finally:
+        con.close()
+
+
 def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
     # A bomb with this host's name and a later time is the next backup's parent: every backup
     # failed on it until someone forgot it. Now the backup reads every file and says why.

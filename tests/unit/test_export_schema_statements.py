@@ -27,12 +27,26 @@ HOSTILE = {
         "zz",
         "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; DROP TABLE t",
     ),
+    # ends with END like a trigger: the second ran at merge time ("one statement at a time"),
+    # after the stores before it had been merged
+    "a trigger after a trigger": (
+        "trigger",
+        "zz",
+        "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; "
+        "CREATE TRIGGER yy AFTER INSERT ON notes BEGIN DELETE FROM notes; END",
+    ),
+    "a CASE after a trigger": (
+        "trigger",
+        "zz",
+        "CREATE TRIGGER zz AFTER INSERT ON notes BEGIN SELECT 1; END; SELECT CASE WHEN 1 THEN 1 END",
+    ),
+    "NUL past the name": ("table", "zz", "CREATE TABLE zz(a DEFAULT 'x\0y')"),
     "index as a view": ("view", "ix", "CREATE UNIQUE INDEX ix ON notes(body)"),
     "NUL in the name": ("table", "a\0b", 'CREATE TABLE "a\0b"(x)'),
 }
 
 
-def _store(tmp_path: Path, stmt: tuple[str, str, str]) -> tuple[ExportRowSource, Path]:
+def _store(tmp_path: Path, *stmts: tuple[str, str, str]) -> tuple[ExportRowSource, Path]:
     live = tmp_path / "live.db"
     con = sqlite3.connect(live)
     con.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
@@ -40,10 +54,9 @@ def _store(tmp_path: Path, stmt: tuple[str, str, str]) -> tuple[ExportRowSource,
     con.commit()
     con.close()
     (tmp_path / "notes.json").write_text('[\n{"id": 2, "body": "from the export"}\n]\n')
-    typ, name, sql = stmt
     db = {
         "path": "home/x.db",
-        "schema": [{"type": typ, "name": name, "table": "notes", "sql": sql}],
+        "schema": [{"type": typ, "name": name, "table": "notes", "sql": sql} for typ, name, sql in stmts],
         "tableFiles": [{"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json"}],
     }
     return ExportRowSource(tmp_path, db), live
@@ -62,13 +75,82 @@ def test_a_statement_creating_other_than_its_entry_names_is_refused(tmp_path: Pa
         con.close()
 
 
-def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path) -> None:
-    sql = 'create trigger "Zz ""q""" after insert on notes begin select 1; end'
-    source, live = _store(tmp_path, ("trigger", 'Zz "q"', sql))
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'create trigger "Zz ""q""" after insert on fresh begin select 1; end',
+        # a `;` in a string, a CASE ... END and a comment inside the body end no statement
+        'create trigger "Zz ""q""" after insert on fresh begin select \';\' /* ; */; '
+        "select case when new.a then 2 end; end -- ;",
+    ],
+)
+def test_a_statement_as_sqlite_master_holds_it_is_run(tmp_path: Path, sql: str) -> None:
+    source, live = _store(tmp_path, ("table", "fresh", "CREATE TABLE fresh(a)"), ("trigger", 'Zz "q"', sql))
     merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
     con = sqlite3.connect(live)
     try:
         assert con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == [('Zz "q"',)]
+    finally:
+        con.close()
+
+
+def test_an_export_s_trigger_on_a_table_the_store_had_is_not_added(tmp_path: Path) -> None:
+    # A well-formed trigger the live store lacks was created on the agent's own table: from then
+    # on each note the agent wrote deleted all the others. The rows go in; the trigger does not.
+    wipe = "CREATE TRIGGER wipe AFTER INSERT ON notes BEGIN DELETE FROM notes WHERE id <> new.id; END"
+    source, live = _store(tmp_path, ("trigger", "wipe", wipe))
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert any("trigger wipe of the source, on table notes" in w for w in merged.warnings), merged.warnings
+    con = sqlite3.connect(live)
+    try:
+        con.execute("INSERT INTO notes VALUES (3, 'the agent goes on')")
+        assert con.execute("SELECT id FROM notes ORDER BY id").fetchall() == [(1,), (2,), (3,)]
+        assert con.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+    finally:
+        con.close()
+
+
+def test_a_new_store_gets_every_trigger_and_index_of_the_export(tmp_path: Path) -> None:
+    # A store on a new machine: its tables' triggers (FTS ones), UNIQUE indexes and a view's
+    # INSTEAD OF trigger all come with it.
+    source, live = _store(
+        tmp_path,
+        ("table", "notes", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"),
+        ("table", "log", "CREATE TABLE log(id)"),
+        ("index", "one_body", "CREATE UNIQUE INDEX one_body ON notes(body)"),
+        ("view", "recent", "CREATE VIEW recent AS SELECT * FROM notes"),
+        ("trigger", "logged", "CREATE TRIGGER logged AFTER INSERT ON notes BEGIN INSERT INTO log VALUES (new.id); END"),
+        (
+            "trigger",
+            "via",
+            "CREATE TRIGGER via INSTEAD OF INSERT ON recent BEGIN INSERT INTO notes VALUES (new.id, new.body); END",
+        ),
+    )
+    live.unlink()
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert merged.warnings == []
+    con = sqlite3.connect(live)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger', 'view')")}
+        assert names == {"one_body", "recent", "logged", "via"}
+    finally:
+        con.close()
+
+
+def test_an_export_s_unique_index_on_a_table_the_store_had_is_not_added(tmp_path: Path) -> None:
+    # A UNIQUE index the live rows did not break went in, and refused the agent's next note of
+    # the same text ('UNIQUE constraint failed'). A plain index (reads only) is still created.
+    source, live = _store(
+        tmp_path,
+        ("index", "one_body", "CREATE UNIQUE INDEX one_body ON notes(body)"),
+        ("index", "by_body", "CREATE INDEX by_body ON notes(body)"),
+    )
+    merged = merge_database(source, "home/x.db", live, mode="skip", dry_run=False)
+    assert any("UNIQUE index one_body of the source, on table notes" in w for w in merged.warnings), merged.warnings
+    con = sqlite3.connect(live)
+    try:
+        con.execute("INSERT INTO notes VALUES (3, 'from the export')")
+        assert con.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [("by_body",)]
     finally:
         con.close()
 
@@ -99,3 +181,67 @@ def test_a_table_file_that_is_a_folder_or_missing_is_one_error_naming_it(tmp_pat
     source = ExportRowSource(tmp_path, db)
     with pytest.raises(NotAnExport, match=r"as the rows of table notes of home/x\.db"):
         source.check_rows(source.tables[0])
+
+
+def _swapped_export(tmp_path: Path) -> tuple[ExportRowSource, Path]:
+    """An export whose table file lies in databases/s/, read through a link to its folder (as a
+    user may give it), and a file outside holding a row of someone else's."""
+    real = tmp_path / "real"
+    (real / "databases" / "s").mkdir(parents=True)
+    (real / "databases" / "s" / "notes.json").write_text('[\n{"id": 2, "body": "from the export"}\n]\n')
+    (tmp_path / "given").symlink_to(real)
+    outside = tmp_path / "outside"
+    (outside / "s").mkdir(parents=True)
+    (outside / "s" / "notes.json").write_text('[\n{"id": 9, "body": "a secret of another store"}\n]\n')
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [
+            {"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "databases/s/notes.json"}
+        ],
+    }
+    return ExportRowSource(tmp_path / "given", db), outside
+
+
+@pytest.mark.parametrize("swapped", ["file", "folder"])
+def test_a_link_swapped_in_after_the_checks_is_never_read(tmp_path: Path, swapped: str) -> None:
+    # checksums.json is checked (no links), then the table files are opened by name: a file or a
+    # folder replaced by a link in between (whoever can write the export) had the rows of a file
+    # outside the export imported.
+    source, outside = _swapped_export(tmp_path)
+    assert list(source.rows(source.tables[0])) == [(2, "from the export")]  # the folder given as a link
+    store = tmp_path / "real" / "databases" / "s"
+    if swapped == "file":
+        (store / "notes.json").unlink()
+        (store / "notes.json").symlink_to(outside / "s" / "notes.json")
+    else:
+        (store / "notes.json").unlink()
+        store.rmdir()
+        store.symlink_to(outside / "s")
+    with pytest.raises(NotAnExport, match="symbolic link or lies below one"):
+        source.check_rows(source.tables[0])
+
+
+@pytest.mark.parametrize("second", ["notes", "NOTES"])
+def test_a_table_given_twice_is_refused(tmp_path: Path, second: str) -> None:
+    # Each tableFiles entry was merged on its own into the one live table (SQLite's names ignore
+    # ASCII case): the second file's row 1 went over the live row with `update`, past the
+    # duplicate-key check, which reads one entry at a time.
+    source, live = _store(tmp_path)
+    (tmp_path / "other.json").write_text('[\n{"id": 1, "body": "written by whoever edited it"}\n]\n')
+    db = {
+        "path": "home/x.db",
+        "schema": [],
+        "tableFiles": [
+            {"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json"},
+            {"name": second, "columns": ["id", "body"], "primaryKey": ["id"], "file": "other.json"},
+        ],
+    }
+    with pytest.raises(NotAnExport, match=f"gives table {second} of home/x.db twice"):
+        source = ExportRowSource(tmp_path, db)
+        merge_database(source, "home/x.db", live, mode="update", dry_run=False)
+    con = sqlite3.connect(live)
+    try:
+        assert con.execute("SELECT * FROM notes").fetchall() == [(1, "the agent wrote this")]
+    finally:
+        con.close()

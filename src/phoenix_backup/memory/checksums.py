@@ -17,6 +17,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from phoenix_backup import jsontext
 from phoenix_backup.repo.crypto import Sha256, sha256_file
@@ -27,21 +28,53 @@ CHECKSUMS = "checksums.json"
 MAX_JSON_BYTES = 256 << 20
 
 
+def open_export_file(root: Path, rel: str) -> BinaryIO:
+    """The file `rel` below an export's folder `root`, opened for reading as `phx export` writes
+    it: a regular file with no symbolic link on the way from `root` (`root` itself may be one).
+    Each folder is opened by the descriptor of the one above it (O_NOFOLLOW), so a link put in
+    place of a file or folder after checksums.json was checked (out of the export: /etc/..., the
+    live store) is refused, never read. A link is a ValueError, a folder IsADirectoryError, a
+    FIFO or device a ValueError (opened O_NONBLOCK: never waited on); others as `open` raises them."""
+    parts = Path(rel).parts
+    if not parts:  # the export's folder itself
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), rel)
+    if ".." in parts or Path(rel).is_absolute():
+        raise ValueError(f"{rel!r} is not a path inside the export")
+    walk = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                below = os.open(part, walk | os.O_DIRECTORY, dir_fd=fd)
+            except NotADirectoryError:  # what O_NOFOLLOW | O_DIRECTORY says of a link
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+                raise
+            os.close(fd)
+            fd = below
+        found = os.open(parts[-1], walk | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("it is a symbolic link or lies below one, which `phx export` never writes") from None
+        raise
+    finally:
+        os.close(fd)
+    f = os.fdopen(found, "rb")
+    mode = os.fstat(found).st_mode
+    if not stat.S_ISREG(mode):
+        f.close()
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), rel)
+        raise ValueError("it is not a regular file, which `phx export` always writes")
+    return f
+
+
 def read_json_text(path: Path) -> str:
     """The text of an export's checksums.json or metadata.json, which `phx export` writes as
     regular files of a bounded size. A symbolic link (out of the export: /etc/..., /dev/zero, the
     live store), a FIFO (which blocks for ever) or a file past MAX_JSON_BYTES is a ValueError
     saying so; other OSErrors (FileNotFoundError) as `open` raises them."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValueError("it is a symbolic link, which `phx export` never writes") from None
-        raise
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("it is not a regular file, which `phx export` always writes")
+    with open_export_file(path.parent, path.name) as f:
         data = f.read(MAX_JSON_BYTES + 1)
     if len(data) > MAX_JSON_BYTES:
         raise ValueError(f"it is larger than the {human_size(MAX_JSON_BYTES)} Phoenix reads of it")

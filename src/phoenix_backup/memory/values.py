@@ -79,11 +79,19 @@ def from_json(value: Any) -> SqlValue:
             return int(value)
         if isinstance(value, int) and value not in _INT64:
             raise ValueError(f"the number {str(value)[:30]} is beyond SQLite's 64-bit integers")
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400: written {"$real": "inf"}
+            raise ValueError(f"the number {value} is written as a number, which `phx export` never does")
         return value
     if isinstance(value, list):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"a vector holds something other than numbers: {value!r:.60}")
-        return encode_vector(value)
+        try:
+            blob = encode_vector(value)  # an integer past a float is an OverflowError, 1e39 infinity
+        except OverflowError:
+            blob = b"\xff\xff\xff\xff"
+        if decode_vector(blob) is None:
+            raise ValueError(f"a vector holds a number beyond 32-bit floats: {value!r:.60}")
+        return blob
     if isinstance(value, dict) and len(value) == 1:
         if isinstance(value.get("$blob"), str):
             return base64.b64decode(value["$blob"], validate=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
-from phoenix_backup.sql import tokens, unquote
+from phoenix_backup.sql import fold_name, statement_ends, tokens, unquote
 from phoenix_backup.units import human_size
 
 _CREATE = re.compile(r"^\s*CREATE\s", re.IGNORECASE)
@@ -84,6 +85,13 @@ class ExportRowSource:
                     f"the export names one file for two tables of {self.logical} ({t['file']}): one table's rows "
                     "were written over the other's by an older phx; export again with this version"
                 )
+            if any(fold_name(info.name) == fold_name(t.name) for t in self._tables):
+                # Each is merged on its own into the one live table: the second's rows went over
+                # the first's past the duplicate-key check (or one file was never read).
+                raise NotAnExport(
+                    f"the export gives table {info.name} of {self.logical} twice in metadata.json; `phx export` "
+                    "writes each table once — export again"
+                )
             self._tables.append(info)
             self._files[info.name] = path
 
@@ -119,7 +127,7 @@ class ExportRowSource:
         path = self._files[table.name]
         columns = table.columns
         try:
-            for obj in _json_objects(path):
+            for obj in _json_objects(self.folder.resolve(), path.relative_to(self.folder.resolve()).as_posix()):
                 yield tuple(from_json(obj.get(c)) for c in columns)
         except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise NotAnExport(f"{path.name} of the export cannot be read ({exc}); export again") from exc
@@ -147,9 +155,9 @@ def _creates(sql: str) -> tuple[str, str] | None:
     i += 1
     if up[i : i + 3] == ["IF", "NOT", "EXISTS"]:
         i += 3
-    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in t[i]:
+    if i >= len(t) or t[i + 1 : i + 2] == ["."] or "\0" in sql:  # SQLite's text ends at a NUL
         return None
-    if (up[-1] != "END") if kind == "trigger" else (";" in t):  # a second statement after it
+    if statement_ends(sql):  # a second statement after it (a trigger's own `;` end nothing)
         return None
     return kind, unquote(t[i])
 
@@ -160,10 +168,11 @@ def _key_positions(table: TableInfo) -> list[int] | None:
     return [table.columns.index(k) for k in table.key]
 
 
-def _json_objects(path: Path) -> Iterator[dict[str, Any]]:
-    """The row objects of a table file, one line at a time as `phx export` writes them (`[`, one
-    object per line, `]`); a file reformatted by hand is read whole instead."""
-    with open(path, encoding="utf-8") as f:
+def _json_objects(root: Path, rel: str) -> Iterator[dict[str, Any]]:
+    """The row objects of the table file `rel` of the export in `root`, one line at a time as
+    `phx export` writes them (`[`, one object per line, `]`); a file reformatted by hand is read
+    whole instead. Opened as checksums.json was checked: a link swapped in since is refused."""
+    with io.TextIOWrapper(checksums.open_export_file(root, rel), encoding="utf-8") as f:
         first = f.readline()
         if first.strip() != "[":
             size = os.fstat(f.fileno()).st_size
@@ -317,6 +326,15 @@ def import_export(
                 f"the export names the store {src.logical} ({target}), which is not one of the SQLite stores this "
                 "config backs up; nothing was imported — import into a folder with --to DIR, or add the store to "
                 "databases.sqlite"
+            )
+        twice = next((t for t in targets if os.path.normpath(t) == os.path.normpath(target)), None)
+        if twice is not None:
+            # Each entry is merged on its own: the second's rows went over the first's (a key of
+            # both counted skipped, or with `update` written over), the duplicate-key check unseen.
+            # By path, not through links: two stores of the exporting machine may be one file here.
+            raise NotAnExport(
+                f"the export names the store {target} twice (as {src.logical}); `phx export` writes each store once "
+                "— nothing was imported; export again"
             )
         targets.append(target)
     # Every row is read once before any store changes: a table file of a later store that cannot

@@ -19,7 +19,9 @@ that updates such a table, a counter, is named in a warning: it did not count th
 When a live trigger may RAISE(FAIL), each row is written in a savepoint, so a refused row leaves
 nothing behind.
 Tables, indexes, virtual tables, views and triggers missing from the live store
-are created from the source's schema first (triggers and views after the rows). Everything for
+are created from the source's schema first (triggers and views after the rows); a trigger
+or UNIQUE index only on a table the merge created, never on one the store already had (named
+in a warning). Everything for
 one store happens in one transaction: after the rows, external-content FTS indexes are rebuilt
 (`INSERT INTO fts(fts) VALUES('rebuild')`), FTS5 `integrity-check` and `PRAGMA integrity_check`
 run, and only when both pass is the transaction committed; otherwise it is rolled back and the
@@ -46,7 +48,7 @@ from phoenix_backup.memory.schema import DatabaseSchema, SchemaStatement, TableI
 from phoenix_backup.memory.values import SqlValue
 from phoenix_backup.sinks import ConflictMode
 from phoenix_backup.sources.sqlite import planted_companion, sqlite_uri
-from phoenix_backup.sql import quote, tokens, unquote
+from phoenix_backup.sql import fold_name, quote, tokens, unquote
 from phoenix_backup.units import human_size
 
 BUSY_TIMEOUT_S = 30.0
@@ -293,6 +295,8 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
             con.execute(stmt.sql)
             if stmt.type == "table":
                 created_tables.add(stmt.name)
+            elif stmt.type == "index":
+                _keep_only_on_a_created_table(con, stmt, {_fold(t) for t in created_tables}, result)
         except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:  # a UNIQUE index the live rows break
             lost = "; its rows were not merged" if stmt.type == "table" else ""
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc}){lost}")
@@ -344,11 +348,45 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
                 "source as they are, so a value it keeps (a counter, a total) does not count the rows merged "
                 "now — recompute it if the agent relies on it"
             )
+    created = {_fold(t) for t in created_tables}
     for stmt in late:
         try:
             con.execute(stmt.sql)
         except sqlite3.OperationalError as exc:
             result.warnings.append(f"could not create {stmt.type} {stmt.name} ({exc})")
+            continue
+        if stmt.type == "view":  # its INSTEAD OF triggers come with it
+            created.add(_fold(stmt.name))
+        elif stmt.type == "trigger":
+            _keep_only_on_a_created_table(con, stmt, created, result)
+
+
+def _keep_only_on_a_created_table(
+    con: sqlite3.Connection, stmt: SchemaStatement, created: set[str], result: DatabaseMerge
+) -> None:
+    """A trigger or UNIQUE index the source has and the store lacks stays only on a table this
+    merge created (a store on a new machine gets its FTS triggers). On a table the store already
+    had, a trigger would run code the store's owner never put there whenever the agent writes
+    (deleting rows, writing elsewhere), a UNIQUE index refuse the agent's next writes: it is
+    dropped again and named. Its table is the one SQLite read from the statement (sqlite_master's
+    tbl_name), never what the source says it is; a plain index only speeds reads and stays."""
+    row = con.execute(
+        "SELECT tbl_name FROM sqlite_master WHERE type = ? AND name = ?", (stmt.type, stmt.name)
+    ).fetchone()
+    if row is None or _fold(str(row[0])) in created:
+        return
+    table = str(row[0])
+    if stmt.type == "index":
+        unique = con.execute('SELECT "unique" FROM pragma_index_list(?) WHERE name = ?', (table, stmt.name)).fetchone()
+        if not (unique and unique[0]):
+            return
+    con.execute(f"DROP {stmt.type.upper()} {quote(stmt.name)}")
+    what = "code that runs when the agent writes" if stmt.type == "trigger" else "a constraint on what the agent writes"
+    result.warnings.append(
+        f"{'UNIQUE ' if stmt.type == 'index' else ''}{stmt.type} {stmt.name} of the source, on table {table} which the "
+        f"store already had without it, was not created: a merge adds rows, not {what}; create it by hand if the "
+        "agent needs it"
+    )
 
 
 def _unloadable_virtual_tables(con: sqlite3.Connection) -> dict[str, str]:
@@ -499,9 +537,7 @@ def _declares_on_conflict(sql: str) -> bool:
     return any(words[i : i + 2] == ["ON", "CONFLICT"] for i in range(len(words) - 1))
 
 
-def _fold(name: str) -> str:
-    """A name as SQLite compares names: ASCII letters in any case."""
-    return "".join(c.lower() if c.isascii() else c for c in name)
+_fold = fold_name
 
 
 def _merge_table(
