@@ -263,29 +263,42 @@ def test_a_number_beyond_int64_in_the_last_store_imports_nothing(sandbox: Sandbo
         con.close()
 
 
-def test_an_export_holding_one_key_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
-    # A hand-edited export with a row given twice, with other values: the second was counted
-    # skipped, or with --conflict-mode update written over the live row (exit 0).
-    sb = sandbox
-    export = tmp_path / "export"
+def _exported_lesson(sb: Sandbox, export: Path) -> tuple[Path, list[str], dict[str, Any], str]:
+    """The sandbox's memory exported as JSON into `export`: its lessons.json, that file's lines,
+    its first row and a text column of that row other than the key."""
     sb.phx_here("export", "--format", "json", "--output", export)
     table = export / "databases" / "memory" / "lessons.json"
     lines = table.read_text().splitlines()
     row = json.loads(lines[1].removesuffix(","))
     column = next(c for c, v in row.items() if isinstance(v, str) and c != "id")
+    return table, lines, row, column
+
+
+def _live_lesson(db: Path, column: str, row: dict[str, Any]) -> tuple[Any, ...] | None:
+    """`column` of the live store's lesson of `row`'s id."""
+    con = sqlite3.connect(db)
+    try:
+        found: tuple[Any, ...] | None = con.execute(
+            f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)
+        ).fetchone()
+        return found
+    finally:
+        con.close()
+
+
+def test_an_export_holding_one_key_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A hand-edited export with a row given twice, with other values: the second was counted
+    # skipped, or with --conflict-mode update written over the live row (exit 0).
+    sb = sandbox
+    export = tmp_path / "export"
+    table, lines, row, column = _exported_lesson(sb, export)
     lines.insert(2, json.dumps({**row, column: "written by whoever edited the export"}) + ",")
     table.write_text("\n".join(lines) + "\n")
     write_checksums(export)
     db = sb.db_path("home/.argentos/memory.db")
     res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
     assert_error(res, 2, "lessons.json", "two rows with the key", "row 2")
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute(f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)).fetchone() == (
-            row[column],
-        )
-    finally:
-        con.close()
+    assert _live_lesson(db, column, row) == (row[column],)
 
 
 def test_an_export_naming_one_store_twice_imports_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -294,11 +307,7 @@ def test_an_export_naming_one_store_twice_imports_nothing(sandbox: Sandbox, tmp_
     # over the live one with --conflict-mode update (exit 0).
     sb = sandbox
     export = tmp_path / "export"
-    sb.phx_here("export", "--format", "json", "--output", export)
-    table = export / "databases" / "memory" / "lessons.json"
-    lines = table.read_text().splitlines()
-    row = json.loads(lines[1].removesuffix(","))
-    column = next(c for c, v in row.items() if isinstance(v, str) and c != "id")
+    _, _, row, column = _exported_lesson(sb, export)
     (export / "again.json").write_text("[\n" + json.dumps({**row, column: "written by whoever edited it"}) + "\n]\n")
     meta = json.loads((export / "metadata.json").read_text())
     store = next(d for d in meta["databases"] if d["path"].endswith("memory.db"))
@@ -309,13 +318,7 @@ def test_an_export_naming_one_store_twice_imports_nothing(sandbox: Sandbox, tmp_
     db = sb.db_path("home/.argentos/memory.db")
     res = sb.phx("import", export, "--force", "--conflict-mode", "update", check=None)
     assert_error(res, 2, "names the store", "twice", "nothing was imported")
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute(f"SELECT {quote(column)} FROM lessons WHERE id = ?", (row["id"],)).fetchone() == (
-            row[column],
-        )
-    finally:
-        con.close()
+    assert _live_lesson(db, column, row) == (row[column],)
 
 
 def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
