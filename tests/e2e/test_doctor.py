@@ -251,3 +251,33 @@ def test_a_malformed_dsn_is_reported_without_its_password(backed_up: Sandbox, ds
     assert "CANARY" not in json.dumps(doc) and "pw" not in bad["message"]
     res = sb.phx("backup", "--databases-only", check=None)
     assert res.code != 0 and "malformed" in res.err and "CANARY" not in res.out + res.err, res
+
+
+def test_a_cache_folder_that_cannot_be_created_fails_doctor_and_the_backup_names_it(backed_up: Sandbox) -> None:
+    """A file where the cache folder should be: every backup fails there, so doctor must not say
+    ok, and the backup says which folder and the fix (it said "unexpected internal error")."""
+    sb = backed_up
+    shutil.rmtree(sb.cache)
+    sb.cache.write_text("not a folder")
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "cache" and f"{sb.cache} is a file, not a folder" in bad["message"], bad
+    assert "PHX_CACHE_DIR" in bad["fix"], bad
+    assert sb.cache.read_text() == "not a folder", "doctor changed nothing"
+    err = sb.phx_here("backup", "--json", code=1).out.splitlines()[-1]
+    assert "cannot write the cache folder" in err and "PHX_CACHE_DIR" in err and "internal error" not in err, err
+
+
+def test_the_last_successful_snapshot_gone_from_the_repository_is_no_protection(backed_up: Sandbox) -> None:
+    """The state file says the last backup succeeded a minute ago, but its snapshot is no longer in
+    the repository (forgotten, pruned, lost with the store): doctor and `phx status` said ok on the
+    state file's word, with nothing of that backup left to restore."""
+    sb = backed_up
+    sid = json.loads((sb.home / ".argentos" / "backup" / ".last-backup").read_text())["lastSuccess"]["snapshotId"]
+    (sb.repo / "snapshots" / sid).unlink()
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and f"its snapshot {sid[:8]} is no longer in {sb.repo}" in bad["message"], bad
+    assert "`phx backup`" in bad["fix"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert status["ok"] is False and f"snapshot {sid[:8]} is no longer in target local" in status["alert"], status

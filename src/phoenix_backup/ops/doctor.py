@@ -125,10 +125,10 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     try:
         _targets(cfg, envx, result, repo)
         _locks(repo, result)
+        _last_backup(cfg, envx, result, repo)
     finally:
         if repo is not None:
             repo.backend.close()
-    _last_backup(cfg, envx, result)
     _schedule(envx, result)
     _last_drill(envx, result)
     return result
@@ -382,6 +382,19 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _unwritable_folder(path: Path) -> str | None:
+    """Why a backup cannot create or write the folder `path` (a file in its place or in its
+    way, a read-only mount, a mode that forbids it), or None. Nothing is created: `path` may not
+    exist yet, and a backup makes it."""
+    found = _existing(path)
+    if not found.is_dir():
+        what = f"{found} is a file, not a folder" + ("" if found == path else f", on the way to {path}")
+        return f"the cache folder cannot be created: {what}"
+    if not os.access(found, os.W_OK | os.X_OK):
+        return f"the cache folder {path} cannot be written ({found} is read-only for this user)"
+    return None
+
+
 def _database_bytes(cfg: Config) -> int:
     total = 0
     for path in configured_databases(cfg):
@@ -413,6 +426,8 @@ def _disk(cfg: Config, envx: Environment, result: DoctorResult) -> None:
         )
     )
     for name, path, need, fix in places:
+        if name == "disk (cache)" and (unwritable := _unwritable_folder(path)) is not None:
+            result.add("cache", "fail", unwritable, "set PHX_CACHE_DIR (or XDG_CACHE_HOME) to a writable folder")
         try:
             free = shutil.disk_usage(_existing(path)).free
         except OSError as exc:
@@ -724,7 +739,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
+def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Repository | None) -> None:
     path = state_path(envx.home)
     state, damaged = load_state(path)
     if damaged is not None:
@@ -739,7 +754,15 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     every = cfg.schedule.every
     limit = 2 * INTERVALS.get(every, 86400)
     what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
-    if age > limit:
+    lost = _snapshot_lost(repo, last.get("snapshotId"))
+    if lost is not None:
+        result.add(
+            "last backup",
+            "fail",
+            f"{what}, but {lost}",
+            "run `phx backup` now; `phx snapshots` lists what the repository still holds",
+        )
+    elif age > limit:
         result.add(
             "last backup",
             "fail",
@@ -766,6 +789,20 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult) -> None:
     full = full_backup_problem(state) if state is not None else None
     if full is not None:
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
+
+
+def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
+    """Why the snapshot the state file records as the last success is not in the first target's
+    repository (forgotten, pruned, or lost with the store), or None: the state file alone would
+    call the machine protected by a backup that can no longer be restored."""
+    if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
+        return None
+    try:
+        if repo.backend.stat(f"snapshots/{snapshot_id}") is not None:
+            return None
+    except PhoenixError as exc:
+        return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
+    return f"its snapshot {snapshot_id[:8]} is no longer in {repo.backend.location} (forgotten, pruned or lost)"
 
 
 def _partial_fix(state: dict[str, Any]) -> str:

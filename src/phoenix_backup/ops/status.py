@@ -49,6 +49,7 @@ class TargetStatus:
     logical: int | None = None  # bytes the snapshots hold, before deduplication and compression
     error: str | None = None
     notice: str | None = None
+    snapshot_ids: set[str] | None = None  # the ids its listing holds (not in the JSON)
 
     @property
     def dedup_ratio(self) -> float | None:
@@ -81,6 +82,7 @@ class StatusResult:
     warnings: list[str] = field(default_factory=list)
     overdue: bool = False
     alert: str | None = None  # the overdue (or never-succeeded) warning, said first and loudest
+    lost: str | None = None  # the last success's snapshot, missing from the first target
     home: Path = field(default_factory=Path.home)  # where the state file is
 
     @property
@@ -96,6 +98,7 @@ class StatusResult:
         state = self.state or {}
         return (
             not self.overdue
+            and self.lost is None
             and bool(state.get("success"))
             and full_backup_problem(state) is None
             and not self.integrity_failures
@@ -198,7 +201,25 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         result.targets[name] = target
         if target.error:
             result.warnings.append(f"target {name}: {target.error}")
+    _check_last_snapshot(result, enabled_targets(cfg))
     return result
+
+
+def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
+    """The state file's last success is a snapshot the first target still holds: one forgotten,
+    pruned or lost with the store is no backup to restore, whatever its age says."""
+    sid = ((result.state or {}).get("lastSuccess") or {}).get("snapshotId")
+    first = result.targets.get(names[0]) if names else None
+    if not isinstance(sid, str) or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
+        return
+    result.lost = (
+        f"the last successful backup's snapshot {sid[:8]} is no longer in target {first.name} (forgotten, pruned "
+        "or lost); run `phx backup` now, and `phx snapshots` to see what the repository holds"
+    )
+    if result.alert is None:
+        result.alert = result.lost
+    else:
+        result.warnings.append(result.lost)
 
 
 def _check_age(result: StatusResult, when: datetime) -> None:
@@ -253,7 +274,8 @@ def _inspect_target(cfg: Config, envx: Environment, target: TargetStatus) -> Non
                 return
             infos = [i for prefix in STORED for i in backend.list(prefix)]
             target.stored = sum(i.size for i in infos) + (_size(backend, "config"))
-            target.snapshots = sum(1 for i in infos if i.name.startswith("snapshots/"))
+            target.snapshot_ids = {i.name.removeprefix("snapshots/") for i in infos if i.name.startswith("snapshots/")}
+            target.snapshots = len(target.snapshot_ids)
         finally:
             backend.close()
     except PhoenixError as exc:

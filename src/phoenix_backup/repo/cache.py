@@ -59,7 +59,13 @@ def cache_root() -> Path:
 class Cache:
     def __init__(self, repo_id: str, root: Path | None = None) -> None:
         self.dir = (root or cache_root()) / repo_id
-        make_dirs(self.dir)
+        try:
+            make_dirs(self.dir)
+        except OSError as exc:  # a file in its place, a read-only home folder
+            raise StorageError(
+                f"cannot write the cache folder {self.dir} ({exc.strerror or exc}); "
+                "set PHX_CACHE_DIR to a writable folder"
+            ) from exc
 
     # -- temporary copies ----------------------------------------------------------------
 
