@@ -281,3 +281,36 @@ def test_the_last_successful_snapshot_gone_from_the_repository_is_no_protection(
     assert "`phx backup`" in bad["fix"], bad
     status = sb.phx_here("status", "--json", code=1).json()
     assert status["ok"] is False and f"snapshot {sid[:8]} is no longer in target local" in status["alert"], status
+
+
+def test_a_schedule_whose_phx_was_moved_away_fails(backed_up: Sandbox, tmp_path: Path) -> None:
+    """The crontab entry runs the Python of a virtualenv since moved or removed: every scheduled
+    backup fails before Phoenix starts, its output sent to /dev/null. Doctor said "active with
+    cron" until two periods had passed without a run. A fake `crontab` first on PATH holds the
+    table (never the real crontab of the user running the tests)."""
+    sb = backed_up
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    table = tmp_path / "table"
+    gone = tmp_path / "moved-venv" / "bin" / "python3"
+    table.write_text(
+        "# BEGIN phoenix-backup (written by `phx schedule install`; remove with `phx schedule remove`)\n"
+        f"0 3 * * * {gone} -m phoenix_backup.cli.main schedule run --config {sb.config_path} >/dev/null 2>&1\n"
+        "# END phoenix-backup\n"
+    )
+    crontab = fake / "crontab"
+    crontab.write_text(f'#!/bin/sh\n[ "$1" = -l ] && exec cat {table}\nexit 1\n')
+    crontab.chmod(0o755)
+    sb.env["PATH"] = f"{fake}:{sb.env['PATH']}"
+    # A process named cron, so the entry counts as run by a daemon (else that is the failure said).
+    daemon = fake / "cron"
+    shutil.copy("/bin/sleep", daemon)
+    proc = subprocess.Popen([daemon, "120"])
+    try:
+        doc = sb.phx_here("doctor", "--json", code=1).json()
+    finally:
+        proc.kill()
+        proc.wait()
+    [bad] = failed(doc)
+    assert bad["name"] == "schedule" and f"the cron job runs {gone}, which no longer exists" in bad["message"], bad
+    assert "`phx schedule install` again" in bad["fix"], bad

@@ -859,6 +859,14 @@ def _schedule(envx: Environment, result: DoctorResult) -> None:
         result.add("schedule", "warn", twice, "run `phx schedule install --scheduler NAME` with the one to keep")
     scheduler = held.scheduler or "?"
     details = held.installed.get(scheduler)
+    if (program := schedule.missing_program(scheduler, details, envx.home)) is not None:
+        result.add(
+            "schedule", "fail",
+            f"the {scheduler} job runs {program}, which no longer exists (a virtualenv moved or removed): every "
+            "scheduled backup fails before it starts",
+            "run `phx schedule install` again with the phx you use now",
+        )  # fmt: skip
+        return
     if scheduler == "cron" and isinstance(details, dict) and not details.get("daemonRunning"):
         result.add(
             "schedule", "fail", "the crontab entry is installed, but no cron daemon runs on this machine",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -255,6 +256,27 @@ class ScheduleStatus:
             "log": str(self.log),
             "lastLogLine": self.last_log_line,
         }
+
+
+def missing_program(scheduler: str, details: object, home: Path, kind: str = "backup") -> str | None:
+    """The program an installed job runs (the Python of the virtualenv `phx schedule install` ran
+    from) when it is no longer an executable file, or None: a venv moved or removed leaves the job
+    in place, and every scheduled run then fails before Phoenix starts, with its output nowhere."""
+    words: list[str] = []
+    try:
+        if scheduler == "cron" and isinstance(details, dict):
+            words = shlex.split(str(details.get("entry") or ""))
+        elif scheduler == "systemd" and isinstance(details, dict):
+            unit = Path(str(details.get("unitDir"))) / systemd.service_name(job_name(kind))
+            line = next((x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")), "")
+            words = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line.removeprefix("ExecStart="))]
+    except (OSError, ValueError):
+        return None
+    # A crontab line: the time fields and VAR=value words, then the absolute path of the program.
+    program = next((w for w in words if w.startswith("/")), None)
+    if program is None or (os.path.isfile(program) and os.access(program, os.X_OK)):
+        return None
+    return program
 
 
 def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> ScheduleStatus:
