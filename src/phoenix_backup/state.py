@@ -172,6 +172,28 @@ def failed_parts_text(state: dict[str, Any]) -> str:
     return "; ".join(f"{p.get('path')}: {p.get('error')}" for p in parts)
 
 
+# A last success dated later than this past the clock now: the clock went back (or was ahead when
+# the backup ran), and every age measured from it is negative, so no overdue warning would come
+# until the clock caught up (a year, for a clock a year ahead).
+FUTURE_TOLERANCE = 3600
+
+
+def future_success_problem(timestamp: float, now: float) -> str | None:
+    """Why a last success dated `timestamp` cannot be judged on this clock (`now`), or None."""
+    if timestamp - now <= FUTURE_TOLERANCE:
+        return None
+    from datetime import datetime
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t).astimezone().isoformat(timespec="minutes")
+
+    return (
+        f"the last successful backup is dated {iso(timestamp)}, after this machine's clock ({iso(now)}): the clock "
+        "is wrong now, or was when that backup ran, so its age (and a missed backup) cannot be told; set the clock "
+        "right (`timedatectl set-ntp true`), then run `phx backup`"
+    )
+
+
 def full_backup_problem(state: dict[str, Any]) -> str | None:
     """What the last full backup missed, when a narrower one ran since (its own outcome is the
     state's): a successful `--identity-only` run never makes a partial full backup look done."""

@@ -314,3 +314,21 @@ def test_a_schedule_whose_phx_was_moved_away_fails(backed_up: Sandbox, tmp_path:
     [bad] = failed(doc)
     assert bad["name"] == "schedule" and f"the cron job runs {gone}, which no longer exists" in bad["message"], bad
     assert "`phx schedule install` again" in bad["fix"], bad
+
+
+def test_a_last_success_dated_in_the_future_of_the_clock_is_not_called_recent(backed_up: Sandbox) -> None:
+    """The clock went back a year (or was a year ahead when the backup ran): the last success's age
+    is negative, and doctor and `phx status` said "0 min ago", ok, with no overdue warning possible
+    for a year whatever was missed."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    state = json.loads(path.read_text())
+    for entry in (state, state["lastSuccess"], *state["targetsLastSuccess"].values()):
+        entry["timestamp"] += 365 * 86400
+    path.write_text(json.dumps(state))
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "after this machine's clock" in bad["message"], bad
+    assert "set the clock right" in bad["fix"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert status["ok"] is False and "after this machine's clock" in status["alert"], status

@@ -51,7 +51,13 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
-from phoenix_backup.state import failed_parts_text, full_backup_problem, load_state, state_path
+from phoenix_backup.state import (
+    failed_parts_text,
+    full_backup_problem,
+    future_success_problem,
+    load_state,
+    state_path,
+)
 from phoenix_backup.units import human_size
 
 if TYPE_CHECKING:
@@ -755,7 +761,11 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     limit = 2 * INTERVALS.get(every, 86400)
     what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
     lost = _snapshot_lost(repo, last.get("snapshotId"))
-    if lost is not None:
+    ahead = future_success_problem(float(last["timestamp"]), time.time())
+    if ahead is not None:
+        message, _, fix = ahead.partition("; ")
+        result.add("last backup", "fail", message, fix)
+    elif lost is not None:
         result.add(
             "last backup",
             "fail",

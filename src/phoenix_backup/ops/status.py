@@ -26,6 +26,7 @@ from phoenix_backup.state import (
     IntegrityCheck,
     failed_parts_text,
     full_backup_problem,
+    future_success_problem,
     integrity_checks,
     load_state,
     state_path,
@@ -247,6 +248,11 @@ def _check_age(result: StatusResult, when: datetime) -> None:
     if last is None:
         result.overdue = True
         result.alert = "no backup has succeeded yet"
+        return
+    ahead = future_success_problem(last, result.now)
+    if ahead is not None:
+        result.overdue = True  # not known to be on time: alert as for a missed backup
+        result.alert = ahead
         return
     grace = min(MAX_GRACE, result.spec.period(when) / 4)
     due = result.spec.previous_before(when - grace)
