@@ -194,6 +194,15 @@ def future_success_problem(timestamp: float, now: float) -> str | None:
     )
 
 
+def last_snapshot_on(state: dict[str, Any], target: str) -> str | None:
+    """The id of the last snapshot a successful backup wrote to `target` (its `targetsLastSuccess`
+    record; else the last success's, from a state file written before those records)."""
+    per_target = state.get("targetsLastSuccess") or {}
+    entry = per_target.get(target) if per_target else state.get("lastSuccess")
+    sid = entry.get("snapshotId") if isinstance(entry, dict) else None
+    return sid if isinstance(sid, str) else None
+
+
 def full_backup_problem(state: dict[str, Any]) -> str | None:
     """What the last full backup missed, when a narrower one ran since (its own outcome is the
     state's): a successful `--identity-only` run never makes a partial full backup look done."""

@@ -277,10 +277,12 @@ def test_the_last_successful_snapshot_gone_from_the_repository_is_no_protection(
     (sb.repo / "snapshots" / sid).unlink()
     doc = sb.phx_here("doctor", "--json", code=1).json()
     [bad] = failed(doc)
-    assert bad["name"] == "last backup" and f"its snapshot {sid[:8]} is no longer in {sb.repo}" in bad["message"], bad
+    said = f"snapshot {sid[:8]}, the last it wrote to the first target, is no longer in {sb.repo}"
+    assert bad["name"] == "last backup" and said in bad["message"], bad
     assert "`phx backup`" in bad["fix"], bad
     status = sb.phx_here("status", "--json", code=1).json()
-    assert status["ok"] is False and f"snapshot {sid[:8]} is no longer in target local" in status["alert"], status
+    said = f"snapshot {sid[:8]}, the last a successful backup wrote to target local, is no longer in it"
+    assert status["ok"] is False and said in status["alert"], status
 
 
 def test_a_schedule_whose_phx_was_moved_away_fails(backed_up: Sandbox, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ from phoenix_backup.state import (
     failed_parts_text,
     full_backup_problem,
     future_success_problem,
+    last_snapshot_on,
     load_state,
     state_path,
 )
@@ -760,7 +761,8 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     every = cfg.schedule.every
     limit = 2 * INTERVALS.get(every, 86400)
     what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
-    lost = _snapshot_lost(repo, last.get("snapshotId"))
+    first = cfg.targets.enabled_names()[0] if cfg.targets.enabled_names() else None
+    lost = _snapshot_lost(repo, last_snapshot_on(state, first) if state is not None and first else None)
     ahead = future_success_problem(float(last["timestamp"]), time.time())
     if ahead is not None:
         message, _, fix = ahead.partition("; ")
@@ -802,7 +804,7 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
 
 
 def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
-    """Why the snapshot the state file records as the last success is not in the first target's
+    """Why the snapshot the state file records as the last success there is not in the first target's
     repository (forgotten, pruned, or lost with the store), or None: the state file alone would
     call the machine protected by a backup that can no longer be restored."""
     if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
@@ -812,7 +814,10 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
             return None
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
-    return f"its snapshot {snapshot_id[:8]} is no longer in {repo.backend.location} (forgotten, pruned or lost)"
+    return (
+        f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
+        "(forgotten, pruned or lost)"
+    )
 
 
 def _partial_fix(state: dict[str, Any]) -> str:

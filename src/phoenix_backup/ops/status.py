@@ -28,6 +28,7 @@ from phoenix_backup.state import (
     full_backup_problem,
     future_success_problem,
     integrity_checks,
+    last_snapshot_on,
     load_state,
     state_path,
 )
@@ -209,13 +210,13 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
 def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     """The state file's last success is a snapshot the first target still holds: one forgotten,
     pruned or lost with the store is no backup to restore, whatever its age says."""
-    sid = ((result.state or {}).get("lastSuccess") or {}).get("snapshotId")
     first = result.targets.get(names[0]) if names else None
-    if not isinstance(sid, str) or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
+    sid = last_snapshot_on(result.state, first.name) if result.state and first is not None else None
+    if sid is None or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
         return
     result.lost = (
-        f"the last successful backup's snapshot {sid[:8]} is no longer in target {first.name} (forgotten, pruned "
-        "or lost); run `phx backup` now, and `phx snapshots` to see what the repository holds"
+        f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it "
+        "(forgotten, pruned or lost); run `phx backup` now, and `phx snapshots` to see what the repository holds"
     )
     if result.alert is None:
         result.alert = result.lost
