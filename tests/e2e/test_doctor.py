@@ -334,3 +334,25 @@ def test_a_last_success_dated_in_the_future_of_the_clock_is_not_called_recent(ba
     assert "set the clock right" in bad["fix"], bad
     status = sb.phx_here("status", "--json", code=1).json()
     assert status["ok"] is False and "after this machine's clock" in status["alert"], status
+
+
+def test_a_live_exclusive_lock_of_another_host_is_said(backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh exclusive lock (a prune running on another machine) makes every backup fail at once
+    with "the repository is locked"; doctor said only "no stale locks (1 held by running commands)"."""
+    import socket as socket_module
+
+    from phoenix_backup.repo.locks import HeldLock
+
+    sb = backed_up
+    cfg = load_config(sb.config_path, sb.env)
+    repo = open_repository(cfg, Environment(env=sb.env))
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(socket_module, "gethostname", lambda: "other-host")
+            HeldLock(repo.locks, f"locks/{'b' * 32}", True, "prune").write()
+    finally:
+        repo.close()
+    doc = sb.phx_here("doctor", "--json").json()
+    [held] = [c for c in checks(doc, "locks") if c["status"] == "warn"]
+    assert "exclusive lock by prune" in held["message"] and "other-host" in held["message"], held
+    assert "a backup started while it is held fails" in held["message"] and "`phx unlock`" in held["fix"], held

@@ -728,6 +728,16 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
                 "Phoenix runs anywhere on this repository",
             )
     active = [lk for lk in locks if lk not in stale]
+    for lk in active:
+        if lk.readable and lk.exclusive:
+            # A running prune, forget or key change: every backup started meanwhile fails with "the
+            # repository is locked", so "none stale" alone would call backups possible now.
+            result.add(
+                "locks",
+                "warn",
+                f"{lk.describe()}: a backup started while it is held fails (the repository is locked)",
+                f"wait for it to finish; if no Phoenix runs on {lk.host} any more, `phx unlock` removes it",
+            )
     if not stale:
         held = f"{len(active)} held by running commands" if active else "none held"
         result.add("locks", "ok", f"no stale locks ({held})")
