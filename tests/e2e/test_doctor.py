@@ -356,3 +356,16 @@ def test_a_live_exclusive_lock_of_another_host_is_said(backed_up: Sandbox, monke
     [held] = [c for c in checks(doc, "locks") if c["status"] == "warn"]
     assert "exclusive lock by prune" in held["message"] and "other-host" in held["message"], held
     assert "a backup started while it is held fails" in held["message"] and "`phx unlock`" in held["fix"], held
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_a_file_size_limit_below_a_pack_fails(backed_up: Sandbox) -> None:
+    """`ulimit -f` of 4 MiB: a backup of 8 MiB of new data stops at its first full pack ("a file
+    size limit of this process ... stopped writing data/..."), while doctor's free space checks
+    all passed."""
+    sb = backed_up
+    sb.prefix = ("prlimit", f"--fsize={4 * 1024 * 1024}")
+    doc = doctor(sb, 1)
+    [bad] = failed(doc)
+    assert bad["name"] == "file size limit" and "at most 4.0 MiB (`ulimit -f`)" in bad["message"], bad
+    assert "ulimit -f unlimited" in bad["fix"], bad

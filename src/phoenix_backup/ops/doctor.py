@@ -127,6 +127,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     for check in DATABASE_CHECKS.values():
         check(cfg, envx, result)
     _disk(cfg, envx, result)
+    _file_size_limit(result)
     _tools(cfg, envx, result)
     repo, envx = _credentials(cfg, envx, result)
     try:
@@ -449,6 +450,25 @@ def _disk(cfg: Config, envx: Environment, result: DoctorResult) -> None:
             )
         else:
             result.add(name, "ok", f"{human_size(free)} free for {path}")
+
+
+def _file_size_limit(result: DoctorResult) -> None:
+    """A file size limit on this process (`ulimit -f`, systemd's `LimitFSIZE=`) below a data
+    pack's size: a backup with that much new data stops at its first full pack, while the free
+    space checks above pass."""
+    import resource
+
+    from phoenix_backup.repo.pack import DATA_PACK_TARGET
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < 2 * DATA_PACK_TARGET:
+        result.add(
+            "file size limit",
+            "fail",
+            f"this process may write files of at most {human_size(limit)} (`ulimit -f`), less than a data pack "
+            f"({human_size(DATA_PACK_TARGET)} and more): a backup of that much new data fails",
+            "raise it (`ulimit -f unlimited`; in a systemd unit, `LimitFSIZE=infinity`) where phx runs",
+        )
 
 
 def _version(args: list[str], envx: Environment) -> str:
