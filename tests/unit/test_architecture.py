@@ -83,8 +83,14 @@ def test_the_check_sees_both_kinds_of_private_use(tmp_path: Path) -> None:
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
+    """Every command of `group`, its groups' commands as "key add". The top group loads its commands
+    when asked (`cli.app.LazyGroup`): `group.commands` alone held none of them, and the checks below
+    passed on an empty list."""
     out = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         path = f"{prefix}{name}"
         out.append(path)
         if isinstance(command, click.Group):
@@ -95,6 +101,7 @@ def _commands(group: click.Group, prefix: str = "") -> list[str]:
 def test_every_command_has_the_module_the_map_names() -> None:
     importlib.import_module("phoenix_backup.cli.main")  # registers every command
     missing = []
+    assert {"backup", "key add", "repair objects", "schedule install"} <= set(_commands(cli))
     for command in _commands(cli):
         words = command.split()
         owner = next(
@@ -111,3 +118,22 @@ def test_ops_holds_only_what_the_map_lists() -> None:
     listed = {m for m in [*ops.COMMANDS.values(), *ops.SHARED] if m.startswith("ops.")}
     present = {f"ops.{p.stem}" for p in (PACKAGE / "ops").glob("*.py") if p.stem != "__init__"}
     assert present == listed, f"not in the map: {sorted(present - listed)}; gone: {sorted(listed - present)}"
+
+
+def test_every_phx_command_a_message_names_is_real() -> None:
+    """A message's fix names a command the user will type: `phx snapshots` (no such command; the
+    list is `phx list`) reached doctor's and status's lines before this check."""
+    import re
+
+    importlib.import_module("phoenix_backup.cli.main")  # registers every command
+    commands = set(_commands(cli))
+    named = re.compile(r"`phx ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?")
+    wrong = []
+    for path in sorted(Path(phoenix_backup.__file__).parent.rglob("*.py")):
+        for first, second in named.findall(path.read_text()):
+            command = cli.get_command(click.Context(cli), first)
+            if command is None:
+                wrong.append(f"{path.name}: phx {first}")
+            elif isinstance(command, click.Group) and second and f"{first} {second}" not in commands:
+                wrong.append(f"{path.name}: phx {first} {second}")
+    assert not wrong, wrong

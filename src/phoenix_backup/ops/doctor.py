@@ -802,7 +802,7 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
             "last backup",
             "fail",
             f"{what}, but {lost}",
-            "run `phx backup` now; `phx snapshots` lists what the repository still holds",
+            "run `phx backup` now; `phx list` shows what the repository still holds",
         )
     elif age > limit:
         result.add(

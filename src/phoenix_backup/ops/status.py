@@ -216,7 +216,7 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
         return
     result.lost = (
         f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it "
-        "(forgotten, pruned or lost); run `phx backup` now, and `phx snapshots` to see what the repository holds"
+        "(forgotten, pruned or lost); run `phx backup` now, and `phx list` to see what the repository holds"
     )
     if result.alert is None:
         result.alert = result.lost
