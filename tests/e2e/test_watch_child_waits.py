@@ -63,7 +63,7 @@ def test_a_child_waiting_on_a_slow_git_push_is_not_killed_a_stopped_one_is(
     notices: list[str] = []
     with _watcher(sb, notices) as w:
         w.poll()  # the bases, in a child that pushes them to the Git target
-        killed = [n for n in notices if "killed" in n]
+        killed = [n for n in notices if "was killed" in n]
         if how == "sleep":
             assert not killed, notices
             assert not any(d.need_base for d in w.dbs), notices
