@@ -91,6 +91,26 @@ def test_quiet_prints_errors_only(backed_up: Sandbox) -> None:
     assert res.out == "" and "phx: not saved: postgres/main" in res.err, res
 
 
+def test_a_target_that_failed_is_said_on_stderr_by_forget_prune_and_sync(backed_up: Sandbox) -> None:
+    """A soak of every command at once (bench/soak.py) met `phx prune` and `phx forget` exiting 1
+    (every target locked) or 3 with nothing on stderr: the failure was only in the report on
+    stdout, where a script reading stdout as data (or `--json`) finds no `phx:` line. `phx backup`
+    said it on stderr too; now forget, prune and sync do the same."""
+    sb = backed_up
+    missing = sb.root / "no-such-remote.git"
+    sb.write_config(
+        targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(missing), "branch": "main"}}
+    )
+    for args in (["forget"], ["prune"], ["sync"], ["forget", "--json"], ["prune", "--json"], ["sync", "--json"]):
+        code = 1 if args[0] == "sync" else 3  # sync has no target of its own left to succeed
+        res = sb.phx_here(*args, code=code)
+        said = [line for line in res.err.splitlines() if "target git failed" in line]
+        assert len(said) == 1, res
+        assert (json.loads(said[0])["message"] if "--json" in args else said[0]).startswith(
+            "target git failed:" if "--json" in args else "phx: target git failed:"
+        ), res
+
+
 def test_json_backup_streams_progress_lines_on_stderr(backed_up: Sandbox) -> None:
     sb = backed_up
     (sb.workspace / "MEMORY.md").write_text("changed\n")

@@ -11,10 +11,10 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import click
 from click.shell_completion import CompletionItem
@@ -159,6 +159,16 @@ def reader_gone() -> NoReturn:
     sys.exit(128 + signal.SIGPIPE)
 
 
+class TargetOutcome(Protocol):
+    """A target's part of a command's result (backup, forget, prune, sync)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
 class Out:
     """Where a command's output goes, and how (plain text or one JSON document).
 
@@ -184,6 +194,13 @@ class Out:
     def error(self, message: str, trace: str | None = None) -> None:
         """The error; with --json and --verbose, `trace` (the traceback) is a field of its line."""
         self._say("error", message, trace)
+
+    def failed_targets(self, targets: Mapping[str, TargetOutcome]) -> None:
+        """Each target that failed, said on stderr too (beside the report on stdout or the JSON
+        document), so that a script or a terminal reading stderr sees why the run exited 1 or 3."""
+        for name, target in targets.items():
+            if not target.ok:
+                self.problem(f"target {name} failed: {target.error}")
 
     def result(self, doc: object, text: str, *, data: bool = False) -> None:
         """The result on stdout. One that cannot be written there (stdout closed, a full disk, a

@@ -53,9 +53,7 @@ def backup(
         out.problem(f"not saved: {item['path']}: {item['error']}")
     for item in result.damaged:
         out.problem(f"damaged: {item['path']}: {item['error']}")
-    for name, target in result.targets.items():
-        if not target.ok:
-            out.problem(f"target {name} failed: {target.error}")
+    out.failed_targets(result.targets)
     if result.lock_left is not None:
         out.problem(result.lock_left)
     return result.exit_status

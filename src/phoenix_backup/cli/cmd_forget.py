@@ -33,6 +33,7 @@ def forget(
     cfg = load_config(out, envx, config_path)
     result = forget_op.forget(cfg, envx, dry_run=dry_run, target=target, ids=ids)
     out.result(result.to_json(), render(result), data=result.exit_status != ExitStatus.OK)
+    out.failed_targets(result.targets)
     for t in result.targets.values():
         for line in t.locks_left:
             out.problem(f"target {t.target}: {line}")

@@ -26,6 +26,7 @@ def prune(out: Out, envx: Environment, config_path: str | None, dry_run: bool, t
     cfg = load_config(out, envx, config_path)
     result = prune_op.prune(cfg, envx, dry_run=dry_run, target=target)
     out.result(result.to_json(), render(result), data=result.exit_status != ExitStatus.OK)
+    out.failed_targets(result.targets)
     return result.exit_status
 
 

@@ -26,4 +26,5 @@ def sync(out: Out, envx: Environment, config_path: str | None, target: str | Non
     check_target(target, cfg)
     result = sync_op.sync(cfg, envx, target=target)
     out.result(result.to_json(), render.sync(result), data=result.exit_status != ExitStatus.OK)
+    out.failed_targets(result.targets)
     return result.exit_status
