@@ -369,3 +369,16 @@ def test_a_file_size_limit_below_a_pack_fails(backed_up: Sandbox) -> None:
     [bad] = failed(doc)
     assert bad["name"] == "file size limit" and "at most 4.0 MiB (`ulimit -f`)" in bad["message"], bad
     assert "ulimit -f unlimited" in bad["fix"], bad
+
+
+def test_a_key_rotation_is_no_lost_snapshot(backed_up: Sandbox) -> None:
+    """`phx key rotate` re-seals every snapshot under a new id (its name is the hash of its sealed
+    bytes) and deletes the old objects: the state file's last success named an id gone from the
+    repository, and doctor failed ("forgotten, pruned or lost"), `phx status` exited 1, on a
+    repository that holds that very backup. The rotation renames the ids in this machine's state."""
+    sb = backed_up
+    sb.phx_here("key", "rotate")
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    assert checks(doc, "last backup")[0]["status"] == "ok", doc["checks"]
+    status = sb.phx_here("status", "--json").json()
+    assert status["ok"] is True and status["alert"] is None, status
