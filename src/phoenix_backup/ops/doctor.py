@@ -905,10 +905,11 @@ def _schedule(envx: Environment, result: DoctorResult) -> None:
     scheduler = held.scheduler or "?"
     details = held.installed.get(scheduler)
     if (program := schedule.missing_program(scheduler, details, envx.home)) is not None:
+        gone = "no longer exists (a virtualenv moved or removed)"
+        why = "is not an executable file" if os.path.exists(program) else gone
         result.add(
             "schedule", "fail",
-            f"the {scheduler} job runs {program}, which no longer exists (a virtualenv moved or removed): every "
-            "scheduled backup fails before it starts",
+            f"the {scheduler} job runs {program}, which {why}: every scheduled backup fails before it starts",
             "run `phx schedule install` again with the phx you use now",
         )  # fmt: skip
         return
