@@ -382,3 +382,21 @@ def test_a_key_rotation_is_no_lost_snapshot(backed_up: Sandbox) -> None:
     assert checks(doc, "last backup")[0]["status"] == "ok", doc["checks"]
     status = sb.phx_here("status", "--json").json()
     assert status["ok"] is True and status["alert"] is None, status
+
+
+def test_a_repository_made_anew_after_the_last_backup_is_said_so(backed_up: Sandbox) -> None:
+    """The first target's repository was made anew at the same path (`phx init` after the old one
+    was moved away) since the last backup: doctor failed with "is no longer in REPO (forgotten,
+    pruned or lost)", sending the user to hunt a loss, when that repository never held it."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    state = json.loads(path.read_text())
+    for record in (state, state["lastSuccess"], *state["targetsLastSuccess"].values()):
+        record["timestamp"] -= 60  # the backup ran a minute before the new repository was made
+    path.write_text(json.dumps(state))
+    sb.repo.rename(sb.repo.with_name("repo-old"))
+    sb.phx_here("init")
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "was made after that backup" in bad["message"], bad
+    assert "forgotten" not in bad["message"] and "`phx backup`" in bad["fix"], bad

@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -792,7 +793,9 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     limit = 2 * INTERVALS.get(every, 86400)
     what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
     first = cfg.targets.enabled_names()[0] if cfg.targets.enabled_names() else None
-    lost = _snapshot_lost(repo, last_snapshot_on(state, first) if state is not None and first else None)
+    record = ((state or {}).get("targetsLastSuccess") or {}).get(first) or last
+    sid = last_snapshot_on(state, first) if state is not None and first else None
+    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])))
     ahead = future_success_problem(float(last["timestamp"]), time.time())
     if ahead is not None:
         message, _, fix = ahead.partition("; ")
@@ -833,9 +836,10 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
 
 
-def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
-    """Why the snapshot the state file records as the last success there is not in the first target's
-    repository (forgotten, pruned, or lost with the store), or None: the state file alone would
+def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float) -> str | None:
+    """Why the snapshot the state file records as the last success there (written at `written`) is
+    not in the first target's repository (forgotten, pruned, or lost with the store; or the
+    repository was made anew since, and never held it), or None: the state file alone would
     call the machine protected by a backup that can no longer be restored."""
     if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
         return None
@@ -844,6 +848,14 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
             return None
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
+    with contextlib.suppress(ValueError):
+        made = datetime.fromisoformat(repo.config.created)
+        # Both to the second: `phx init && phx backup` may share one, and that repository held the backup.
+        if made.timestamp() > int(written):
+            return (
+                f"the repository now at {repo.backend.location} was made after that backup "
+                f"({made.astimezone().isoformat(timespec='minutes')}): it never held snapshot {snapshot_id[:8]}"
+            )
     return (
         f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
         "(forgotten, pruned or lost)"
