@@ -400,3 +400,16 @@ def test_a_repository_made_anew_after_the_last_backup_is_said_so(backed_up: Sand
     [bad] = failed(doc)
     assert bad["name"] == "last backup" and "was made after that backup" in bad["message"], bad
     assert "forgotten" not in bad["message"] and "`phx backup`" in bad["fix"], bad
+
+
+def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbox) -> None:
+    """`phx key rotate` run on another machine: this machine's state file still names the last
+    success by its old id, gone; doctor failed "forgotten, pruned or lost" while the backup is in
+    the repository under its new id. The rotation's record (`retired/`) names the successor."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    before = path.read_bytes()
+    sb.phx_here("key", "rotate")
+    path.write_bytes(before)  # as on a machine the rotation did not run on
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    assert checks(doc, "last backup")[0]["status"] == "ok", doc["checks"]

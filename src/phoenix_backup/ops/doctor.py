@@ -46,6 +46,7 @@ from phoenix_backup.ops.context import Environment, given_passphrase, load, open
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
+from phoenix_backup.repo import retired
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock, unreadable_lock_fix
 from phoenix_backup.repo.repository import Repository
@@ -845,6 +846,11 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float)
         return None
     try:
         if repo.backend.stat(f"snapshots/{snapshot_id}") is not None:
+            return None
+        # `phx key rotate` (here or on another machine) re-sealed it under a new id: its record
+        # names the successor, and the backup is there.
+        successor = retired.load(repo).moved.get(f"snapshots/{snapshot_id}") if repo.can_read else None
+        if successor is not None and repo.backend.stat(successor) is not None:
             return None
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
