@@ -354,6 +354,29 @@ def integrity_checks(path: Path | None = None) -> dict[str, IntegrityCheck]:
     return out
 
 
+def rename_snapshots(renamed: dict[str, str], path: Path | None = None) -> None:
+    """Replace each old snapshot id in the state file by its new one (`phx key rotate` re-seals
+    every snapshot under a new id, the hash of its sealed bytes, and deletes the old): doctor and
+    status look the last success's id up in the repository, and would call a backup that is still
+    there lost."""
+    if not renamed:
+        return
+    target = path or state_path()
+    with _locked(target):
+        doc = read_state(target)
+        if doc is None:
+            return
+        records = [doc, doc.get("lastSuccess"), *(doc.get("targetsLastSuccess") or {}).values()]
+        records += list((doc.get("integrityChecks") or {}).values())
+        changed = False
+        for record in records:
+            if isinstance(record, dict) and record.get("snapshotId") in renamed:
+                record["snapshotId"] = renamed[record["snapshotId"]]
+                changed = True
+        if changed:
+            _write(target, doc)
+
+
 def record_integrity_checks(checks: dict[str, IntegrityCheck], path: Path | None = None) -> None:
     """Record full integrity checks, each replacing the database's record unless that one is of a
     newer state (a drill of an old snapshot does not move the cadence back); a failure always

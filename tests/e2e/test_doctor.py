@@ -369,3 +369,47 @@ def test_a_file_size_limit_below_a_pack_fails(backed_up: Sandbox) -> None:
     [bad] = failed(doc)
     assert bad["name"] == "file size limit" and "at most 4.0 MiB (`ulimit -f`)" in bad["message"], bad
     assert "ulimit -f unlimited" in bad["fix"], bad
+
+
+def test_a_key_rotation_is_no_lost_snapshot(backed_up: Sandbox) -> None:
+    """`phx key rotate` re-seals every snapshot under a new id (its name is the hash of its sealed
+    bytes) and deletes the old objects: the state file's last success named an id gone from the
+    repository, and doctor failed ("forgotten, pruned or lost"), `phx status` exited 1, on a
+    repository that holds that very backup. The rotation renames the ids in this machine's state."""
+    sb = backed_up
+    sb.phx_here("key", "rotate")
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    assert checks(doc, "last backup")[0]["status"] == "ok", doc["checks"]
+    status = sb.phx_here("status", "--json").json()
+    assert status["ok"] is True and status["alert"] is None, status
+
+
+def test_a_repository_made_anew_after_the_last_backup_is_said_so(backed_up: Sandbox) -> None:
+    """The first target's repository was made anew at the same path (`phx init` after the old one
+    was moved away) since the last backup: doctor failed with "is no longer in REPO (forgotten,
+    pruned or lost)", sending the user to hunt a loss, when that repository never held it."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    state = json.loads(path.read_text())
+    for record in (state, state["lastSuccess"], *state["targetsLastSuccess"].values()):
+        record["timestamp"] -= 60  # the backup ran a minute before the new repository was made
+    path.write_text(json.dumps(state))
+    sb.repo.rename(sb.repo.with_name("repo-old"))
+    sb.phx_here("init")
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "was made after that backup" in bad["message"], bad
+    assert "forgotten" not in bad["message"] and "`phx backup`" in bad["fix"], bad
+
+
+def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbox) -> None:
+    """`phx key rotate` run on another machine: this machine's state file still names the last
+    success by its old id, gone; doctor failed "forgotten, pruned or lost" while the backup is in
+    the repository under its new id. The rotation's record (`retired/`) names the successor."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    before = path.read_bytes()
+    sb.phx_here("key", "rotate")
+    path.write_bytes(before)  # as on a machine the rotation did not run on
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    assert checks(doc, "last backup")[0]["status"] == "ok", doc["checks"]

@@ -308,3 +308,38 @@ def test_a_command_longer_than_cron_keeps_is_refused_not_cut(tmp_path: Path) -> 
     ):
         with pytest.raises(UsageError, match="bytes and cron takes at most 998"):
             cron.line(spec, Job.for_config(config, env, home))
+
+
+def test_the_program_a_job_runs_is_the_python_before_phoenixs_module(tmp_path: Path) -> None:
+    """Doctor's `schedule.missing_program` took the first absolute path of the job's line for its
+    program: a crontab line edited by hand (`cd DIR && flock -n LOCK PYTHON ...`) failed doctor
+    ("runs /srv, which no longer exists") while every run worked; a Python path with a space and
+    a `%` (which `cron.line` writes as `\\%` inside quotes, and cron passes on as `%`) was called
+    gone; a systemd `ExecStart=-/gone/python ...` named the config file instead of the Python."""
+    import sys
+
+    from phoenix_backup.schedule import cron, missing_program
+
+    spec = ScheduleSpec.parse("daily", "03:00")
+    venv = tmp_path / "my venv%1" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python3").symlink_to(sys.executable)
+    config = tmp_path / "backup.json"
+    config.write_text("{}")
+    job = Job(
+        (str(venv / "python3"), "-m", "phoenix_backup.cli.main", "schedule", "run", "--config", str(config)),
+        (),
+        tmp_path,
+    )
+    home = tmp_path / "home"
+    assert missing_program("cron", {"entry": cron.line(spec, job)}, home) is None
+    edited = f"0 3 * * * cd {tmp_path} && flock -n {tmp_path / 'phx.lock'} {sys.executable} -m phoenix_backup.cli.main"
+    assert missing_program("cron", {"entry": edited + f" schedule run --config {config}"}, home) is None
+    gone = tmp_path / "moved" / "python3"
+    units = tmp_path / "units"
+    units.mkdir()
+    unit = units / systemd.service_name("phoenix-backup")
+    unit.write_text(f"[Service]\nExecStart=-{gone} -m phoenix_backup.cli.main schedule run --config {config}\n")
+    assert missing_program("systemd", {"unitDir": str(units)}, home) == str(gone)
+    moved = f"0 3 * * * {gone} -m phoenix_backup.cli.main schedule run --config {config} >/dev/null 2>&1"
+    assert missing_program("cron", {"entry": moved}, home) == str(gone)

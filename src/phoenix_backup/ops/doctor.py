@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,6 +46,7 @@ from phoenix_backup.ops.context import Environment, given_passphrase, load, open
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
+from phoenix_backup.repo import retired
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock, unreadable_lock_fix
 from phoenix_backup.repo.repository import Repository
@@ -792,7 +794,9 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     limit = 2 * INTERVALS.get(every, 86400)
     what = f"last successful backup {last.get('snapshotName') or ''} {_age(age)} ago".replace("  ", " ")
     first = cfg.targets.enabled_names()[0] if cfg.targets.enabled_names() else None
-    lost = _snapshot_lost(repo, last_snapshot_on(state, first) if state is not None and first else None)
+    record = ((state or {}).get("targetsLastSuccess") or {}).get(first) or last
+    sid = last_snapshot_on(state, first) if state is not None and first else None
+    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])))
     ahead = future_success_problem(float(last["timestamp"]), time.time())
     if ahead is not None:
         message, _, fix = ahead.partition("; ")
@@ -833,17 +837,31 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
 
 
-def _snapshot_lost(repo: Repository | None, snapshot_id: object) -> str | None:
-    """Why the snapshot the state file records as the last success there is not in the first target's
-    repository (forgotten, pruned, or lost with the store), or None: the state file alone would
+def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float) -> str | None:
+    """Why the snapshot the state file records as the last success there (written at `written`) is
+    not in the first target's repository (forgotten, pruned, or lost with the store; or the
+    repository was made anew since, and never held it), or None: the state file alone would
     call the machine protected by a backup that can no longer be restored."""
     if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
         return None
     try:
         if repo.backend.stat(f"snapshots/{snapshot_id}") is not None:
             return None
+        # `phx key rotate` (here or on another machine) re-sealed it under a new id: its record
+        # names the successor, and the backup is there.
+        successor = retired.load(repo).moved.get(f"snapshots/{snapshot_id}") if repo.can_read else None
+        if successor is not None and repo.backend.stat(successor) is not None:
+            return None
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
+    with contextlib.suppress(ValueError):
+        made = datetime.fromisoformat(repo.config.created)
+        # Both to the second: `phx init && phx backup` may share one, and that repository held the backup.
+        if made.timestamp() > int(written):
+            return (
+                f"the repository now at {repo.backend.location} was made after that backup "
+                f"({made.astimezone().isoformat(timespec='minutes')}): it never held snapshot {snapshot_id[:8]}"
+            )
     return (
         f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
         "(forgotten, pruned or lost)"
@@ -905,10 +923,11 @@ def _schedule(envx: Environment, result: DoctorResult) -> None:
     scheduler = held.scheduler or "?"
     details = held.installed.get(scheduler)
     if (program := schedule.missing_program(scheduler, details, envx.home)) is not None:
+        gone = "no longer exists (a virtualenv moved or removed)"
+        why = "is not an executable file" if os.path.exists(program) else gone
         result.add(
             "schedule", "fail",
-            f"the {scheduler} job runs {program}, which no longer exists (a virtualenv moved or removed): every "
-            "scheduled backup fails before it starts",
+            f"the {scheduler} job runs {program}, which {why}: every scheduled backup fails before it starts",
             "run `phx schedule install` again with the phx you use now",
         )  # fmt: skip
         return

@@ -82,6 +82,7 @@ from phoenix_backup.repo.prune import refuse_if_damaged, snapshot_blobs
 from phoenix_backup.repo.replicate import TargetReport
 from phoenix_backup.repo.repository import RepoConfig, Repository, sealed_with
 from phoenix_backup.reporting import Reporter
+from phoenix_backup.state import rename_snapshots, state_path
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.targets import refuse_append_only
 
@@ -291,6 +292,8 @@ def _rotate_first_target(repo: Repository, cfg: Config, envx: Environment) -> Ro
             for slot in sorted(old_slots, key=lambda s: s.id == repo.opened_with):
                 backend.delete(f"keys/{slot.id}")  # the slot that opened the repository last
             store.record(repo.config.id, backend.location, new.fingerprint, format=config.version)
+            # This machine's state file names the last success by its old id, gone now.
+            rename_snapshots(renamed, state_path(envx.home))
 
         try:
             backend.write("config", config.to_bytes())  # the commit point

@@ -261,20 +261,26 @@ class ScheduleStatus:
 def missing_program(scheduler: str, details: object, home: Path, kind: str = "backup") -> str | None:
     """The program an installed job runs (the Python of the virtualenv `phx schedule install` ran
     from) when it is no longer an executable file, or None: a venv moved or removed leaves the job
-    in place, and every scheduled run then fails before Phoenix starts, with its output nowhere."""
+    in place, and every scheduled run then fails before Phoenix starts, with its output nowhere.
+    The program is the word before `-m phoenix_backup.cli.main`, as the job is written: in a line
+    edited by hand (`cd DIR && flock -n LOCK PYTHON ...`) the first absolute path is a folder or
+    another file, and a line of another shape is not judged."""
     words: list[str] = []
     try:
         if scheduler == "cron" and isinstance(details, dict):
-            words = shlex.split(str(details.get("entry") or ""))
+            # cron passes `\%` on as `%` (`cron.line` escapes each `%` so), before the shell reads quotes.
+            words = shlex.split(str(details.get("entry") or "").replace("\\%", "%"))
         elif scheduler == "systemd" and isinstance(details, dict):
             unit = Path(str(details.get("unitDir"))) / systemd.service_name(job_name(kind))
             line = next((x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")), "")
             words = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line.removeprefix("ExecStart="))]
+            # ExecStart= prefixes: `-` (failure ignored), `@`, `:`, `+`, `!` (how it runs)
+            words = [words[0].lstrip("-@:+!"), *words[1:]] if words else words
     except (OSError, ValueError):
         return None
-    # A crontab line: the time fields and VAR=value words, then the absolute path of the program.
-    program = next((w for w in words if w.startswith("/")), None)
-    if program is None or (os.path.isfile(program) and os.access(program, os.X_OK)):
+    at = next((i for i in range(1, len(words) - 1) if words[i : i + 2] == ["-m", "phoenix_backup.cli.main"]), None)
+    program = words[at - 1] if at is not None else None
+    if program is None or not program.startswith("/") or (os.path.isfile(program) and os.access(program, os.X_OK)):
         return None
     return program
 
