@@ -852,6 +852,8 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float)
         successor = retired.load(repo).moved.get(f"snapshots/{snapshot_id}") if repo.can_read else None
         if successor is not None and repo.backend.stat(successor) is not None:
             return None
+        if not repo.can_read and retired.rotated_after(repo.backend.list(retired.PREFIX), written):
+            return None  # a write-only machine cannot open the record: renamed by that rotation, not lost
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
     with contextlib.suppress(ValueError):

@@ -34,11 +34,13 @@ Stored as `retired/<SHA-256 of the sealed bytes>`: JSON `{"version": 1, "names":
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from phoenix_backup.errors import CorruptObject, ObjectNotFound
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.repository import RETIRED_AAD, RETIRED_PREFIX, Repository
+from phoenix_backup.storage.base import ObjectInfo
 
 PREFIX = RETIRED_PREFIX
 VERSION = 1
@@ -116,3 +118,11 @@ def unsafe(names: set[str], moved: dict[str, str], old: list[str], present: set[
     """Those of a replica's `old` snapshots and segments (sealed under a retired key) that it must
     keep: no record names them, or their re-sealed successor is in none of `present`."""
     return [n for n in old if n not in names or (n in moved and moved[n] not in present)]
+
+
+def rotated_after(listed: Iterable[ObjectInfo], when: float) -> bool:
+    """Whether a rotation's record among `listed` (a listing holding `retired/`) may have been
+    written after `when`: a store that gives no write time counts as after. Read without the key,
+    so a machine that cannot open the records (`phx status`, a write-only machine) can tell that a
+    snapshot id it recorded may have been renamed by a rotation, not lost."""
+    return any(i.name.startswith(PREFIX) and (i.modified is None or i.modified > when) for i in listed)
