@@ -86,12 +86,13 @@ class _Store:
 
 # Every change `phx key rotate` makes, in order, on the tiny sample with two snapshots and two
 # passphrase slots (killpoint's changes: renames, links, unlinks, rmdirs and the target's object
-# writes and deletes), on local disk and on S3, with no integrity check record; each record adds
+# writes and deletes; after its commit point, the state file's rename naming the snapshots' new
+# ids), on local disk and on S3, with no integrity check record; each record adds
 # its re-sealed copy's write and its old copy's delete (PER_RECORD). The sample's backups record a
 # check of each of its 3 databases at least once (RECORDS; the second backup's checks, when they
 # are recorded, add 3 more): the heavy kills walk the changes there are then, and
 # test_rotation_changes_are_counted keeps the count true for the records it finds.
-ROTATE_CHANGES = {"local": 48, "s3": 25}
+ROTATE_CHANGES = {"local": 49, "s3": 26}
 PER_RECORD = {"local": 4, "s3": 2}
 RECORDS = 3
 KILLS = [("local", 23)]  # new packs, index and snapshots written, a check record being re-sealed; no config yet

@@ -728,8 +728,10 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
             f"stale {lk.describe()}",
             f"`phx unlock` removes it (first make sure no Phoenix still runs on {lk.host})",
         )
+    warned: set[str] = set()  # the locks a warning below names already
     for lk in locks:
         if lk not in stale and repo.locks.unjudged(lk, now):
+            warned.add(lk.name)
             result.add(
                 "locks",
                 "warn",
@@ -739,9 +741,11 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
             )
         elif lk not in stale and repo.locks.undated(lk, now):
             # Never stale by any clock: it blocks prune until watched unchanged for STALE_SECONDS.
+            warned.add(lk.name)
             result.add("locks", "warn", lk.describe(), repo.locks.undated_reason(lk, now))
         elif lk not in stale and lk.process_runs() and (note := repo.locks.watch_note(lk, now)):
             # Never judged stale (it runs here), so no other check names it: it blocks prune until it ends.
+            warned.add(lk.name)
             result.add(
                 "locks",
                 "warn",
@@ -751,7 +755,7 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
             )
     active = [lk for lk in locks if lk not in stale]
     for lk in active:
-        if lk.readable and lk.exclusive:
+        if lk.readable and lk.exclusive and lk.name not in warned:  # one warning a lock
             # A running prune, forget or key change: every backup started meanwhile fails with "the
             # repository is locked", so "none stale" alone would call backups possible now.
             result.add(
