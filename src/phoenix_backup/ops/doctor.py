@@ -762,7 +762,9 @@ def _locks(repo: Repository | None, result: DoctorResult) -> None:
                 "locks",
                 "warn",
                 f"{lk.describe()}: a backup started while it is held fails (the repository is locked)",
-                f"wait for it to finish; if no Phoenix runs on {lk.host} any more, `phx unlock` removes it",
+                # Fresh, it is not stale: plain `phx unlock` keeps it.
+                f"wait for it to finish; if no Phoenix runs on {lk.host} any more, `phx unlock --all` removes it "
+                "(only if no Phoenix runs anywhere on this repository)",
             )
     if not stale:
         held = f"{len(active)} held by running commands" if active else "none held"
