@@ -218,7 +218,7 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     if sid is None or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
         return
     written = first.last_success or result.last_success
-    if written is None or retired.rotated_after(first.retired, written):
+    if written is not None and retired.rotated_after(first.retired, written):
         # `phx key rotate` since (on another machine: this one's state file was not told) gave every
         # snapshot a new id; status opens no rotation record to follow it, so no alert for it.
         result.warnings.append(
