@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ from test_pack_ids import remake_as_format_2
 from test_watch_adversary import _commit, _table
 from test_watch_bases import _watcher
 
+from phoenix_backup.dirs import data_dir
+from phoenix_backup.repo import keys
 from phoenix_backup.repo.pins import Pins
 from phoenix_backup.repo.replicate import TargetReport, replicate
+from phoenix_backup.repo.repository import RepoConfig
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend
 
@@ -124,9 +128,17 @@ def test_a_format_2_repository_watched_says_sha256_and_keeps_its_pack_names(make
     assert _config(sb.repo) == doc, "a backup keeps format 5"
     packs = [p for p in (sb.repo / "data").rglob("*") if p.is_file()]
     assert packs and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in packs)
-    # Its format 2 config put back stays a downgrade (a format 1 config planted without the key
-    # and signed by another machine's upgrade is one too); only a format 4 one is used as it is.
+    # Its format 2 config put back is used as it is, with a notice (the pin says the watch made 5
+    # of exactly it); one with other fields, signed by the same key (a format 1 config planted
+    # without the key and signed by another machine's upgrade), stays a downgrade.
     (sb.repo / "config").write_bytes(format_2)
+    taken = sb.phx_here("list")
+    assert "is format 2, but this machine saw it format 5" in taken.err, taken.err
+    with _repo(sb) as repo:
+        chunker = {**repo.config.chunker, "avg": repo.config.chunker["avg"] * 2}
+        other = replace(repo.config, chunker=chunker).signed(repo.secrets)
+    assert other.version == 2
+    (sb.repo / "config").write_bytes(other.to_bytes())
     refused = sb.phx_here("list", code=1)
     assert "is format 2 and not write-only, but this machine saw it format 5" in refused.err, refused.err
 
@@ -282,6 +294,79 @@ def test_a_replica_the_watch_has_not_reached_still_restores_when_the_first_targe
     done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
     assert "is format 4, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
     assert sorted(p.name for p in out.rglob("*") if p.is_file())
+
+
+def test_a_format_2_replica_the_watch_has_not_reached_restores_when_the_first_target_is_lost(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A format 2 repository (SHA-256 pack names) synced to a replica, then watched: the first
+    target and the pin say 5, the replica 2. The first target lost, the replica restores with the
+    notice (before: refused as a downgrade, "restore the config object from another target", which
+    nothing held). A format 1 config planted there, or one signed by another key, stays refused; a
+    pin from before the watch's mark recorded the format before keeps refusing the 2."""
+    sb: Sandbox = make_sandbox()
+    remake_as_format_2(sb)
+    snap = sb.backup()
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    _watch_once(sb)
+    assert _config(sb.repo)["version"] == 5 and _config(replica)["version"] == 2
+    pins_path = data_dir(sb.env) / "pins.json"
+    repo_id = _config(replica)["id"]
+    assert json.loads(pins_path.read_text())["repositories"][repo_id]["format"] == 5
+    sb.write_config(backupDir=str(replica))
+    out = tmp_path / "restored"
+    done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
+    assert "is format 2, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
+    assert sorted(p.name for p in out.rglob("*") if p.is_file())
+    format_2 = (replica / "config").read_bytes()
+    # A format 1 config planted there (no MAC) is never taken.
+    planted = {k: v for k, v in json.loads(format_2).items() if k != "mac"} | {"version": 1}
+    (replica / "config").write_text(json.dumps(planted))
+    refused = sb.phx_here("list", code=1)
+    assert "is format 1 without authentication, but this machine saw it authenticated" in refused.err, refused.err
+    # A format 2 config signed by another key, beside that key's slot: the key changed.
+    (replica / "config").write_bytes(format_2)
+    stranger = keys.MasterSecrets.generate()
+    config = RepoConfig.from_bytes(format_2, "replica")
+    (replica / "config").write_bytes(config.signed(stranger).to_bytes())
+    refused = sb.phx_here("list", code=1)
+    assert "the repository config is not authenticated by this key" in refused.err, refused.err
+    # A pin from before `before` was recorded: the format 2 config is refused as before.
+    (replica / "config").write_bytes(format_2)
+    doc = json.loads(pins_path.read_text())
+    assert doc["repositories"][repo_id].pop("before") == {"format": 2, "config": config.fields_digest()}
+    pins_path.write_text(json.dumps(doc))
+    refused = sb.phx_here("list", code=1)
+    assert "is format 2 and not write-only, but this machine saw it format 5" in refused.err, refused.err
+
+
+def test_a_write_only_format_3_replica_reads_on_the_reading_machine_when_the_first_target_is_lost(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A format 2 repository made write-only (format 3) and synced to a replica; the reading
+    machine saw it 3, then the writer's watch made the first target 5, which the reading machine
+    saw too: the first target lost, the format 3 replica is read with the notice (before: refused
+    as a downgrade)."""
+    from test_write_only import Reader, _age_key
+
+    sb: Sandbox = make_sandbox()
+    remake_as_format_2(sb)
+    sb.backup()
+    identity, recipient = _age_key()
+    sb.phx_here("key", "add", "--method", "age", "--write-only", "--recipient", recipient)
+    assert _config(sb.repo)["version"] == 3
+    replica = tmp_path / "replica"
+    assert _sync(sb, replica).ok
+    reader = Reader(sb, tmp_path / "reader", identity)
+    assert reader.phx("list", "--json").json()
+    _watch_once(sb)
+    assert _config(sb.repo)["version"] == 5 and _config(replica)["version"] == 3
+    assert reader.phx("list", "--json").json()  # the reading machine's pin says 5 now
+    config = json.loads(reader.config_path.read_text()) | {"backupDir": str(replica)}
+    reader.config_path.write_text(json.dumps(config))
+    done = reader.phx("list", "--json")
+    assert done.json() and "is format 3, but this machine saw it format 5" in done.err, done.err
 
 
 def test_a_config_repair_objects_copies_from_a_format_4_replica_is_made_5_again(

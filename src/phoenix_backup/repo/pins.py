@@ -8,7 +8,7 @@ later change is a hard error (`KeyChanged`) until the user says, with `phx key t
 checked it.
 
     <data dir>/pins.json   {"version": 1, "repositories": {id: {fingerprint, next, format,
-                           writeOnly, pinned, locations: [...], retired: [...]}}}
+                           before, writeOnly, pinned, locations: [...], retired: [...]}}}
 
 It lives in the data dir, not the cache: losing it silently would turn every repository back into
 a first use. It is per user, mode 0600, rewritten atomically (temp file, fsync, rename, fsync of
@@ -22,6 +22,11 @@ the folder) under an flock, so two `phx` processes never lose each other's pins.
 - `format` is the highest repository format seen authenticated: a lower one is a config put back
   from before (format 2 back to 1 loses its authentication, 3 back to 2 its write-only section)
   and is refused.
+- `before` ({format, config}): when a `phx watch` raised `format` to 5 (`mark_captures`), the
+  format the repository had just before (2, 3 or 4) and a digest of its config's fields
+  (`RepoConfig.fields_digest`): a config of exactly that format, signed by the pinned key, with
+  those fields, is a replica the watch never reached, used with a notice. A pin from before this
+  field has none: only a format 4 config is taken so then.
 - `writeOnly`: the repository was seen write-only. A format 4 repository stays format 4 when made
   write-only, so its format alone cannot tell its config from before the conversion.
 - `retired` are the fingerprints this user moved away from: a repository that shows one again
@@ -66,6 +71,8 @@ class Pin:
     fingerprint: str
     next: str | None = None  # the fingerprint an unfinished `phx key rotate` moves to
     format: int = 1
+    # (format, fields digest) of the config just before a watch made it format 5, when this machine did.
+    before: tuple[int, str] | None = None
     write_only: bool = False  # seen write-only (a format 3 config, or a format 4 one with `writeOnly`)
     pinned: str = ""  # RFC 3339, when this user first trusted the repository (or last re-trusted it)
     locations: list[str] = field(default_factory=list)
@@ -86,6 +93,8 @@ class Pin:
             "pinned": self.pinned,
             "locations": sorted(set(self.locations)),
         }
+        if self.before is not None:
+            doc["before"] = {"format": self.before[0], "config": self.before[1]}
         if self.write_only:
             doc["writeOnly"] = True
         if self.next is not None:
@@ -146,6 +155,7 @@ class Pins:
                     fingerprint=str(entry["fingerprint"]),
                     next=str(entry["next"]) if entry.get("next") else None,
                     format=int(entry.get("format", 1)),
+                    before=_before(entry.get("before")),
                     write_only=entry.get("writeOnly") is True,
                     pinned=str(entry.get("pinned", "")),
                     locations=[str(x) for x in entry.get("locations", [])],
@@ -238,6 +248,7 @@ class Pins:
         fingerprint: str,
         *,
         format: int,
+        before: tuple[int, str] | None = None,
         write_only: bool = False,
         next: str | None = None,
         keep_next: bool = False,
@@ -248,7 +259,9 @@ class Pins:
         location holds one repository). `next` sets the fingerprint a rotation moves to; with
         `keep_next` the one recorded stays. `retrust` marks an explicit `phx key trust`. `first`:
         a first use, refused if another process pinned another key in the meantime. `format` and
-        `write_only` are what the config was seen as; neither is ever lowered."""
+        `write_only` are what the config was seen as; neither is ever lowered. `before`: the
+        format and fields digest of the config a watch raised to `format`, kept only when this
+        raises the pin's format (a later one never replaces it)."""
         with self._locked() as pins:
             pin = pins.get(repo_id)
             if first and pin is not None:
@@ -275,6 +288,8 @@ class Pins:
                 pin.retired.remove(fingerprint)
             pin.fingerprint = fingerprint
             pin.next = previous_next if keep_next else next
+            if before is not None and format > pin.format:
+                pin.before = before
             pin.format = max(pin.format, format)
             pin.write_only = pin.write_only or write_only
             if location not in pin.locations:
@@ -365,6 +380,14 @@ def _put(where: dict[str, list[Seen]], location: str, entries: list[Seen]) -> No
         where[location] = entries
     else:
         where.pop(location, None)
+
+
+def _before(raw: object) -> tuple[int, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("`before` is not an object")
+    return int(raw["format"]), str(raw["config"])
 
 
 def _entries(raw: object) -> list[Seen]:

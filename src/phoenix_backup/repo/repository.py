@@ -191,6 +191,12 @@ class RepoConfig:
         """Whether `other` holds the same parameters, whatever its format 5 mark, version and MAC."""
         return replace(self, captures=False, version=0, mac=None) == replace(other, captures=False, version=0, mac=None)
 
+    def fields_digest(self) -> str:
+        """A digest of what `same_but_captures` compares (every field but the format 5 mark, the
+        version and the MAC): the pin keeps it for the config a watch marked (repo/pins.py `before`)."""
+        doc = replace(self, captures=False, version=0, mac=None).document()
+        return blake3.blake3(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     def writer_problem(self, write_key: WriteKey) -> str | None:
         """Why this config is not the write-only repository of `write_key`, or None."""
         if self.write_only is None:
@@ -770,6 +776,7 @@ class Repository:
         MAC and the JSON are deterministic), and each object is replaced atomically."""
         if self.config.captures:
             return False
+        before = self.config
         key: keyslots.MasterSecrets | WriteKey = self.write_key if self.config.write_only is not None else self.secrets
         config = replace(self.config, captures=True).signed(key)
         self.locks.confirm_held("no capture segment was written")
@@ -781,12 +788,14 @@ class Repository:
         self.backend.write("config", config.to_bytes())
         self.config = config
         if self.pins is not None and self._secrets is not None:
-            # From now on this machine refuses the format 4 config put back (a downgrade).
+            # From now on this machine refuses a config of a lower format put back (a downgrade),
+            # but the one just marked (`before`): a replica the watch never reached.
             self.pins.record(
                 config.id,
                 self.backend.location,
                 self._secrets.fingerprint,
                 format=config.version,
+                before=(before.version, before.fields_digest()),
                 write_only=config.write_only is not None,
                 keep_next=True,
             )
@@ -1887,7 +1896,8 @@ def _choose_secrets(
         # downgraded to format 1 (no MAC) stays refused.
         seen = pin.format if pin is not None else config.version
         write_only = pin.write_only if pin is not None else config.write_only is not None
-        pin, pins = Pin(config.id, expect, format=seen, write_only=write_only), None
+        before = pin.before if pin is not None else None
+        pin, pins = Pin(config.id, expect, format=seen, before=before, write_only=write_only), None
     if pins is not None:
         # A location holds one repository: another one there (new, or one this machine knows from
         # elsewhere, such as a copy of the owner's other repository) is refused alike.
@@ -1908,14 +1918,25 @@ def _choose_secrets(
             f"this machine saw it authenticated (format {pin.format}): someone may have downgraded it to "
             "change how data is written; restore the config object from another target or a copy"
         )
-    # Format 5 says only "may hold capture segments" (`mark_captures`): a format 4 config this key
-    # signs is a replica no watch or sync has reached since (the first target may be lost), or one
-    # put back. This Phoenix reads and writes it as it is (its rotation re-seals segments, its watch
-    # marks it again), saying so below; the pin keeps 5, so an older Phoenix here still refuses it.
-    # Only 4: a format 2 or 3 config may be a format 1 one planted without the key (other chunker
-    # sizes, say) that another machine's upgrade signed, which the pin's higher format refuses;
-    # format 4 is only ever written by `phx init` (a 5 made from a 2 says "sha256").
-    unmarked = pin is not None and pin.format == CAPTURES_FORMAT_VERSION and config.version == PACK_IDS_FORMAT_VERSION
+    # Format 5 says only "may hold capture segments" (`mark_captures`): the config it was made from,
+    # signed by this key, is a replica no watch or sync has reached since (the first target may be
+    # lost), or one put back. This Phoenix reads and writes it as it is (its rotation re-seals
+    # segments, its watch marks it again), saying so below; the pin keeps 5, so an older Phoenix
+    # here still refuses it. Which config that is, the pin says when this machine's watch marked it
+    # (`before`: its format, 2, 3 or 4, and a digest of its fields); a pin from before that says
+    # nothing and takes format 4 alone, which only `phx init` writes (a 5 made from a 2 says
+    # "sha256"). Any other lower format stays refused: a format 2 or 3 config may be a format 1 one
+    # planted without the key (other chunker sizes, say) that another machine's upgrade signed, and
+    # its fields then differ from those pinned. Format 1 never (refused above: no MAC).
+    unmarked = (
+        pin is not None
+        and pin.format == CAPTURES_FORMAT_VERSION
+        and (
+            config.version == PACK_IDS_FORMAT_VERSION
+            if pin.before is None
+            else config.version == pin.before[0] and config.fields_digest() == pin.before[1]
+        )
+    )
     lowered = pin is not None and config.version < pin.format and not unmarked
     if pin is not None and (lowered or (pin.write_only and config.write_only is None)):
         was = "write-only" if pin.write_only and config.write_only is None else f"format {pin.format}"
@@ -2004,8 +2025,18 @@ def _choose_secrets(
         ):
             # A rotation reached its commit point (the config is authenticated by the new key):
             # from now on only the new key is accepted, but `next` still says it is unfinished.
+            # A format 5 config this key signs, over a pin of 2 to 4: another machine's watch marked
+            # a config of the pin's format or higher with these fields (a higher one, 3 after a
+            # conversion, fails the check of `before` safely: refused as before).
+            marked = config.version == CAPTURES_FORMAT_VERSION and pin.format >= BASE_FORMAT_VERSION
             pins.record(
-                config.id, location, fingerprint, format=config.version, write_only=seen_write_only, keep_next=True
+                config.id,
+                location,
+                fingerprint,
+                format=config.version,
+                before=(pin.format, config.fields_digest()) if marked else None,
+                write_only=seen_write_only,
+                keep_next=True,
             )
         if pin is not None and pin.next is not None:
             notice("a `phx key rotate` on this machine did not finish; run `phx key rotate` again to finish it")
