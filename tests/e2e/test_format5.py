@@ -319,6 +319,11 @@ def test_a_format_2_replica_the_watch_has_not_reached_restores_when_the_first_ta
     done = sb.phx_here("restore", "--backup", snap["id"], "--to", out)
     assert "is format 2, but this machine saw it format 5" in done.err and "phx sync" in done.err, done.err
     assert sorted(p.name for p in out.rglob("*") if p.is_file())
+    # `phx key trust` keeps what the pin says of the format before (it lowers nothing).
+    with _repo(sb) as repo:
+        fingerprint = repo.fingerprint
+    trusted = sb.phx_here("key", "trust", fingerprint)
+    assert "is format 2, but this machine saw it format 5" in trusted.err, trusted.err
     format_2 = (replica / "config").read_bytes()
     # A format 1 config planted there (no MAC) is never taken.
     planted = {k: v for k, v in json.loads(format_2).items() if k != "mac"} | {"version": 1}
