@@ -78,6 +78,54 @@ def test_setuid_and_setgid_survive_a_restore_as_root(sandbox: Sandbox, tmp_path:
         assert stat.S_IMODE(st.st_mode) == 0o2775, f"{base}: folder mode {oct(stat.S_IMODE(st.st_mode))}"
 
 
+def _user_namespace() -> list[str] | None:
+    """A wrapper running a command as root in a user namespace that maps no other id (as a rootless
+    container does): the kernel refuses a chown to any other owner there (EINVAL)."""
+    prefix = ["unshare", "--user", "--map-root-user"]
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run([*prefix, "true"], capture_output=True, stdin=subprocess.DEVNULL)
+    return prefix if probe.returncode == 0 else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring ownership needs root")
+def test_a_restore_as_root_that_cannot_set_owners_says_which_paths_kept_another(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Root restoring where the file system keeps no owners or refuses root's chown (vfat, NFS with
+    root squashed, a user namespace mapping no other id) had every owner left root's without a word:
+    an agent running as its user then cannot write its memory. The restore still succeeds (bytes
+    and modes restored) and says which paths kept another owner, and the fix."""
+    prefix = _user_namespace()
+    if prefix is None:
+        pytest.skip("no user namespaces here (unshare --user --map-root-user)")
+    sb = sandbox
+    notes = sb.workspace / "notes"
+    notes.mkdir()
+    (notes / "today.md").write_text("remember the plan\n")
+    (notes / "link.md").symlink_to("today.md")
+    for path in (notes, notes / "today.md"):
+        os.chown(path, 4321, 4321)
+    os.lchown(notes / "link.md", 4321, 4321)
+    doc = sb.backup()
+
+    dest = tmp_path / "restored"
+    sb.prefix = prefix
+    try:
+        res = sb.phx("restore", "--backup", doc["id"], "--to", dest, "--json")
+    finally:
+        sb.prefix = ()
+    report = res.json()
+    assert (dest / "workspace" / "notes" / "today.md").read_text() == "remember the plan\n"
+    assert os.readlink(dest / "workspace" / "notes" / "link.md") == "today.md"
+    warned = [w for w in report["warnings"] if "is not the snapshot's" in w]
+    assert len(warned) == 1, report["warnings"]
+    for logical in ("workspace/notes:", "workspace/notes/today.md:", "workspace/notes/link.md:"):
+        assert logical in warned[0]
+    assert "Invalid argument" in warned[0] and "chown -R" in warned[0]
+    print(warned[0])
+
+
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")  # not below /root
 HOLDER = """
 import mmap, os, sys, time

@@ -1060,6 +1060,8 @@ class _Restore:
             result.alignment = self.align(writer, plan)
             writer.finish_dirs()
             writer.check_folders()
+            if writer.owners_kept:
+                result.warnings.append(_owners_kept(writer.owners_kept))
         finally:
             # On the first failure nothing more is started; what is being written finishes, and
             # database copies that were not applied are removed; the renames made are synced.
@@ -1400,6 +1402,19 @@ def _bytes_progress(report: Reporter, phase: str) -> Callable[[int, int], None]:
         told = done
 
     return progress
+
+
+def _owners_kept(kept: list[str]) -> str:
+    """The warning of a restore run as root whose destination did not take the snapshot's owners."""
+    shown = sorted(kept)
+    count = leftovers.SHOWN_PROBLEMS
+    more = f", and {len(shown) - count} more" if len(shown) > count else ""
+    return (
+        f"the owner of {len(shown)} restored path(s) is not the snapshot's ({'; '.join(shown[:count])}{more}): "
+        "the destination's file system keeps no owners or refuses root's chown (vfat, exFAT, NFS with root "
+        "squashed, a user namespace that maps no such id); their bytes and modes are restored. Give them to their "
+        "user with chown -R, or restore onto a file system that keeps owners"
+    )
 
 
 def _record(result: RestoreResult, logical: str, action: Callable[[], T]) -> T | None:

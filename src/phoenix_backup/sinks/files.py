@@ -461,6 +461,9 @@ class FileWriter:
         # A warning for each database copy that could not be removed after another error
         # (sinks/sqlite.py `discard_copy`): the restore says them at its end, `leftovers.bounded`.
         self.kept_copies: list[str] = []
+        # The paths whose owner could not be restored, each with why (`owner_mode`): the restore
+        # says them at its end, `leftovers.bounded`.
+        self.owners_kept: list[str] = []
         # The restore's small files, read pack by pack for many at once (repo/reader.py); None:
         # each file reads its own blobs.
         self.schedule: PackSchedule | None = None
@@ -886,7 +889,7 @@ class FileWriter:
         for logical, node in sorted(self._dir_meta, key=lambda x: x[0].count("/"), reverse=True):
             try:
                 with self.open_dir(logical) as dfd:
-                    set_owner_mode(dfd, node)
+                    self.owner_mode(dfd, logical, node)
                     os.utime(dfd, ns=(node.mtime_ns, node.mtime_ns))
             except FileNotFoundError:
                 continue  # removed since (its creation failed and was reported)
@@ -902,7 +905,7 @@ class FileWriter:
             except OSError as exc:  # the folder takes no new entry (its mode, an immutable attribute, a full disk)
                 raise unsafe_or_error(exc, logical, self.destination_error) from exc
             try:
-                set_link_owner(fd, tmp, node, logical)
+                self.owner_kept(logical, set_link_owner(fd, tmp, node, logical))
                 self.unchanged_since_planned(fd, name, logical)
             except BaseException:
                 _drop_temp(fd, tmp)
@@ -929,12 +932,20 @@ class FileWriter:
                         f"{logical} in the destination changed since this restore planned it, and it would have "
                         "been given to another owner or the setuid/setgid bits; it was left alone: restore again"
                     )
-                set_owner_mode(f, node)
+                self.owner_mode(f, logical, node)
                 os.utime(f, ns=(node.mtime_ns, node.mtime_ns))
                 self.remember(logical, f)
             finally:
                 os.close(f)
         return "ok"
+
+    def owner_mode(self, fd: int, logical: str, node: Node) -> None:
+        """`set_owner_mode`, noting a path whose owner could not be restored."""
+        self.owner_kept(logical, set_owner_mode(fd, node))
+
+    def owner_kept(self, logical: str, problem: str | None) -> None:
+        if problem is not None:
+            self.owners_kept.append(f"{logical}: {problem}")
 
     def remember(self, logical: str, fd: int) -> None:
         st = os.fstat(fd)
@@ -994,7 +1005,7 @@ class FileWriter:
             raise unsafe_or_error(exc, logical, self.destination_error) from exc
         try:
             write_content(self.repo, out, logical, node, self.progress, self.schedule)
-            set_owner_mode(out, node)
+            self.owner_mode(out, logical, node)
             os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
         except BaseException as exc:
             os.close(out)
@@ -1251,16 +1262,16 @@ def owner_differs(node: Node, st: os.stat_result) -> bool:
     return os.geteuid() == 0 and (st.st_uid, st.st_gid) != (node.uid, node.gid)
 
 
-def set_link_owner(fd: int, name: str, node: Node, logical: str) -> None:
+def set_link_owner(fd: int, name: str, node: Node, logical: str) -> str | None:
     """As root, the owner of the symlink `name` this restore just made in the folder `fd` (the link
     itself, never what it points to): a link has no mode of its own, but its owner decides who may
     rename or delete it in a sticky folder (/tmp), and whether root follows it there. The link is
     opened (O_PATH, never followed) and checked to be this process's own, pointing where the
     snapshot's does, before that very inode is given away: in a folder another user can write, a
-    link of theirs swapped in under the temporary name is refused, never made root's. A file
-    system that keeps no owner is left as it is."""
+    link of theirs swapped in under the temporary name is refused, never made root's. Why the
+    owner could not be set, or None (as `set_owner_mode`)."""
     if os.geteuid() != 0:
-        return
+        return None
     link = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     try:
         st = os.fstat(link)
@@ -1274,8 +1285,14 @@ def set_link_owner(fd: int, name: str, node: Node, logical: str) -> None:
                 "not the one it made); it was left alone: restore again"
             )
         chown = _fchownat()
-        if chown is not None and (st.st_uid, st.st_gid) != (node.uid, node.gid):
-            chown(link, b"", node.uid, node.gid, _AT_EMPTY_PATH)  # a file system without owners: left as is
+        if chown is None or (st.st_uid, st.st_gid) == (node.uid, node.gid):
+            return None
+        if chown(link, b"", node.uid, node.gid, _AT_EMPTY_PATH) != 0:
+            return os.strerror(ctypes.get_errno())
+        st = os.fstat(link)
+        if (st.st_uid, st.st_gid) != (node.uid, node.gid):
+            return f"the file system kept owner {st.st_uid}:{st.st_gid}"
+        return None
     finally:
         os.close(link)
 
@@ -1296,10 +1313,23 @@ def _fchownat() -> Callable[[int, bytes, int, int, int], int] | None:
     return cast(Callable[[int, bytes, int, int, int], int], fn)
 
 
-def set_owner_mode(fd: int, node: Node) -> None:
+def set_owner_mode(fd: int, node: Node) -> str | None:
     """The owner (as root) first, then the mode: Linux clears the setuid and setgid bits on every
-    chown, root's included, so the other order loses them (tar and restic chown first too)."""
+    chown, root's included, so the other order loses them (tar and restic chown first too).
+
+    Why the owner could not be set, or None: a file system that keeps no owners (vfat, exFAT), NFS
+    with root squashed, a user namespace that maps no such id refuse the chown or ignore it. The
+    mode is set all the same, and the restore says which paths kept another owner (`FileWriter.owner_mode`):
+    an agent running as its own user cannot write a memory file left root's."""
+    problem = None
     if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
+        try:
             os.fchown(fd, node.uid, node.gid)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        else:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (node.uid, node.gid):
+                problem = f"the file system kept owner {st.st_uid}:{st.st_gid}"
     os.fchmod(fd, node.mode)
+    return problem

@@ -30,7 +30,7 @@ from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import NOT_CHECKED, Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.sinks import sqlite_folder, sqlite_live
-from phoenix_backup.sinks.files import FileWriter, discard, rename_over, set_owner_mode, unsafe_or_error, write_content
+from phoenix_backup.sinks.files import FileWriter, discard, rename_over, unsafe_or_error, write_content
 from phoenix_backup.storage.local import os_error
 
 
@@ -147,7 +147,7 @@ def restore_database(
                 raise writer.destination_error(exc, logical, node.size) from exc
             try:
                 if applied:
-                    _set_live_metadata(fd, name, node, logical)
+                    _set_live_metadata(writer, fd, name, node, logical)
                     method = "backup-api"
                 else:
                     # Absent or unreadable: the new file replaces it, and journals of the old one go
@@ -183,7 +183,7 @@ def restore_database(
     return info
 
 
-def _set_live_metadata(fd: int, name: str, node: Node, logical: str) -> None:
+def _set_live_metadata(writer: FileWriter, fd: int, name: str, node: Node, logical: str) -> None:
     try:
         f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
     except OSError as exc:
@@ -191,7 +191,7 @@ def _set_live_metadata(fd: int, name: str, node: Node, logical: str) -> None:
     try:
         if not stat.S_ISREG(os.fstat(f).st_mode):
             raise UnsafePath(f"{logical} in the destination is not a file any more; move it aside and restore again")
-        set_owner_mode(f, node)
+        writer.owner_mode(f, logical, node)
         os.fsync(f)
     finally:
         os.close(f)
