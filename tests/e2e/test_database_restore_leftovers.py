@@ -951,3 +951,99 @@ def test_a_restore_failing_after_pg_restore_committed_keeps_the_roles_of_the_res
     finally:
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {login}; DROP ROLE IF EXISTS {owner}")
+
+
+# `phx` killed (SIGKILL) while pg_restore reads the dump: it is fed all but the dump's last bytes,
+# then the process dies, and pg_restore, left reading a dump cut short, fails and rolls back.
+_KILLED_MID_DUMP = """
+import os, signal, sys
+from phoenix_backup.sinks import postgres as sink
+blocks = sink.stream_blocks
+def cut_short(*a, **k):
+    data = b"".join(blocks(*a, **k))
+    yield data[: len(data) - 16]
+    os.kill(os.getpid(), signal.SIGKILL)
+sink.stream_blocks = cut_short
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("step", ["_feed", "mid-dump", "_analyze"])
+def test_a_killed_restore_to_a_new_database_leaves_none_half_restored(
+    sandbox: Sandbox, pg_server: PgServer, step: str
+) -> None:
+    """`phx restore --to-database NAME` SIGKILLed once it created NAME (as pg_restore was to start,
+    `_feed`; while pg_restore read the dump; after pg_restore committed, `_analyze`): the new
+    database stayed, empty yet looking like a real one, and running the same command again only
+    said it already exists. Now the run's journal names it (and its oid) before it is created: the
+    next restore drops it when its pg_restore never committed (nobody connected, same oid) and
+    restores it whole; one whose pg_restore committed is complete, stays, and the re-run's error
+    says so with the exact DROP DATABASE."""
+    import subprocess
+
+    pg = pg_server
+    db = pg.create_database("killnew")
+    copy = f"{db}_copy"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+    env, _ = _backed_up(sandbox, pg, db)
+    args = ["restore", "--latest", "--databases-only", "--to-database", copy]
+    try:
+        script = [_KILLED_MID_DUMP] if step == "mid-dump" else [_KILLED_AT, step]
+        killed = subprocess.run(
+            [sys.executable, "-c", *script, *args], env=env, capture_output=True, text=True, check=False
+        )
+        assert killed.returncode == -9, killed.stderr
+        assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (copy,)) == [(1,)]
+        # pg_restore, which the kill left reading the rest of the dump, ends (and rolls back).
+        pg.sql("postgres", f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{copy}'")
+        tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        assert pg.query(copy, tables) == [(1 if step == "_analyze" else 0,)]  # empty, yet a database like any
+        if step == "_analyze":
+            again = run_phx_here(args, env, code=2)
+            assert "pg_restore committed" in again.out + again.err, again
+            assert f'DROP DATABASE "{copy}";' in again.out + again.err, again
+            assert pg.query(copy, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
+        else:
+            again = run_phx_here(args, env)
+            assert "which a killed restore had created and whose pg_restore never committed, was dropped" in again.out
+            assert pg.query(copy, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
+        assert not list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
+
+
+@pytest.mark.parametrize("case", ["in use", "unproven"])
+def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A killed restore's new database that cannot be dropped (a session is connected to it, or
+    the run was killed before it noted the database's oid, so it is not provably that run's): a
+    re-run into it said only that it exists. Now it is refused in one error naming what a killed
+    restore left and the exact DROP DATABASE; nothing is dropped."""
+    pg = pg_server
+    db = pg.create_database("leftnew")
+    copy = pg.create_database("lefthalf")  # the killed restore's database, empty
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    oid = pg.query("postgres", "SELECT oid FROM pg_database WHERE datname = %s", (copy,))[0][0]
+    lines: list[dict[str, Any]] = [{"creating": copy}]
+    if case == "in use":
+        lines.append({"created": copy, "oid": oid})
+    journal = _killed_runs_journal(pg, lines)
+    holder = pg.connect(copy) if case == "in use" else contextlib.nullcontext()
+    try:
+        with holder:
+            out = run_phx_here(["restore", "--latest", "--databases-only", "--to-database", copy], env, code=2)
+        text = out.out + out.err
+        assert f"database {copy} already exists" in text and "a restore into it was killed" in text, text
+        assert f'DROP DATABASE "{copy}";' in text, text
+        assert ("session is connected" if case == "in use" else "cannot prove") in text, text
+        assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE oid = %s", (oid,)) == [(1,)]
+        assert journal.exists() == (case == "in use")  # looked at again next time while in use
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
