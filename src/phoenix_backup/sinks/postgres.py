@@ -143,10 +143,6 @@ class _Exists(UsageError):
     """`--to-database` names a database that exists (the restore stops before it changes anything)."""
 
 
-def _drop_statement(database: str) -> str:
-    return f"DROP DATABASE {sql.Identifier(database).as_string(None)};"
-
-
 def _create_database(
     conn: pg.PgConn,
     manifest: dict[str, Any],
@@ -528,7 +524,7 @@ def _killed_restores_database(
     name but the run was killed before it noted its oid (or it has another): it stays, named. "gone":
     nothing of it is left."""
     assert run.creating is not None
-    name, drop = run.creating, _drop_statement(run.creating)
+    name, drop = run.creating, postgres_roles.drop_statement("DATABASE", run.creating)
     oid = run.created_oid if run.created_oid is not None else run.database_oid
     with conn.connect_server() as con:
         row = con.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()

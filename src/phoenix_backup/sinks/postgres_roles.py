@@ -156,6 +156,13 @@ class KilledRun:
         return self.drill or self.creating
 
 
+def drop_statement(kind: str, name: str) -> str:
+    """`DROP DATABASE "name";` (`kind` DATABASE or ROLE), the name quoted as the server reads it."""
+    from psycopg import sql
+
+    return f"DROP {kind} {sql.Identifier(name).as_string(None)};"
+
+
 def killed_runs(server: str) -> Iterator[tuple[KilledRun, Callable[[], None]]]:
     """The journals of runs against `server` that no longer run, each with the function that
     deletes it (called once it is handled). Undecodable or foreign journals are skipped; one that
