@@ -835,8 +835,9 @@ def _killed_runs_journal(pg: PgServer, lines: list[dict[str, Any]]) -> Path:
     return journal.path
 
 
+@pytest.mark.parametrize("created", [False, True])
 def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
-    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, created: bool
 ) -> None:
     """A restore killed once its pg_restore had committed (the restored database needs its roles),
     whose database the user renamed since (restored under a scratch name, then put in place): the
@@ -856,11 +857,14 @@ def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
     mark, db_oid = pg.query(
         "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (killed,)
     )[0]
+    # `created`: the journal of a restore that created that database (it names it before, and its oid).
+    creating = [{"creating": killed}, {"created": killed, "oid": db_oid}] if created else []
     journal = _killed_runs_journal(
         pg,
         [
             {"role": role, "oid": oid},
             {"memberships": []},
+            *creating,
             {"restoring": mark, "database": killed, "databaseOid": db_oid},
         ],
     )
@@ -1015,14 +1019,15 @@ def test_a_killed_restore_to_a_new_database_leaves_none_half_restored(
         pg.drop_database(db)
 
 
-@pytest.mark.parametrize("case", ["in use", "unproven"])
+@pytest.mark.parametrize("case", ["in use", "unproven", "written since"])
 def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix(
     sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """A killed restore's new database that cannot be dropped (a session is connected to it, or
-    the run was killed before it noted the database's oid, so it is not provably that run's): a
-    re-run into it said only that it exists. Now it is refused in one error naming what a killed
-    restore left and the exact DROP DATABASE; nothing is dropped."""
+    """A killed restore's new database that cannot be dropped (a session is connected to it; the
+    run was killed before it noted the database's oid, so it is not provably that run's; or killed
+    before pg_restore, and written to since by something else): a re-run into it said only that it
+    exists. Now it is refused in one error naming what a killed restore left and the exact DROP
+    DATABASE; nothing is dropped, and the journal stays (doctor names it)."""
     pg = pg_server
     db = pg.create_database("leftnew")
     copy = pg.create_database("lefthalf")  # the killed restore's database, empty
@@ -1031,8 +1036,10 @@ def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix
     monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
     oid = pg.query("postgres", "SELECT oid FROM pg_database WHERE datname = %s", (copy,))[0][0]
     lines: list[dict[str, Any]] = [{"creating": copy}]
-    if case == "in use":
+    if case != "unproven":
         lines.append({"created": copy, "oid": oid})
+    if case == "written since":
+        pg.sql(copy, "CREATE TABLE mine (id int)")  # an application's, once the killed restore was gone
     journal = _killed_runs_journal(pg, lines)
     holder = pg.connect(copy) if case == "in use" else contextlib.nullcontext()
     try:
@@ -1041,9 +1048,10 @@ def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix
         text = out.out + out.err
         assert f"database {copy} already exists" in text and "a restore into it was killed" in text, text
         assert f'DROP DATABASE "{copy}";' in text, text
-        assert ("session is connected" if case == "in use" else "cannot prove") in text, text
+        why = {"in use": "session is connected", "unproven": "cannot prove", "written since": "wrote to it since"}
+        assert why[case] in text, text
         assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE oid = %s", (oid,)) == [(1,)]
-        assert journal.exists() == (case == "in use")  # looked at again next time while in use
+        assert journal.exists()  # looked at again by the next run, named by doctor
     finally:
         pg.drop_database(copy)
         pg.drop_database(db)

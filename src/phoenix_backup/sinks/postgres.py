@@ -493,6 +493,11 @@ def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) 
                     outcome.warnings.append(f"database {run.creating} on {_server(conn)}: {why}")
                 if fate == "kept":
                     continue  # the journal stays: the next restore or drill looks again
+                if fate == "unproven":
+                    # Its roles go; the journal stays while the database does (doctor names it).
+                    after = "the restore that created them was killed"
+                    _drop_created_roles(conn, run.roles, outcome, after=after, given=run.memberships, killed=True)
+                    continue
                 if fate == "complete":
                     done()  # the restore's roles are the restored database's
                     continue
@@ -518,23 +523,30 @@ def _killed_restores_database(
 ) -> tuple[str, str]:
     """What becomes of the database a killed restore created (`run.creating`), and why (words for
     the user). Dropped ("dropped") only when provably that run's and incomplete: it has the oid the
-    run recorded, no session is connected to it, and its pg_restore never committed. "complete":
-    its pg_restore committed, it holds the snapshot: it stays. "kept": something may still use it
-    (a session, a pg_restore the kill left running), so the journal stays. "unproven": it has that
-    name but the run was killed before it noted its oid (or it has another): it stays, named. "gone":
-    nothing of it is left."""
+    run recorded and its name, no session is connected to it, and nothing was written to it since
+    its pg_restore began (its pg_restore never committed; a run killed before pg_restore: nothing
+    at all). "complete": its pg_restore may have committed (it holds the snapshot): it stays, and so
+    do the run's roles. "kept": something may still use it (a session, a pg_restore the kill left
+    running), so the journal stays. "unproven": the run was killed before it noted the oid of the
+    database of that name, or it was renamed or written to since: it stays, named, and so does the
+    journal. "gone": nothing of it is left."""
     assert run.creating is not None
     name, drop = run.creating, postgres_roles.drop_statement("DATABASE", run.creating)
     oid = run.created_oid if run.created_oid is not None else run.database_oid
     with conn.connect_server() as con:
-        row = con.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if oid is not None and row is not None and int(row[0]) == oid:
-            busy = con.execute("SELECT 1 FROM pg_stat_activity WHERE datid = %s", (oid,)).fetchone()
+        if oid is None:
+            there = _database_exists(con, name)
         else:
-            busy = None
-    if oid is None or row is None or int(row[0]) != oid:
-        if row is None or oid is not None:
-            return "gone", ""  # dropped, or renamed (then no longer where a restore would go)
+            # By its oid: renamed since (restored under this name, then put in place), it is still
+            # the run's, and its roles may be what it needs.
+            row = con.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,)).fetchone()
+            if row is None:
+                return "gone", ""  # dropped since
+            now = str(row[0])
+            busy = con.execute("SELECT 1 FROM pg_stat_activity WHERE datid = %s", (oid,)).fetchone()
+    if oid is None:
+        if not there:
+            return "gone", ""
         return "unproven", (
             "a restore into it was killed as it created it, before it could note which database it created: it "
             f"may be empty or incomplete, and Phoenix cannot prove it is that restore's, so it stays; if it holds "
@@ -547,8 +559,16 @@ def _killed_restores_database(
         )
     if run.restoring is not None and _may_have_committed(conn, run):
         return "complete", (
-            "a restore into it was killed after its pg_restore committed: it holds the snapshot's objects and "
-            f"rows, but its row counts were not checked; it stays (to restore again into it, drop it: {drop})"
+            "a restore into it was killed after its pg_restore committed (or something else wrote to it since): "
+            f"it holds the snapshot's objects and rows, but its row counts were not checked; it stays (to restore "
+            f"again into it, drop it: {drop})"
+        )
+    if now != name:
+        return "unproven", f"a restore into it was killed, and it was renamed to {now} since: it stays"
+    if run.restoring is None and _written_since(conn, now, None):
+        return "unproven", (
+            f"a restore into it was killed before its pg_restore began, and something wrote to it since: it stays; "
+            f"if it holds nothing of yours, drop it ({drop})"
         )
     try:
         with conn.connect_server() as con:
@@ -578,7 +598,7 @@ def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
     committed. The database is found by its oid (a name alone lost it once renamed, and its roles,
     which the restored objects need, were dropped); a database that is gone holds nothing of it."""
     assert run.database is not None and run.restoring is not None
-    database, mark = run.database, run.restoring
+    database = run.database
     with conn.connect_server() as con:
         if run.database_oid is not None:
             row = con.execute("SELECT datname FROM pg_database WHERE oid = %s", (run.database_oid,)).fetchone()
@@ -587,12 +607,18 @@ def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
             database = str(row[0])
         elif not _database_exists(con, database):
             return False
+    return _written_since(conn, database, run.restoring)
+
+
+def _written_since(conn: pg.PgConn, database: str, mark: int | None) -> bool:
+    """Whether a relation of `database` outside the catalogs was written by a transaction that
+    began after `mark` (a txid_current()); None: whether it has any such relation."""
     with conn.with_database(database).connect() as con:
         row = con.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname NOT LIKE 'pg\\_to%%' "
-            "AND age(c.xmin) <= txid_current() - %s",
-            (mark,),
+            "AND (%s::bigint IS NULL OR age(c.xmin) <= txid_current() - %s)",
+            (mark, mark),
         ).fetchone()
     return bool(row and row[0])
 
