@@ -989,9 +989,33 @@ from phoenix_backup.cli.main import main
 sys.argv = ["phx", *sys.argv[1:]]
 main()
 """
+# `phx` killed once it fed pg_restore the whole dump, as it waits for it: pg_restore, on its own,
+# goes on and commits.
+_KILLED_WAITING = """
+import os, signal, subprocess, sys
+wait = subprocess.Popen.wait
+def killed(self, *a, **k):
+    if "pg_restore" in str(self.args[0]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return wait(self, *a, **k)
+subprocess.Popen.wait = killed
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[1:]]
+main()
+"""
 
 
-@pytest.mark.parametrize("step", ["_feed", "mid-dump", "_analyze"])
+def _processes_naming(word: str) -> list[int]:
+    """The pids of the processes whose command line holds `word`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and word.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("step", ["_feed", "mid-dump", "waiting", "_analyze"])
 def test_a_killed_restore_to_a_new_database_leaves_none_half_restored(
     sandbox: Sandbox, pg_server: PgServer, step: str
 ) -> None:
@@ -1011,17 +1035,30 @@ def test_a_killed_restore_to_a_new_database_leaves_none_half_restored(
     env, _ = _backed_up(sandbox, pg, db)
     args = ["restore", "--latest", "--databases-only", "--to-database", copy]
     try:
-        script = [_KILLED_MID_DUMP] if step == "mid-dump" else [_KILLED_AT, step]
+        script = {"mid-dump": [_KILLED_MID_DUMP], "waiting": [_KILLED_WAITING]}.get(step)
         killed = subprocess.run(
-            [sys.executable, "-c", *script, *args], env=env, capture_output=True, text=True, check=False
+            [sys.executable, "-c", *(script or [_KILLED_AT, step]), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert killed.returncode == -9, killed.stderr
         assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (copy,)) == [(1,)]
-        # pg_restore, which the kill left reading the rest of the dump, ends (and rolls back).
-        pg.sql("postgres", f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{copy}'")
+        complete = step in ("waiting", "_analyze")
+        if step == "waiting":
+            # pg_restore, left with the whole dump, commits once phx is gone: its end is awaited.
+            for pid in _processes_naming(copy):
+                for _ in range(300):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    threading.Event().wait(0.1)
+        else:
+            # pg_restore, which the kill left reading the rest of the dump, ends (and rolls back).
+            pg.sql("postgres", f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{copy}'")
         tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        assert pg.query(copy, tables) == [(1 if step == "_analyze" else 0,)]  # empty, yet a database like any
-        if step == "_analyze":
+        assert pg.query(copy, tables) == [(1 if complete else 0,)]  # empty, yet a database like any
+        if complete:
             again = run_phx_here(args, env, code=2)
             assert "pg_restore committed" in again.out + again.err, again
             assert f'DROP DATABASE "{copy}";' in again.out + again.err, again

@@ -555,7 +555,8 @@ def _killed_restores_database(
     if busy:
         return "kept", (
             "a restore into it was killed, and a session is connected to it (or that restore's pg_restore still "
-            f"runs): it stays, and the next restore or drill looks again; if you do not use it, drop it ({drop})"
+            f"runs): it stays, and the next restore or drill looks again; if you do not use it, end those sessions and "
+            f"drop it ({drop})"
         )
     if run.restoring is not None and _may_have_committed(conn, run):
         return "complete", (
