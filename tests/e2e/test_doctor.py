@@ -465,9 +465,9 @@ def test_doctor_names_what_killed_postgres_restores_left_and_changes_nothing(
     [one] = [c for c in found if "app_user" in c["message"]]
     assert f"system identifier {server}" in one["message"] and "database copy" in one["message"], one
     assert "run a restore or drill against that server again" in one["fix"], one
-    assert 'DROP DATABASE "copy"; DROP ROLE "app_user";' in one["fix"], one
+    assert 'DROP DATABASE "copy"; DROP ROLE "app_user";' in one["fix"] and f"delete {stranded}" in one["fix"], one
     [two] = [c for c in found if "Odd Role" in c["message"]]
     assert "damaged line" in two["message"] and 'DROP ROLE "Odd Role";' in two["fix"], two
-    assert f"then delete {damaged}" in two["fix"], two
+    assert f"and delete {damaged}" in two["fix"], two
     assert {p: p.read_bytes() for p in (stranded, damaged)} == before, "doctor changed no journal"
     assert sorted((sb.cache / "pg-roles-journal").iterdir()) == sorted([stranded, damaged])

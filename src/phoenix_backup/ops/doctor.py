@@ -1020,32 +1020,35 @@ def _postgres_leftovers(result: DoctorResult) -> None:
         database = run.left_database
         if not run.roles and database is None:
             continue
-        parts = [f"role(s) {', '.join(sorted(run.roles))} (with LOGIN and the snapshot's password, if it had them)"]
-        what = "; ".join((parts if run.roles else []) + ([f"database {database}"] if database else []))
+        roles = f"role(s) {', '.join(sorted(run.roles))} (with LOGIN and the snapshot's password, if it had them)"
+        what = " and ".join(([roles] if run.roles else []) + ([f"database {database}"] if database else []))
         statements = [postgres_roles.drop_statement("DATABASE", database)] if database else []
         statements += [postgres_roles.drop_statement("ROLE", role) for role in sorted(run.roles)]
-        where = "on that server (its identifier: SELECT system_identifier FROM pg_control_system();)"
-        by_hand = f"{where} run {' '.join(statements)}"
-        committed = (
-            "; if that restore's pg_restore had committed, its database needs these roles: keep them"
-            if run.restoring is not None and run.drill is None
-            else ""
-        )
         journal = postgres_roles.journal_dir() / run.name
+        by_hand = (
+            "on that server (SELECT system_identifier FROM pg_control_system(); tells which it is) run "
+            f"{' '.join(statements)} and delete {journal}"
+        )
+        if run.restoring is not None and run.drill is None and run.roles:
+            by_hand += (
+                f" (if that restore's pg_restore had committed, {database or 'its database'} is restored and needs "
+                "those roles: keep them while you use it)"
+            )
+        where = f"on the server with system identifier {run.server}"
         if run.damaged:
             result.add(
                 "postgres leftovers",
                 "warn",
-                f"a killed PostgreSQL restore or drill left {what} on the server with system identifier "
-                f"{run.server}; its journal {journal} has a damaged line, so no restore or drill drops them",
-                f"{by_hand}{committed}; then delete {journal}",
+                f"a killed PostgreSQL restore or drill left {what} {where}; its journal {journal} has a damaged line, "
+                "so no restore or drill drops them",
+                by_hand,
             )
         else:
             result.add(
                 "postgres leftovers",
                 "warn",
-                f"a PostgreSQL restore or drill that was killed, or could not reach its server again, left {what} on "
-                f"the server with system identifier {run.server}",
-                "run a restore or drill against that server again (it drops them when they are provably that run's), "
-                f"or {by_hand}{committed}",
+                f"a PostgreSQL restore or drill that was killed, or could not reach its server again, left {what} "
+                f"{where}",
+                "run a restore or drill against that server again (it drops them when they are provably that run's); "
+                f"or {by_hand}",
             )
