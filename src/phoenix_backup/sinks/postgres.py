@@ -573,7 +573,8 @@ def _killed_restores_database(
         )
     try:
         with conn.connect_server() as con:
-            con.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))  # refused while connected to
+            # Refused while a session is connected to it; gone meanwhile (another run dropped it), no error.
+            con.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
     except psycopg.Error as exc:
         return "kept", f"a restore into it was killed; it could not be dropped ({pg.pg_reason(exc)}): {drop}"
     outcome.warnings.append(
