@@ -1109,3 +1109,43 @@ def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix
     finally:
         pg.drop_database(copy)
         pg.drop_database(db)
+
+
+def test_a_killed_restores_complete_database_without_tables_is_kept(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore --to-database killed once its pg_restore had committed: whether it committed was
+    told by tables written since pg_restore's start mark. A database holding a schema of functions
+    (or types) and no table looked never committed, and the next restore dropped it complete, with
+    what the user had added to it since. The run created that database empty from template0:
+    anything in it now (an object of a user oid) was written by its pg_restore or by someone since,
+    so it stays."""
+    pg = pg_server
+    db = pg.create_database("notabsrc")
+    copy = f"notabcopy_{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f'CREATE DATABASE "{copy}" TEMPLATE template0')  # as the killed restore did
+    mark, oid = pg.query(
+        "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (copy,)
+    )[0]
+    journal = _killed_runs_journal(
+        pg,
+        [
+            {"creating": copy},
+            {"created": copy, "oid": oid},
+            {"restoring": mark, "database": copy, "databaseOid": oid},
+        ],
+    )
+    # What its pg_restore committed, or the user wrote since: no table.
+    pg.sql(copy, "CREATE SCHEMA app; CREATE FUNCTION app.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--to-database", copy], env, code=2)
+        text = out.out + out.err
+        assert "pg_restore committed" in text and f'DROP DATABASE "{copy}";' in text, text
+        assert pg.query(copy, "SELECT app.answer()") == [(42,)]
+        assert not journal.exists()  # complete: its roles are the restored database's
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
