@@ -1149,3 +1149,41 @@ def test_a_killed_restores_complete_database_without_tables_is_kept(
     finally:
         pg.drop_database(copy)
         pg.drop_database(db)
+
+
+def test_a_killed_restore_in_place_that_committed_only_functions_keeps_its_roles(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore in place killed once its pg_restore had committed a database of functions (no
+    table): whether it committed was told by tables written since the mark, so the next restore
+    took it as never committed and dropped the roles it had created, such as the LOGIN role the
+    applications connect as. Any object written since the mark (a function too) says so now."""
+    pg = pg_server
+    db = pg.create_database("fnsrc")
+    killed = pg.create_database("fnonly")  # the killed restore's database
+    role = f"fn{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    mark, db_oid = pg.query(
+        "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (killed,)
+    )[0]
+    journal = _killed_runs_journal(
+        pg,
+        [
+            {"role": role, "oid": oid},
+            {"memberships": []},
+            {"restoring": mark, "database": killed, "databaseOid": db_oid},
+        ],
+    )
+    pg.sql(killed, "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")  # pg_restore committed
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)], out
+        assert not journal.exists()  # handled: the roles are the restored database's
+    finally:
+        pg.drop_database(killed)
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")

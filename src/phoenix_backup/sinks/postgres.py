@@ -560,7 +560,7 @@ def _killed_restores_database(
         )
     # The run created it empty from template0: anything in it now (tables, or only functions or
     # types, which no table's catalog row tells) its pg_restore committed, or someone wrote since.
-    if run.restoring is not None and _holds_objects(conn, now):
+    if run.restoring is not None and _written_since(conn, now, None):
         return "complete", (
             "a restore into it was killed after its pg_restore committed (or something else wrote to it since): "
             f"it holds the snapshot's objects and rows, but its row counts were not checked; it stays (to restore "
@@ -568,7 +568,7 @@ def _killed_restores_database(
         )
     if now != name:
         return "unproven", f"a restore into it was killed, and it was renamed to {now} since: it stays"
-    if run.restoring is None and _holds_objects(conn, now):
+    if run.restoring is None and _written_since(conn, now, None):
         return "unproven", (
             f"a restore into it was killed before its pg_restore began, and something wrote to it since: it stays; "
             f"if it holds nothing of yours, drop it ({drop})"
@@ -614,26 +614,12 @@ def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
     return _written_since(conn, database, run.restoring)
 
 
-def _written_since(conn: pg.PgConn, database: str, mark: int) -> bool:
-    """Whether a relation of `database` outside the catalogs was written by a transaction that
-    began after `mark` (a txid_current())."""
-    with conn.with_database(database).connect() as con:
-        row = con.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname NOT LIKE 'pg\\_to%%' "
-            "AND age(c.xmin) <= txid_current() - %s",
-            (mark,),
-        ).fetchone()
-    return bool(row and row[0])
-
-
-# Objects initdb made have lower oids; every one created since (by anyone) has this or a higher one.
-_FIRST_USER_OID = 16384
-
-
-def _holds_objects(conn: pg.PgConn, database: str) -> bool:
-    """Whether `database` holds an object initdb did not make (a schema, table, function, type,
-    extension, large object...): a row of user oid in any of its own catalogs this role may read."""
+def _written_since(conn: pg.PgConn, database: str, mark: int | None) -> bool:
+    """Whether an object of `database` initdb did not make (a schema, table, function, type,
+    extension, large object...) was written by a transaction that began after `mark` (a
+    txid_current()); None: whether it holds any such object. Told by the rows of user oid in any
+    of its own catalogs this role may read, not by its tables alone: a database of functions or
+    types holds none."""
     with conn.with_database(database).connect() as con:
         catalogs = [
             str(r[0])
@@ -645,13 +631,20 @@ def _holds_objects(conn: pg.PgConn, database: str) -> bool:
         ]
         if not catalogs:
             return True  # nothing can be told: it may hold anything
+        since: sql.Composable = sql.SQL("")
+        if mark is not None:
+            since = sql.SQL(" AND age(xmin) <= txid_current() - {}").format(sql.Literal(mark))
         query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("(SELECT 1 FROM pg_catalog.{} WHERE oid >= {} LIMIT 1)").format(
-                sql.Identifier(c), sql.Literal(_FIRST_USER_OID)
+            sql.SQL("(SELECT 1 FROM pg_catalog.{} WHERE oid >= {}{} LIMIT 1)").format(
+                sql.Identifier(c), sql.Literal(_FIRST_USER_OID), since
             )
             for c in catalogs
         )
         return con.execute(sql.SQL("SELECT EXISTS ({})").format(query)).fetchone() == (True,)
+
+
+# Objects initdb made have lower oids; every one created since (by anyone) has this or a higher one.
+_FIRST_USER_OID = 16384
 
 
 # The first PostgreSQL with pg_locks.waitstart (when a lock wait began).
