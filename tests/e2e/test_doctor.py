@@ -471,3 +471,29 @@ def test_doctor_names_what_killed_postgres_restores_left_and_changes_nothing(
     assert f"and delete {damaged}" in two["fix"], two
     assert {p: p.read_bytes() for p in (stranded, damaged)} == before, "doctor changed no journal"
     assert sorted((sb.cache / "pg-roles-journal").iterdir()) == sorted([stranded, damaged])
+
+
+def test_doctor_never_advises_dropping_a_killed_restores_database_that_may_be_whole_unwarned(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore --to-database killed once it fed pg_restore the whole dump (pg_restore commits on
+    its own after the kill) and created no roles: doctor named its database as a leftover and the
+    fix as `DROP DATABASE "copy";` with no word that it may be the whole restored snapshot (only a
+    journal with roles got that caveat). Now it says so."""
+    from phoenix_backup.sinks import postgres_roles
+
+    sb = backed_up
+    monkeypatch.setenv("PHX_CACHE_DIR", str(sb.cache))
+    journal = postgres_roles.RolesJournal()
+    journal.server = "7312345678901234568"
+    for line in [
+        {"creating": "copy"},
+        {"created": "copy", "oid": 16400},
+        {"restoring": 900, "database": "copy", "databaseOid": 16400},
+    ]:
+        journal.note(line)
+    journal.keep()
+    journal.close()
+    [one] = checks(sb.phx_here("doctor", "--json").json(), "postgres leftovers")
+    assert 'DROP DATABASE "copy";' in one["fix"], one
+    assert "if that restore's pg_restore had committed, copy is restored: keep it while you use it" in one["fix"], one

@@ -1029,10 +1029,13 @@ def _postgres_leftovers(result: DoctorResult) -> None:
             "on that server (SELECT system_identifier FROM pg_control_system(); tells which it is) run "
             f"{' '.join(statements)} and delete {journal}"
         )
-        if run.restoring is not None and run.drill is None and run.roles:
+        if run.restoring is not None and run.drill is None and (run.roles or run.creating):
+            # A pg_restore fed the whole dump commits after the kill: its database may be whole.
+            needs = " and needs those roles" if run.roles else ""
+            kept = "them" if run.roles else "it"
             by_hand += (
-                f" (if that restore's pg_restore had committed, {database or 'its database'} is restored and needs "
-                "those roles: keep them while you use it)"
+                f" (if that restore's pg_restore had committed, {database or 'its database'} is restored{needs}: "
+                f"keep {kept} while you use it)"
             )
         where = f"on the server with system identifier {run.server}"
         if run.damaged:
