@@ -383,9 +383,13 @@ def test_on_a_server_without_lock_waitstart_a_restore_behind_a_lock_still_fails(
 _TRANSACTION_IGNORES = "transaction\nignore_startup_parameters = options\ndefault_pool_size = 2"
 
 
-@pytest.mark.parametrize("pgbouncer", ["transaction", _TRANSACTION_IGNORES], indirect=True)
+# Idle server sessions handed out oldest first: the next client gets another session than the last one's.
+_ROUND_ROBIN = "transaction\nignore_startup_parameters = options\ndefault_pool_size = 3\nserver_round_robin = 1"
+
+
+@pytest.mark.parametrize("pgbouncer", ["transaction", _TRANSACTION_IGNORES, _ROUND_ROBIN], indirect=True)
 def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
-    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int
+    sandbox: Sandbox, pg_server: PgServer, pgbouncer: int, request: pytest.FixtureRequest
 ) -> None:
     """Through pgbouncer (pool_mode=transaction) a whole-database restore ran, and pg_restore's
     plain SETs stayed on the pooled server session: the next client got `search_path = ''`,
@@ -405,6 +409,21 @@ def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
     # Told by the session handed to a second client (`transaction_pooled`), before pgbouncer's refusal
     # of `options` (`pooler_fix`).
     fix = "a connection pooler in transaction mode (pgbouncer pool_mode = transaction) is in between"
+    import psycopg
+
+    if request.node.callspec.params["pgbouncer"] == _ROUND_ROBIN:
+        # Three idle server sessions in the pool, handed out in turn: a second client was given
+        # another than phx's first, so the probe took the pool for a session pool and backup and
+        # restore ran through it (exit 0).
+        clients = [
+            psycopg.connect(host="127.0.0.1", port=pgbouncer, dbname=db, user="postgres", password=pg.password)
+            for _ in range(3)
+        ]
+        for c in clients:
+            c.execute("SELECT 1")  # each holds a server session in its open transaction
+        for c in clients:
+            c.commit()  # its session goes back to the pool (closed in a transaction, it would be closed)
+            c.close()
     try:
         backup = run_phx_here(["backup"], env, code=3).out
         assert fix in backup and "point the entry at the PostgreSQL server itself" in backup, backup
@@ -413,8 +432,6 @@ def test_a_whole_database_through_a_transaction_pooler_is_refused_naming_it(
         assert f"{fix}: a whole-database restore needs a server session of its own" in restore.out, restore.out
         assert "nothing was changed" in restore.out, restore.out
         assert pg.query(db, "SELECT id FROM t") == [(1,)]
-        import psycopg
-
         with psycopg.connect(
             host="127.0.0.1", port=pgbouncer, dbname=db, user="postgres", password=pg.password, autocommit=True
         ) as con:
@@ -835,8 +852,9 @@ def _killed_runs_journal(pg: PgServer, lines: list[dict[str, Any]]) -> Path:
     return journal.path
 
 
+@pytest.mark.parametrize("created", [False, True])
 def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
-    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, created: bool
 ) -> None:
     """A restore killed once its pg_restore had committed (the restored database needs its roles),
     whose database the user renamed since (restored under a scratch name, then put in place): the
@@ -856,11 +874,14 @@ def test_a_killed_restore_whose_database_was_renamed_since_keeps_its_roles(
     mark, db_oid = pg.query(
         "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (killed,)
     )[0]
+    # `created`: the journal of a restore that created that database (it names it before, and its oid).
+    creating = [{"creating": killed}, {"created": killed, "oid": db_oid}] if created else []
     journal = _killed_runs_journal(
         pg,
         [
             {"role": role, "oid": oid},
             {"memberships": []},
+            *creating,
             {"restoring": mark, "database": killed, "databaseOid": db_oid},
         ],
     )
@@ -951,3 +972,218 @@ def test_a_restore_failing_after_pg_restore_committed_keeps_the_roles_of_the_res
     finally:
         pg.drop_database(db)
         pg.sql("postgres", f"DROP ROLE IF EXISTS {login}; DROP ROLE IF EXISTS {owner}")
+
+
+# `phx` killed (SIGKILL) while pg_restore reads the dump: it is fed all but the dump's last bytes,
+# then the process dies, and pg_restore, left reading a dump cut short, fails and rolls back.
+_KILLED_MID_DUMP = """
+import os, signal, sys
+from phoenix_backup.sinks import postgres as sink
+blocks = sink.stream_blocks
+def cut_short(*a, **k):
+    data = b"".join(blocks(*a, **k))
+    yield data[: len(data) - 16]
+    os.kill(os.getpid(), signal.SIGKILL)
+sink.stream_blocks = cut_short
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[1:]]
+main()
+"""
+# `phx` killed once it fed pg_restore the whole dump, as it waits for it: pg_restore, on its own,
+# goes on and commits.
+_KILLED_WAITING = """
+import os, signal, subprocess, sys
+wait = subprocess.Popen.wait
+def killed(self, *a, **k):
+    if "pg_restore" in str(self.args[0]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return wait(self, *a, **k)
+subprocess.Popen.wait = killed
+from phoenix_backup.cli.main import main
+sys.argv = ["phx", *sys.argv[1:]]
+main()
+"""
+
+
+def _processes_naming(word: str) -> list[int]:
+    """The pids of the processes whose command line holds `word`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and word.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("step", ["_feed", "mid-dump", "waiting", "_analyze"])
+def test_a_killed_restore_to_a_new_database_leaves_none_half_restored(
+    sandbox: Sandbox, pg_server: PgServer, step: str
+) -> None:
+    """`phx restore --to-database NAME` SIGKILLed once it created NAME (as pg_restore was to start,
+    `_feed`; while pg_restore read the dump; after pg_restore committed, `_analyze`): the new
+    database stayed, empty yet looking like a real one, and running the same command again only
+    said it already exists. Now the run's journal names it (and its oid) before it is created: the
+    next restore drops it when its pg_restore never committed (nobody connected, same oid) and
+    restores it whole; one whose pg_restore committed is complete, stays, and the re-run's error
+    says so with the exact DROP DATABASE."""
+    import subprocess
+
+    pg = pg_server
+    db = pg.create_database("killnew")
+    copy = f"{db}_copy"
+    pg.sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+    env, _ = _backed_up(sandbox, pg, db)
+    args = ["restore", "--latest", "--databases-only", "--to-database", copy]
+    try:
+        script = {"mid-dump": [_KILLED_MID_DUMP], "waiting": [_KILLED_WAITING]}.get(step)
+        killed = subprocess.run(
+            [sys.executable, "-c", *(script or [_KILLED_AT, step]), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert killed.returncode == -9, killed.stderr
+        assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (copy,)) == [(1,)]
+        complete = step in ("waiting", "_analyze")
+        if step == "waiting":
+            # pg_restore, left with the whole dump, commits once phx is gone: its end is awaited.
+            for pid in _processes_naming(copy):
+                for _ in range(300):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    threading.Event().wait(0.1)
+        else:
+            # pg_restore, which the kill left reading the rest of the dump, ends (and rolls back).
+            pg.sql("postgres", f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{copy}'")
+        tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        assert pg.query(copy, tables) == [(1 if complete else 0,)]  # empty, yet a database like any
+        if complete:
+            again = run_phx_here(args, env, code=2)
+            assert "pg_restore committed" in again.out + again.err, again
+            assert f'DROP DATABASE "{copy}";' in again.out + again.err, again
+            assert pg.query(copy, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
+        else:
+            again = run_phx_here(args, env)
+            assert "which a killed restore had created and whose pg_restore never committed, was dropped" in again.out
+            assert pg.query(copy, "SELECT id FROM t ORDER BY 1") == [(1,), (2,)]
+        assert not list((Path(env["PHX_CACHE_DIR"]) / "pg-roles-journal").iterdir())
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
+
+
+@pytest.mark.parametrize("case", ["in use", "unproven", "written since"])
+def test_a_rerun_into_a_killed_restores_database_that_stays_names_it_and_the_fix(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A killed restore's new database that cannot be dropped (a session is connected to it; the
+    run was killed before it noted the database's oid, so it is not provably that run's; or killed
+    before pg_restore, and written to since by something else): a re-run into it said only that it
+    exists. Now it is refused in one error naming what a killed restore left and the exact DROP
+    DATABASE; nothing is dropped, and the journal stays (doctor names it)."""
+    pg = pg_server
+    db = pg.create_database("leftnew")
+    copy = pg.create_database("lefthalf")  # the killed restore's database, empty
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    oid = pg.query("postgres", "SELECT oid FROM pg_database WHERE datname = %s", (copy,))[0][0]
+    lines: list[dict[str, Any]] = [{"creating": copy}]
+    if case != "unproven":
+        lines.append({"created": copy, "oid": oid})
+    if case == "written since":
+        pg.sql(copy, "CREATE TABLE mine (id int)")  # an application's, once the killed restore was gone
+    journal = _killed_runs_journal(pg, lines)
+    holder = pg.connect(copy) if case == "in use" else contextlib.nullcontext()
+    try:
+        with holder:
+            out = run_phx_here(["restore", "--latest", "--databases-only", "--to-database", copy], env, code=2)
+        text = out.out + out.err
+        assert f"database {copy} already exists" in text and "a restore into it was killed" in text, text
+        assert f'DROP DATABASE "{copy}";' in text, text
+        why = {"in use": "session is connected", "unproven": "cannot prove", "written since": "wrote to it since"}
+        assert why[case] in text, text
+        assert pg.query("postgres", "SELECT count(*) FROM pg_database WHERE oid = %s", (oid,)) == [(1,)]
+        assert journal.exists()  # looked at again by the next run, named by doctor
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
+
+
+def test_a_killed_restores_complete_database_without_tables_is_kept(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore --to-database killed once its pg_restore had committed: whether it committed was
+    told by tables written since pg_restore's start mark. A database holding a schema of functions
+    (or types) and no table looked never committed, and the next restore dropped it complete, with
+    what the user had added to it since. The run created that database empty from template0:
+    anything in it now (an object of a user oid) was written by its pg_restore or by someone since,
+    so it stays."""
+    pg = pg_server
+    db = pg.create_database("notabsrc")
+    copy = f"notabcopy_{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f'CREATE DATABASE "{copy}" TEMPLATE template0')  # as the killed restore did
+    mark, oid = pg.query(
+        "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (copy,)
+    )[0]
+    journal = _killed_runs_journal(
+        pg,
+        [
+            {"creating": copy},
+            {"created": copy, "oid": oid},
+            {"restoring": mark, "database": copy, "databaseOid": oid},
+        ],
+    )
+    # What its pg_restore committed, or the user wrote since: no table.
+    pg.sql(copy, "CREATE SCHEMA app; CREATE FUNCTION app.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--to-database", copy], env, code=2)
+        text = out.out + out.err
+        assert "pg_restore committed" in text and f'DROP DATABASE "{copy}";' in text, text
+        assert pg.query(copy, "SELECT app.answer()") == [(42,)]
+        assert not journal.exists()  # complete: its roles are the restored database's
+    finally:
+        pg.drop_database(copy)
+        pg.drop_database(db)
+
+
+def test_a_killed_restore_in_place_that_committed_only_functions_keeps_its_roles(
+    sandbox: Sandbox, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore in place killed once its pg_restore had committed a database of functions (no
+    table): whether it committed was told by tables written since the mark, so the next restore
+    took it as never committed and dropped the roles it had created, such as the LOGIN role the
+    applications connect as. Any object written since the mark (a function too) says so now."""
+    pg = pg_server
+    db = pg.create_database("fnsrc")
+    killed = pg.create_database("fnonly")  # the killed restore's database
+    role = f"fn{db[-8:]}"
+    pg.sql(db, "CREATE TABLE t (id int)")
+    env, _ = _backed_up(sandbox, pg, db)
+    monkeypatch.setenv("PHX_CACHE_DIR", env["PHX_CACHE_DIR"])
+    pg.sql("postgres", f"CREATE ROLE {role} LOGIN")
+    oid = pg.query("postgres", "SELECT oid FROM pg_roles WHERE rolname = %s", (role,))[0][0]
+    mark, db_oid = pg.query(
+        "postgres", "SELECT txid_current(), (SELECT oid FROM pg_database WHERE datname = %s)", (killed,)
+    )[0]
+    journal = _killed_runs_journal(
+        pg,
+        [
+            {"role": role, "oid": oid},
+            {"memberships": []},
+            {"restoring": mark, "database": killed, "databaseOid": db_oid},
+        ],
+    )
+    pg.sql(killed, "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")  # pg_restore committed
+    try:
+        out = run_phx_here(["restore", "--latest", "--databases-only", "--yes", "--no-safety-snapshot"], env).out
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == [(1,)], out
+        assert not journal.exists()  # handled: the roles are the restored database's
+    finally:
+        pg.drop_database(killed)
+        pg.drop_database(db)
+        pg.sql("postgres", f"DROP ROLE IF EXISTS {role}")

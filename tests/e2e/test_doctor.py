@@ -421,3 +421,79 @@ def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbo
     # record written after the last success says a rotation may have renamed it: a warning.
     status = sb.phx_here("status", "--json", code=0).json()
     assert any("a key rotation ran since" in w for w in status["warnings"]), status
+
+
+def test_doctor_names_what_killed_postgres_restores_left_and_changes_nothing(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roles journal kept because its server could not be reached again, or because a line of it
+    is damaged, means roles with LOGIN and a snapshot's password (and maybe a half database) sit on
+    some server: doctor said nothing of it. Now it warns, naming the server as the journal records
+    it, the roles and the database, and the fix (a restore or drill against that server, or the
+    exact SQL); it drops nothing and changes no journal."""
+    from phoenix_backup.sinks import postgres_roles
+
+    sb = backed_up
+    monkeypatch.setenv("PHX_CACHE_DIR", str(sb.cache))
+    server = "7312345678901234567"
+
+    def kept(lines: list[dict[str, Any]]) -> Path:
+        journal = postgres_roles.RolesJournal()
+        journal.server = server
+        for line in lines:
+            journal.note(line)
+        journal.keep()
+        journal.close()
+        return journal.path
+
+    stranded = kept(
+        [
+            {"role": "app_user", "oid": 16390},
+            {"memberships": []},
+            {"creating": "copy"},
+            {"created": "copy", "oid": 16400},
+            {"restoring": 900, "database": "copy", "databaseOid": 16400},
+        ]
+    )
+    damaged = kept([{"role": "Odd Role", "oid": 16500}])
+    with damaged.open("a") as f:
+        f.write('{"role": \n{"role": "later", "oid": 16501}\n')
+    before = {p: p.read_bytes() for p in (stranded, damaged)}
+    doc = sb.phx_here("doctor", "--json").json()
+    found = checks(doc, "postgres leftovers")
+    assert [c["status"] for c in found] == ["warn", "warn"], found
+    [one] = [c for c in found if "app_user" in c["message"]]
+    assert f"system identifier {server}" in one["message"] and "database copy" in one["message"], one
+    assert "run a restore or drill against that server again" in one["fix"], one
+    assert 'DROP DATABASE "copy"; DROP ROLE "app_user";' in one["fix"] and f"delete {stranded}" in one["fix"], one
+    [two] = [c for c in found if "Odd Role" in c["message"]]
+    assert "damaged line" in two["message"] and 'DROP ROLE "Odd Role";' in two["fix"], two
+    assert f"and delete {damaged}" in two["fix"], two
+    assert {p: p.read_bytes() for p in (stranded, damaged)} == before, "doctor changed no journal"
+    assert sorted((sb.cache / "pg-roles-journal").iterdir()) == sorted([stranded, damaged])
+
+
+def test_doctor_never_advises_dropping_a_killed_restores_database_that_may_be_whole_unwarned(
+    backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore --to-database killed once it fed pg_restore the whole dump (pg_restore commits on
+    its own after the kill) and created no roles: doctor named its database as a leftover and the
+    fix as `DROP DATABASE "copy";` with no word that it may be the whole restored snapshot (only a
+    journal with roles got that caveat). Now it says so."""
+    from phoenix_backup.sinks import postgres_roles
+
+    sb = backed_up
+    monkeypatch.setenv("PHX_CACHE_DIR", str(sb.cache))
+    journal = postgres_roles.RolesJournal()
+    journal.server = "7312345678901234568"
+    for line in [
+        {"creating": "copy"},
+        {"created": "copy", "oid": 16400},
+        {"restoring": 900, "database": "copy", "databaseOid": 16400},
+    ]:
+        journal.note(line)
+    journal.keep()
+    journal.close()
+    [one] = checks(sb.phx_here("doctor", "--json").json(), "postgres leftovers")
+    assert 'DROP DATABASE "copy";' in one["fix"], one
+    assert "if that restore's pg_restore had committed, copy is restored: keep it while you use it" in one["fix"], one

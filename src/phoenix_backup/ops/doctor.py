@@ -50,6 +50,7 @@ from phoenix_backup.repo import retired
 from phoenix_backup.repo.crypto import zstandard_module
 from phoenix_backup.repo.locks import HeldLock, unreadable_lock_fix
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.sinks import postgres_roles
 from phoenix_backup.sources.files import regular_head
 from phoenix_backup.sources.scope import configured_databases, default_databases, glob_hint
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
@@ -141,6 +142,7 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
             repo.backend.close()
     _schedule(envx, result)
     _last_drill(envx, result)
+    _postgres_leftovers(result)
     return result
 
 
@@ -1008,3 +1010,48 @@ def _last_drill(envx: Environment, result: DoctorResult) -> None:
         result.add("last drill", "warn", f"{what} passed, but is older than a month", "run `phx drill`")
     else:
         result.add("last drill", "ok", f"{what} passed")
+
+
+def _postgres_leftovers(result: DoctorResult) -> None:
+    """What killed (or stranded) PostgreSQL restores and drills left on a server, read from their
+    kept journals (sinks/postgres_roles.py): roles with LOGIN and a snapshot's password, a half
+    database. Only read: nothing is dropped, no journal is changed."""
+    for run in postgres_roles.kept_runs():
+        database = run.left_database
+        if not run.roles and database is None:
+            continue
+        roles = f"role(s) {', '.join(sorted(run.roles))} (with LOGIN and the snapshot's password, if it had them)"
+        what = " and ".join(([roles] if run.roles else []) + ([f"database {database}"] if database else []))
+        statements = [postgres_roles.drop_statement("DATABASE", database)] if database else []
+        statements += [postgres_roles.drop_statement("ROLE", role) for role in sorted(run.roles)]
+        journal = postgres_roles.journal_dir() / run.name
+        by_hand = (
+            "on that server (SELECT system_identifier FROM pg_control_system(); tells which it is) run "
+            f"{' '.join(statements)} and delete {journal}"
+        )
+        if run.restoring is not None and run.drill is None and (run.roles or run.creating):
+            # A pg_restore fed the whole dump commits after the kill: its database may be whole.
+            needs = " and needs those roles" if run.roles else ""
+            kept = "them" if run.roles else "it"
+            by_hand += (
+                f" (if that restore's pg_restore had committed, {database or 'its database'} is restored{needs}: "
+                f"keep {kept} while you use it)"
+            )
+        where = f"on the server with system identifier {run.server}"
+        if run.damaged:
+            result.add(
+                "postgres leftovers",
+                "warn",
+                f"a killed PostgreSQL restore or drill left {what} {where}; its journal {journal} has a damaged line, "
+                "so no restore or drill drops them",
+                by_hand,
+            )
+        else:
+            result.add(
+                "postgres leftovers",
+                "warn",
+                f"a PostgreSQL restore or drill that was killed, or could not reach its server again, left {what} "
+                f"{where}",
+                "run a restore or drill against that server again (it drops them when they are provably that run's); "
+                f"or {by_hand}",
+            )

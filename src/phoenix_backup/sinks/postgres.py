@@ -82,12 +82,6 @@ def restore_pg_scratch(
     manifest = manifest if manifest is not None else read_manifest(repo, path, files)
     if manifest.get("kind") != "dump":
         raise RestoreError(f"{path} holds one agent's rows, not a whole database; restore it in place instead")
-    with conn.connect_server() as con:
-        if _database_exists(con, database):
-            raise UsageError(
-                f"database {database} already exists on {_server(conn)}; choose another --to-database name or "
-                "drop it first"
-            )
     target = conn.with_database(database)
     created: dict[str, int] = {}
     given: set[tuple[int, int]] = set()
@@ -106,9 +100,11 @@ def restore_pg_scratch(
             given=given,
             journal=journal,
             drill=drop_after,
+            fresh=True,
         )
         if (drop_after or not outcome.ok) and outcome.stats.get("databaseCreated"):
-            _drop_database(conn, database, outcome)
+            if not _drop_database(conn, database, outcome):
+                journal.keep()  # the next restore or drill against this server drops it
             # A drill leaves the server as it found it: the roles it created for its scratch
             # database go with it (a failed one dropped them already), unless something else
             # came to depend on them meanwhile.
@@ -131,20 +127,34 @@ def _database_exists(con: psycopg.Connection[Any], database: str) -> bool:
     return con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
 
-def _drop_database(conn: pg.PgConn, database: str, outcome: DbRestoreOutcome) -> None:
+def _drop_database(conn: pg.PgConn, database: str, outcome: DbRestoreOutcome, *, force: bool = True) -> bool:
+    """Drop `database` (`force`: ending its sessions); False, with a warning, when it could not be."""
     try:
         with conn.connect_server() as con:
-            con.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            query = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database))
+            con.execute(query + sql.SQL(" WITH (FORCE)") if force else query)
     except (psycopg.Error, PhoenixError) as exc:
         outcome.warnings.append(f"database {database} could not be dropped: {exc}")
+        return False
+    return True
+
+
+class _Exists(UsageError):
+    """`--to-database` names a database that exists (the restore stops before it changes anything)."""
 
 
 def _create_database(
-    conn: pg.PgConn, manifest: dict[str, Any], outcome: DbRestoreOutcome, *, as_original: bool
+    conn: pg.PgConn,
+    manifest: dict[str, Any],
+    outcome: DbRestoreOutcome,
+    journal: postgres_roles.RolesJournal,
+    *,
+    as_original: bool,
 ) -> None:
     """Create `conn`'s database, owned as the original was (when that role exists here and this
     role may give it a database), with its encoding and, where this server has them, its locale
-    and locale provider (icu, builtin)."""
+    and locale provider (icu, builtin). Its oid goes to `journal` at once (the database the
+    journal's `creating` line named is then provably this run's)."""
     name = conn.database
     owner = str(manifest.get("databaseOwner") or "") if as_original else ""
     encoding = str(manifest.get("encoding") or "")
@@ -178,6 +188,9 @@ def _create_database(
                 with stops_deferred():
                     con.execute(sql.Composed(parts))
                     outcome.stats["databaseCreated"] = True
+                    row = con.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                    if row:
+                        journal.note({"created": name, "oid": int(row[0])})
                 break
             except psycopg.errors.InsufficientPrivilege as exc:
                 if not owner or owner == me:
@@ -224,12 +237,15 @@ def _restore_dump(
     given: set[tuple[int, int]] | None = None,
     journal: postgres_roles.RolesJournal | None = None,
     drill: bool = False,
+    fresh: bool = False,
 ) -> DbRestoreOutcome:
     """pg_restore the dump into `conn`'s database, creating it first when the server lacks it
     (after the roles of globals.sql, so its owner can be one of them); then ANALYZE and count.
     `roles`, when given, is filled with the roles created from globals.sql (name to oid), `given`
     with the memberships of theirs it made; `journal` (the caller's, which closes it) records them
-    for the run after a kill (sinks/postgres_roles.py), `drill` says the database is a drill's."""
+    and the database it creates for the run after a kill (sinks/postgres_roles.py), `drill` says
+    the database is a drill's. With `fresh`, a database that exists (once what killed runs left is
+    dropped) is refused (UsageError), naming what a killed run left in it."""
     if journal is None:
         journal = postgres_roles.RolesJournal()
         try:
@@ -246,6 +262,7 @@ def _restore_dump(
                 given=given,
                 journal=journal,
                 drill=drill,
+                fresh=fresh,
             )
         finally:
             journal.close()
@@ -264,8 +281,12 @@ def _restore_dump(
                 raise RestoreError(f"{pg.transaction_pool_error('restore')}; nothing was changed")
             exists = _database_exists(con, conn.database)
             journal.server = _server_id(con)
+        left: dict[str, str] = {}
         if journal.server:
-            _clean_killed_runs(conn, journal.server, outcome)
+            dropped, left = _clean_killed_runs(conn, journal.server, outcome)
+            exists = exists and conn.database not in dropped
+        if fresh and exists:
+            raise _Exists(_exists_error(conn, left.get(conn.database)))
         dumped_by = tuple(int(p) for p in str(manifest.get("pgDump", {}).get("version", "0")).split(".")[:1])
         need = max(pg.major_of_num(num), dumped_by)
         if configured is not None:
@@ -279,9 +300,9 @@ def _restore_dump(
             created.update(_apply_globals(repo, conn, path, files[pg.GLOBALS], outcome, journal, memberships))
             outcome.stats["rolesCreated"] = list(created)
         if not exists:
-            if drill:
-                journal.note({"drill": conn.database})
-            _create_database(conn, manifest, outcome, as_original=as_original)
+            # Before it is created: were the run killed, the next one finds it (`_clean_killed_runs`).
+            journal.note({"drill": conn.database} if drill else {"creating": conn.database})
+            _create_database(conn, manifest, outcome, journal, as_original=as_original)
         if journal.started:
             # pg_restore's transaction begins after this one: a table of the database written by
             # a later one says the restore may have committed (`_may_have_committed`).
@@ -313,10 +334,12 @@ def _restore_dump(
         with conn.connect() as con:
             outcome.warnings += _analyze(con, None)
             outcome.found = pg.counts_as_recorded(pg.table_counts(con), outcome.expected)
+    except _Exists:
+        raise  # nothing was changed
     except (PhoenixError, psycopg.Error) as exc:
         outcome.fail(exc, pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else str(exc))
-        if outcome.stats.get("databaseCreated"):
-            _drop_database(conn, conn.database, outcome)  # it did not exist: it is left so
+        if outcome.stats.get("databaseCreated") and not _drop_database(conn, conn.database, outcome):
+            journal.keep()  # it did not exist: the next restore or drill against this server drops it
         if not _undo_created_roles(conn, created, outcome, memberships, committed=committed):
             journal.keep()  # the next restore or drill against this server drops them
         return outcome
@@ -324,8 +347,8 @@ def _restore_dump(
         # A stop (Ctrl-C, SIGTERM, SIGHUP): pg_restore was ended (`_feed`), its transaction rolled
         # back (unless it had committed: the stop came in ANALYZE); a database this restore
         # created is dropped again, never one that was there, and so are the roles it created.
-        if outcome.stats.get("databaseCreated"):
-            _drop_database(conn, conn.database, outcome)
+        if outcome.stats.get("databaseCreated") and not _drop_database(conn, conn.database, outcome):
+            journal.keep()
         if not _undo_created_roles(conn, created, outcome, memberships, committed=committed):
             journal.keep()
         raise
@@ -443,34 +466,134 @@ def _server_id(con: psycopg.Connection[Any]) -> str | None:
     return str(row[0]) if row and row[0] else None
 
 
-def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) -> None:
+def _clean_killed_runs(conn: pg.PgConn, server: str, outcome: DbRestoreOutcome) -> tuple[set[str], dict[str, str]]:
     """Drop what restores and drills against this server that were killed left: a drill's scratch
-    database, then the roles they created, unless a restore may have committed (its restored
-    objects depend on its roles). See sinks/postgres_roles.py."""
+    database, a restore's new database whose pg_restore never committed (`_killed_restores_database`),
+    then the roles they created, unless a restore may have committed (its restored objects depend
+    on its roles). See sinks/postgres_roles.py. The databases dropped, and those such a run left
+    that stay, each with why."""
+    dropped: set[str] = set()
+    left: dict[str, str] = {}
     for run, done in postgres_roles.killed_runs(server):
         try:
             if run.drill:
                 with conn.connect_server() as con:
-                    there = _database_exists(con, run.drill)
-                if there:
-                    _drop_database(conn, run.drill, outcome)
+                    row = con.execute("SELECT oid FROM pg_database WHERE datname = %s", (run.drill,)).fetchone()
+                if row and run.created_oid in (None, int(row[0])) and _drop_database(conn, run.drill, outcome):
+                    dropped.add(run.drill)
                     outcome.warnings.append(
                         f"database {run.drill}, the scratch database of a killed drill, was dropped"
                     )
+            elif run.creating is not None:
+                fate, why = _killed_restores_database(conn, run, outcome)
+                if fate == "dropped":
+                    dropped.add(run.creating)
+                elif why:
+                    left[run.creating] = why
+                    outcome.warnings.append(f"database {run.creating} on {_server(conn)}: {why}")
+                if fate == "kept":
+                    continue  # the journal stays: the next restore or drill looks again
+                if fate == "unproven":
+                    # Its roles go; the journal stays while the database does (doctor names it).
+                    after = "the restore that created them was killed"
+                    _drop_created_roles(conn, run.roles, outcome, after=after, given=run.memberships, killed=True)
+                    continue
+                if fate == "complete":
+                    done()  # the restore's roles are the restored database's
+                    continue
             elif run.restoring is not None and run.database and _may_have_committed(conn, run):
                 done()  # the restore's roles are the restored database's
                 continue
         except (psycopg.Error, PhoenixError) as exc:
             # This restore goes on; the journal stays for the next one.
             outcome.warnings.append(
-                f"what a killed restore or drill left on this server (roles {', '.join(sorted(run.roles)) or 'none'}) "
-                f"could not be looked at: {pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else exc}; the next "
-                "restore or drill tries again"
+                f"what a killed restore or drill left on this server (roles {', '.join(sorted(run.roles)) or 'none'}"
+                f"{', database ' + run.left_database if run.left_database else ''}) could not be looked at: "
+                f"{pg.pg_reason(exc) if isinstance(exc, psycopg.Error) else exc}; the next restore or drill tries again"
             )
             continue
         after = "the restore or drill that created them was killed"
         if _drop_created_roles(conn, run.roles, outcome, after=after, given=run.memberships, killed=True):
             done()
+    return dropped, left
+
+
+def _killed_restores_database(
+    conn: pg.PgConn, run: postgres_roles.KilledRun, outcome: DbRestoreOutcome
+) -> tuple[str, str]:
+    """What becomes of the database a killed restore created (`run.creating`), and why (words for
+    the user). Dropped ("dropped") only when provably that run's and incomplete: it has the oid the
+    run recorded and its name, no session is connected to it, and nothing was written to it since
+    its pg_restore began (its pg_restore never committed; a run killed before pg_restore: nothing
+    at all). "complete": its pg_restore may have committed (it holds the snapshot): it stays, and so
+    do the run's roles. "kept": something may still use it (a session, a pg_restore the kill left
+    running), so the journal stays. "unproven": the run was killed before it noted the oid of the
+    database of that name, or it was renamed or written to since: it stays, named, and so does the
+    journal. "gone": nothing of it is left."""
+    assert run.creating is not None
+    name, drop = run.creating, postgres_roles.drop_statement("DATABASE", run.creating)
+    oid = run.created_oid if run.created_oid is not None else run.database_oid
+    with conn.connect_server() as con:
+        if oid is None:
+            there = _database_exists(con, name)
+        else:
+            # By its oid: renamed since (restored under this name, then put in place), it is still
+            # the run's, and its roles may be what it needs.
+            row = con.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,)).fetchone()
+            if row is None:
+                return "gone", ""  # dropped since
+            now = str(row[0])
+            busy = con.execute("SELECT 1 FROM pg_stat_activity WHERE datid = %s", (oid,)).fetchone()
+    if oid is None:
+        if not there:
+            return "gone", ""
+        return "unproven", (
+            "a restore into it was killed as it created it, before it could note which database it created: it "
+            f"may be empty or incomplete, and Phoenix cannot prove it is that restore's, so it stays; if it holds "
+            f"nothing of yours, drop it ({drop})"
+        )
+    if busy:
+        return "kept", (
+            "a restore into it was killed, and a session is connected to it (or that restore's pg_restore still "
+            f"runs): it stays, and the next restore or drill looks again; if you do not use it, end those sessions and "
+            f"drop it ({drop})"
+        )
+    # The run created it empty from template0: anything in it now (tables, or only functions or
+    # types, which no table's catalog row tells) its pg_restore committed, or someone wrote since.
+    if run.restoring is not None and _written_since(conn, now, None):
+        return "complete", (
+            "a restore into it was killed after its pg_restore committed (or something else wrote to it since): "
+            f"it holds the snapshot's objects and rows, but its row counts were not checked; it stays (to restore "
+            f"again into it, drop it: {drop})"
+        )
+    if now != name:
+        return "unproven", f"a restore into it was killed, and it was renamed to {now} since: it stays"
+    if run.restoring is None and _written_since(conn, now, None):
+        return "unproven", (
+            f"a restore into it was killed before its pg_restore began, and something wrote to it since: it stays; "
+            f"if it holds nothing of yours, drop it ({drop})"
+        )
+    try:
+        with conn.connect_server() as con:
+            # Refused while a session is connected to it; gone meanwhile (another run dropped it), no error.
+            con.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        return "kept", f"a restore into it was killed; it could not be dropped ({pg.pg_reason(exc)}): {drop}"
+    outcome.warnings.append(
+        f"database {name}, which a killed restore had created and whose pg_restore never committed, was dropped"
+    )
+    return "dropped", ""
+
+
+def _exists_error(conn: pg.PgConn, left: str | None) -> str:
+    """The error for a `--to-database` name that exists; `left`: what a killed restore left in it."""
+    name = conn.database
+    if left is None:
+        return f"database {name} already exists on {_server(conn)}; choose another --to-database name or drop it first"
+    return (
+        f"database {name} already exists on {_server(conn)}: {left}; then run this again, or choose another "
+        "--to-database name"
+    )
 
 
 def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
@@ -479,7 +602,7 @@ def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
     committed. The database is found by its oid (a name alone lost it once renamed, and its roles,
     which the restored objects need, were dropped); a database that is gone holds nothing of it."""
     assert run.database is not None and run.restoring is not None
-    database, mark = run.database, run.restoring
+    database = run.database
     with conn.connect_server() as con:
         if run.database_oid is not None:
             row = con.execute("SELECT datname FROM pg_database WHERE oid = %s", (run.database_oid,)).fetchone()
@@ -488,14 +611,40 @@ def _may_have_committed(conn: pg.PgConn, run: postgres_roles.KilledRun) -> bool:
             database = str(row[0])
         elif not _database_exists(con, database):
             return False
+    return _written_since(conn, database, run.restoring)
+
+
+def _written_since(conn: pg.PgConn, database: str, mark: int | None) -> bool:
+    """Whether an object of `database` initdb did not make (a schema, table, function, type,
+    extension, large object...) was written by a transaction that began after `mark` (a
+    txid_current()); None: whether it holds any such object. Told by the rows of user oid in any
+    of its own catalogs this role may read, not by its tables alone: a database of functions or
+    types holds none."""
     with conn.with_database(database).connect() as con:
-        row = con.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname <> ALL(ARRAY['pg_catalog', 'information_schema']) AND n.nspname NOT LIKE 'pg\\_to%%' "
-            "AND age(c.xmin) <= txid_current() - %s",
-            (mark,),
-        ).fetchone()
-    return bool(row and row[0])
+        catalogs = [
+            str(r[0])
+            for r in con.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'oid' "
+                "WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r' AND NOT c.relisshared "
+                "AND has_table_privilege(c.oid, 'SELECT')"
+            ).fetchall()
+        ]
+        if not catalogs:
+            return True  # nothing can be told: it may hold anything
+        since: sql.Composable = sql.SQL("")
+        if mark is not None:
+            since = sql.SQL(" AND age(xmin) <= txid_current() - {}").format(sql.Literal(mark))
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL("(SELECT 1 FROM pg_catalog.{} WHERE oid >= {}{} LIMIT 1)").format(
+                sql.Identifier(c), sql.Literal(_FIRST_USER_OID), since
+            )
+            for c in catalogs
+        )
+        return con.execute(sql.SQL("SELECT EXISTS ({})").format(query)).fetchone() == (True,)
+
+
+# Objects initdb made have lower oids; every one created since (by anyone) has this or a higher one.
+_FIRST_USER_OID = 16384
 
 
 # The first PostgreSQL with pg_locks.waitstart (when a lock wait began).

@@ -10,13 +10,17 @@ cache folder, whose first line names the process (as sinks/leftovers.py's) and t
 role is created in a transaction that writes its line (name and oid) to the journal, fsynced,
 before it commits: a role the journal does not name was not created by the run, and one it names
 is that run's only while it has that oid (a role the user created again since has another). Later
-lines record the memberships the run gave, a drill's scratch database (before it is created) and
+lines record the memberships the run gave, the database it creates (a drill's scratch database, or
+a restore's new one: named before CREATE DATABASE, its oid noted at once after) and
 the moment pg_restore starts (the server's transaction id then, and its database's oid: a
 database renamed since is still found). A run that ends but could not
-drop its roles (the server went away) keeps its journal, marked as ended.
+drop its roles or its new database (the server went away) keeps its journal, marked as ended.
 
 The next restore or drill against that server reads the journals of runs that ended so or
-provably no longer run (`ProcessTag.gone`). A drill's scratch database is dropped, then its roles. A restore's roles
+provably no longer run (`ProcessTag.gone`). A drill's scratch database is dropped, then its roles.
+A restore's new database is dropped only while it has the oid recorded, no session is connected
+to it and its pg_restore never committed; one whose pg_restore committed is complete and stays
+(sinks/postgres.py `_killed_restores_database`). A restore's roles
 are kept when its pg_restore may have committed (a table of its database was written by a
 transaction that began after the journal's mark: the restored objects depend on those roles);
 otherwise each is dropped as after a failed restore, only while it has the oid recorded, no
@@ -139,6 +143,24 @@ class KilledRun:
     database_oid: int | None = None
     restoring: int | None = None
     ended: bool = False
+    # The database a restore was creating (named before CREATE DATABASE), and the oid it got
+    # (noted at once after it; a run killed in between left a database no journal can prove its).
+    creating: str | None = None
+    created_oid: int | None = None
+    server: str = ""
+    damaged: bool = False  # a line before the last is not the run's: nothing it names is dropped
+
+    @property
+    def left_database(self) -> str | None:
+        """The database the run created (a drill's scratch database, or a restore's new one)."""
+        return self.drill or self.creating
+
+
+def drop_statement(kind: str, name: str) -> str:
+    """`DROP DATABASE "name";` (`kind` DATABASE or ROLE), the name quoted as the server reads it."""
+    from psycopg import sql
+
+    return f"DROP {kind} {sql.Identifier(name).as_string(None)};"
 
 
 def killed_runs(server: str) -> Iterator[tuple[KilledRun, Callable[[], None]]]:
@@ -151,10 +173,25 @@ def killed_runs(server: str) -> Iterator[tuple[KilledRun, Callable[[], None]]]:
     try:
         for name in sorted(os.listdir(folder)):
             run = _read(folder, name, server)
-            if run is not None:
+            if run is not None and not run.damaged:
                 yield run, functools.partial(_unlink, folder, name)
     finally:
         os.close(folder)
+
+
+def kept_runs() -> list[KilledRun]:
+    """The journals of runs against any server that no longer run, damaged ones too (`damaged`),
+    read only: nothing is deleted or written (for `phx doctor`)."""
+    folder = leftovers.own_folder(journal_dir())
+    if folder is None:
+        return []
+    try:
+        runs = [_read(folder, name, None, tidy=False) for name in sorted(os.listdir(folder))]
+    except OSError:
+        runs = []
+    finally:
+        os.close(folder)
+    return [run for run in runs if run is not None]
 
 
 def _unlink(folder: int, name: str) -> None:
@@ -162,7 +199,7 @@ def _unlink(folder: int, name: str) -> None:
         os.unlink(name, dir_fd=folder)
 
 
-def _read(folder: int, name: str, server: str) -> KilledRun | None:
+def _read(folder: int, name: str, server: str | None, *, tidy: bool = True) -> KilledRun | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except OSError:
@@ -177,7 +214,7 @@ def _read(folder: int, name: str, server: str) -> KilledRun | None:
         os.close(fd)
         return None
     try:
-        return _read_open(fd, folder, name, server)
+        return _read_open(fd, folder, name, server, tidy=tidy)
     except OSError:
         return None  # unreadable (an I/O error): kept for a later run
 
@@ -195,27 +232,31 @@ def _text(value: Any) -> str:
     return value
 
 
-def _read_open(fd: int, folder: int, name: str, server: str) -> KilledRun | None:
+def _read_open(fd: int, folder: int, name: str, server: str | None, *, tidy: bool) -> KilledRun | None:
+    """The journal `name` of a run against `server` (None: any) that no longer runs, else None;
+    with `tidy`, one that cannot be decoded is removed once a minute old."""
     with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as f:
         first = f.readline(_MAX_LINE)
         head = leftovers.journal_header(first)
         if head is None:
-            if time.time() - os.fstat(fd).st_mtime > 60:
+            if tidy and time.time() - os.fstat(fd).st_mtime > 60:
                 _unlink(folder, name)
             return None
         try:
-            if json.loads(first).get("server") != server:
-                return None
+            its = json.loads(first).get("server")
         except (ValueError, RecursionError, AttributeError):
             return None
-        run = KilledRun(name)
+        if not isinstance(its, str) or not its or (server is not None and its != server):
+            return None
+        run = KilledRun(name, server=its)
         torn = False
         while line := f.readline(_MAX_LINE):
             if torn:
                 # A line that is not the run's, and more after it: not a line the kill cut short
                 # (whose step never happened), so what this journal says cannot be trusted, a
                 # pg_restore mark may be the one lost. It is kept, and nothing it names dropped.
-                return None
+                run.damaged = True
+                break
             try:
                 _parse(json.loads(line), run)
             except (ValueError, RecursionError, TypeError, AttributeError, OverflowError, KeyError):
@@ -235,6 +276,12 @@ def _parse(item: Any, run: KilledRun) -> None:
         run.memberships = {(_oid(a), _oid(b)) for a, b in item["memberships"]}
     elif "drill" in item:
         run.drill = _text(item["drill"])
+    elif "creating" in item:
+        run.creating = _text(item["creating"])
+    elif "created" in item:
+        if _text(item["created"]) != run.left_database:
+            raise ValueError("not the database the run was creating")
+        run.created_oid = _oid(item["oid"])
     elif "restoring" in item:
         if type(item["restoring"]) is not int or not 0 <= item["restoring"] < 2**63:
             raise ValueError("not a transaction id")

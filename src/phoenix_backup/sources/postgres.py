@@ -220,31 +220,68 @@ def pooler_fix(text: str, what: str) -> str:
 # Seconds the probe's second client waits for a server session: one that waits is held by a
 # session pool for the first client (no transaction pooler hands it over).
 _POOL_PROBE_WAIT_S = 3
+# The most clients `transaction_pooled` opens, each holding a server session for a moment (in a
+# session pool, sessions its applications wait for).
+_POOL_PROBE_CLIENTS = 4
 
 
 def transaction_pooled(first: psycopg.Connection[Any], connect: Callable[[], psycopg.Connection[Any]]) -> bool:
     """Whether a pooler in transaction (or statement) mode stands between phx and the server: the
-    server session `first` (outside a transaction) used is handed to a second client (`connect`
-    opens it as `first` was opened) while `first` is still connected, which only such a pool does
-    (the server itself, or a pool in session mode, gives each client a session of its own;
-    pgbouncer hands out the session used last first). Through one, the plain `SET`s of pg_dump and
-    pg_restore (`search_path = ''`, `row_security = off`) stay on a pooled session for the next
-    client; a pooler told `ignore_startup_parameters = options` does not refuse them, so
-    `pooler_fix` does not see it."""
-    row = first.execute("SELECT pg_backend_pid()").fetchone()
-    second = connect()
-    # Hung up, not cancelled: pgbouncer does not end a client's wait for a server session on a cancel.
-    timer = threading.Timer(_POOL_PROBE_WAIT_S, hang_up, (second,))
-    timer.start()
+    server session `first` (outside a transaction) used is handed to another client (`connect`
+    opens them as `first` was opened) while `first` is still connected, or `first` itself is given
+    another session for its next statement, which only such a pool does (the server itself, or a
+    pool in session mode, gives each client a session of its own). Through one, the plain `SET`s
+    of pg_dump and pg_restore (`search_path = ''`, `row_security = off`) stay on a pooled session
+    for the next client; a pooler told `ignore_startup_parameters = options` does not refuse them,
+    so `pooler_fix` does not see it.
+
+    Which idle session a pool hands out is its choice (pgbouncer: the one used last, or the oldest
+    with `server_round_robin`), so the other clients are opened one by one, each holding its
+    session in an open transaction, until one is handed `first`'s session (pooled), one is given a
+    session started after the probe began (no idle session was left, and `first`'s was not among
+    them: the server itself, or a session pool), one waits for a session (a full session pool), or
+    `_POOL_PROBE_CLIENTS` were opened (a pool handing out its idle sessions in no order, with more
+    of them than that, may then go unseen). The server alone costs one client, as before."""
+    # The time as microseconds since the epoch: a timestamp would be parsed by the session's
+    # DateStyle, which psycopg cannot read in every form.
+    row = first.execute("SELECT pg_backend_pid(), (extract(epoch FROM clock_timestamp()) * 1e6)::bigint").fetchone()
+    assert row is not None
+    pid, began = row
+    again = first.execute("SELECT pg_backend_pid()").fetchone()
+    if again is not None and again[0] != pid:
+        return True  # `first` was given another session between two statements
+    held: list[psycopg.Connection[Any]] = []
+    query = (
+        "SELECT pg_backend_pid(), extract(epoch FROM backend_start) * 1e6 >= %s "
+        "FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    )
     try:
-        other = second.execute("SELECT pg_backend_pid()").fetchone()
-    except psycopg.Error:
-        return False  # it waited for a session of its own: a session pool
+        for _ in range(_POOL_PROBE_CLIENTS):
+            other = connect()
+            held.append(other)
+            # Hung up, not cancelled: pgbouncer does not end a client's wait for a server session on a cancel.
+            timer = threading.Timer(_POOL_PROBE_WAIT_S, hang_up, (other,))
+            timer.start()
+            try:
+                other.execute("BEGIN")
+                got = other.execute(query, (began,)).fetchone()
+            except psycopg.Error as exc:
+                if _STATEMENT_POOL in pg_reason(exc):
+                    raise  # a pool in statement mode: its words, and the fix (`pg_reason`)
+                return False  # it waited for a session of its own: a session pool
+            finally:
+                timer.cancel()
+            if got is None or got[0] == pid:
+                return got is not None
+            if got[1]:
+                return False  # a session started for it: `first`'s was not idle in a pool
+        return False
     finally:
-        timer.cancel()
-        with contextlib.suppress(psycopg.Error):
-            second.close()
-    return row is not None and other == row
+        for other in held:
+            with contextlib.suppress(psycopg.Error):
+                other.execute("ROLLBACK")  # its session goes back to the pool (closed in a transaction, it ends)
+            with contextlib.suppress(psycopg.Error):
+                other.close()
 
 
 def transaction_pool_error(what: str) -> str:
