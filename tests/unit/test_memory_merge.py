@@ -746,3 +746,50 @@ def test_a_keyless_row_holding_a_large_blob_is_compared_without_a_copy_of_it() -
     digests = {sqlite_merge._row_hash((v,)) for v in (1, 1.0, "1", b"1", None)}
     assert len(digests) == 5
     assert sqlite_merge._row_hash((b"ab", b"c")) != sqlite_merge._row_hash((b"a", b"bc"))
+
+
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_two_source_rows_the_live_key_takes_for_one_are_not_merged_twice(tmp_path: Path, mode: ConflictMode) -> None:
+    """The snapshot's key compared case (BINARY), the live key does not (NOCASE, since a
+    migration): the snapshot's 'Alice' and 'alice' are one live row. The second went over the
+    first without a word (update: 2 rows counted updated, the live row holding the second's
+    value), or both were counted skipped; the second is now failed, named in a warning."""
+    src = store(
+        tmp_path / "src.db", "CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT);", {"t": [("Alice", "1"), ("alice", "2")]}
+    )
+    dst = store(
+        tmp_path / "dst.db", "CREATE TABLE t (k TEXT COLLATE NOCASE PRIMARY KEY, v TEXT);", {"t": [("ALICE", "0")]}
+    )
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"t": (0, 1, 0, 0, 1) if mode == "skip" else (0, 0, 1, 0, 1)}
+    assert result.warnings == [
+        "t: a row was not merged: its key ('alice',) is the key ('Alice',) of a row of the source merged before it, "
+        "as the live table compares keys (one row there)"
+    ]
+    assert dump(dst)["t"] == [("ALICE", "0" if mode == "skip" else "1")]
+
+
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_value_the_live_column_stores_as_the_same_is_unchanged(tmp_path: Path, mode: ConflictMode) -> None:
+    """The source holds the text '5' where the live INTEGER column holds 5, which is what SQLite
+    would store for '5': the row is unchanged. It was counted skipped (a conflict that is none),
+    or updated to itself."""
+    src = store(tmp_path / "src.db", "CREATE TABLE t (k INTEGER PRIMARY KEY, n);", {"t": [(1, "5"), (2, "6")]})
+    dst = store(tmp_path / "dst.db", "CREATE TABLE t (k INTEGER PRIMARY KEY, n INTEGER);", {"t": [(1, 5), (2, 7)]})
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"t": (0, 1, 0, 1, 0) if mode == "skip" else (0, 0, 1, 1, 0)}
+    assert dump(dst)["t"] == [(1, 5), (2, 7 if mode == "skip" else 6)]
+
+
+@pytest.mark.parametrize("mode", ["skip", "update"])
+def test_a_key_whose_index_has_its_own_collation_is_the_live_row(tmp_path: Path, mode: ConflictMode) -> None:
+    """`PRIMARY KEY (k COLLATE NOCASE)` over a column that compares case: the key's index says
+    'Alice' is the live 'alice', the column does not. Read back through the column, the row was
+    taken for a new one, whose insert failed ('UNIQUE constraint failed', exit 3)."""
+    sql = "CREATE TABLE t (k TEXT, v TEXT, PRIMARY KEY (k COLLATE NOCASE));"
+    src = store(tmp_path / "src.db", sql, {"t": [("Alice", "1"), ("Bob", "new")]})
+    dst = store(tmp_path / "dst.db", sql, {"t": [("alice", "1"), ("BOB", "old")]})
+    result = merged(src, dst, mode=mode)
+    assert counts(result) == {"t": (0, 1, 0, 1, 0) if mode == "skip" else (0, 0, 1, 1, 0)}
+    assert result.warnings == []
+    assert dump(dst)["t"] == [("BOB", "old" if mode == "skip" else "new"), ("alice", "1")]

@@ -598,43 +598,72 @@ def _merge_table(
 
     key_idx = [common.index(k) for k in key]
     value_idx = [i for i, c in enumerate(common) if c not in key]
-    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
+    comparison = key_comparison(con, live.name, key)
+    # The live row is updated through its own key, compared as its index compares it.
+    where = " AND ".join(
+        f"{'rowid' if k == 'rowid' else quote(k)} = (? COLLATE {quote(coll)})"
+        for k, (_aff, coll) in zip(key, comparison, strict=True)
+    )
     sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
     update_sql = f"UPDATE{abort} {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
     # likes: those rows are merged as whole rows against the live rows with a NULL key.
     null_keyed: list[tuple[SqlValue, ...]] = []
-    for batch in _batched(projected, _BATCH):
-        existing = _existing(con, q, common, key, key_idx, batch)
-        for values in batch:
-            k = tuple(values[i] for i in key_idx)
-            if None in k:
-                null_keyed.append(values)
+    # Two rows of the source that are one row of the live table (its key compares 'Alice' and
+    # 'alice' as one, the source's did not): the second went over the first, or was counted
+    # skipped, without a word.
+    seen = SameKeys(con, comparison)
+    try:
+        for whole in _batched(projected, _BATCH):
+            batch = []
+            for values in whole:
+                if None in (values[i] for i in key_idx):
+                    null_keyed.append(values)
+                else:
+                    batch.append(values)
+            if not batch:
                 continue
-            old = existing.get(k)
-            if old is None:
-                insert(values)
-            elif all(old[i] == values[i] for i in value_idx):  # the key equal as the live table compares it
-                tm.unchanged += 1
-            elif mode == "skip":
-                tm.skipped += 1
-            else:
-                if update_sql:
-                    params = (*(values[i] for i in value_idx), *k)
-                    try:
-                        why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
-                    except sqlite3.IntegrityError as exc:
-                        if _FOREIGN_KEY in str(exc):
-                            waiting.append(_Waiting(tm, "updated", update_sql, params))
+            twice = seen.add([tuple(values[i] for i in key_idx) for values in batch])
+            existing = _existing(con, q, common, key_idx, comparison, batch)
+            for at, values in enumerate(batch):
+                k = tuple(values[i] for i in key_idx)
+                if twice[at] is not None:
+                    tm.failed += 1
+                    if warned < _MAX_WARNINGS_PER_TABLE:
+                        warned += 1
+                        result.warnings.append(
+                            f"{table.name}: a row was not merged: its key {k!r:.80} is the key {twice[at]!r:.80} of "
+                            "a row of the source merged before it, as the live table compares keys (one row there)"
+                        )
+                    continue
+                found = existing.get(at)
+                if found is None:
+                    insert(values)
+                    continue
+                old, same = found
+                if same:
+                    tm.unchanged += 1
+                elif mode == "skip":
+                    tm.skipped += 1
+                else:
+                    if update_sql:
+                        params = (*(values[i] for i in value_idx), *(old[i] for i in key_idx))
+                        try:
+                            why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
+                        except sqlite3.IntegrityError as exc:
+                            if _FOREIGN_KEY in str(exc):
+                                waiting.append(_Waiting(tm, "updated", update_sql, params))
+                                continue
+                            why = str(exc)
+                        if why:
+                            tm.failed += 1
+                            if warned < _MAX_WARNINGS_PER_TABLE:
+                                warned += 1
+                                result.warnings.append(f"{table.name}: a row could not be updated ({why})")
                             continue
-                        why = str(exc)
-                    if why:
-                        tm.failed += 1
-                        if warned < _MAX_WARNINGS_PER_TABLE:
-                            warned += 1
-                            result.warnings.append(f"{table.name}: a row could not be updated ({why})")
-                        continue
-                tm.updated += 1
+                    tm.updated += 1
+    finally:
+        seen.close()
     if null_keyed:
         null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
         _merge_multiset(con, table.name, common, null_keyed, tm, insert, where=null_where)
@@ -793,37 +822,121 @@ def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Wa
     return [waiting[i] for i in order]
 
 
+def key_comparison(con: sqlite3.Connection, table: str, key: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(affinity, collation) of each column of `table`'s primary key `key` as SQLite compares it:
+    the collation of the key's own index (`PRIMARY KEY (k COLLATE NOCASE)` over a BINARY column
+    too), the affinity of the column's declared type; a rowid is an INTEGER."""
+    pk = con.execute("SELECT name FROM pragma_index_list(?) WHERE origin = 'pk'", (table,)).fetchone()
+    return _compared(con, table, key, None if pk is None else str(pk[0]))
+
+
+def _compared(con: sqlite3.Connection, table: str, columns: Sequence[str], index: str | None) -> list[tuple[str, str]]:
+    """(affinity, collation) of each of `columns` of `table`: the affinity of its declared type,
+    the collation `index` gives it (BINARY without one); a rowid is an INTEGER."""
+    decl = {str(r[1]): str(r[2] or "") for r in con.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+    coll: dict[str, str] = {}
+    if index is not None:
+        coll = {str(r[2]): str(r[4]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (index,)) if r[5]}
+    return [
+        ("INTEGER", "BINARY") if c == "rowid" else (_affinity(decl.get(c, "")), coll.get(c, "BINARY")) for c in columns
+    ]
+
+
+def _affinity(declared: str) -> str:
+    """The affinity SQLite gives a column of this declared type (sqlite.org/datatype3.html 3.1),
+    as a type name of that affinity; "" for none (BLOB)."""
+    d = declared.upper()
+    if "INT" in d:
+        return "INTEGER"
+    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
+        return "TEXT"
+    if "BLOB" in d or not d:
+        return ""
+    if "REAL" in d or "FLOA" in d or "DOUB" in d:
+        return "REAL"
+    return "NUMERIC"
+
+
+class SameKeys:
+    """The keys of the rows seen so far, kept in a table of `con`'s temporary schema (on disk past
+    SQLite's page cache, not in memory) and compared as SQLite compares the primary key they are
+    keys of, `comparison` (its `key_comparison`): 'Alice' and 'alice' are one key of a
+    `COLLATE NOCASE` key, '1' and 1 one of an INTEGER one."""
+
+    def __init__(self, con: sqlite3.Connection, comparison: list[tuple[str, str]], name: str = "phx_keys") -> None:
+        self.con, self.name, self.width, self.seen = con, quote(name), len(comparison), 0
+        cols = ", ".join(f"k{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
+        pk = ", ".join(f"k{i}" for i in range(self.width))
+        con.execute(f"DROP TABLE IF EXISTS temp.{self.name}")
+        con.execute(f"CREATE TEMP TABLE {self.name} ({cols}, phx_n INTEGER, PRIMARY KEY ({pk}))")
+        marks = ", ".join("?" * (self.width + 1))
+        self._insert = f"INSERT OR IGNORE INTO temp.{self.name} VALUES ({marks})"
+        where = " AND ".join(f"k{i} = ?" for i in range(self.width))
+        self._find = (
+            f"SELECT phx_n, {', '.join(f'k{i}' for i in range(self.width))} FROM temp.{self.name} WHERE {where}"
+        )
+
+    def add(self, keys: Sequence[tuple[SqlValue, ...]]) -> list[tuple[SqlValue, ...] | None]:
+        """Add a batch of keys (none holding a NULL); for each, None when it is new, else the key
+        as first seen (an earlier row of the batch, or of a batch before it)."""
+        first = self.seen
+        self.seen += len(keys)
+        before = self.con.total_changes
+        self.con.executemany(self._insert, [(*k, first + i) for i, k in enumerate(keys)])
+        if self.con.total_changes - before == len(keys):
+            return [None] * len(keys)
+        out: list[tuple[SqlValue, ...] | None] = []
+        for i, k in enumerate(keys):
+            row = self.con.execute(self._find, k).fetchone()
+            out.append(None if row is None or row[0] == first + i else tuple(row[1:]))
+        return out
+
+    def close(self) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS temp.{self.name}")
+
+
+# Bound parameters in one statement: SQLite's limit is 32,766 (999 before 3.32).
+_MAX_PARAMETERS = 999
+
+
 def _existing(
     con: sqlite3.Connection,
     q: str,
     common: tuple[str, ...],
-    key: tuple[str, ...],
     key_idx: list[int],
+    comparison: list[tuple[str, str]],
     batch: Sequence[tuple[SqlValue, ...]],
-) -> dict[tuple[SqlValue, ...], tuple[SqlValue, ...]]:
-    """The live rows (common columns) of a batch's keys, each under the source's key: the live
-    key columns' collation and affinity decide which live row a source key is, as the table's
-    UNIQUE index does (a NOCASE key's 'Alice' is the live 'alice'; read back by its own value,
-    such a row was taken for a new one, whose insert then failed the UNIQUE constraint)."""
-    found: dict[tuple[SqlValue, ...], tuple[SqlValue, ...]] = {}
+) -> dict[int, tuple[tuple[SqlValue, ...], bool]]:
+    """The live row (common columns) of each row of a batch whose key the live table holds, by
+    the row's place in the batch, and whether SQLite finds its other values the same. SQLite
+    compares: the key by the live key's collation and affinity, as the table's own index does (a
+    NOCASE key's 'Alice' is the live 'alice'; read back by its own value, such a row was taken for
+    a new one, whose insert then failed the UNIQUE constraint), the other values by the live
+    columns' affinity, byte for byte (the text '5' is the 5 an INTEGER column holds: it was
+    counted skipped, or updated to itself)."""
+    found: dict[int, tuple[tuple[SqlValue, ...], bool]] = {}
     cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
-    if len(key) == 1:
-        col = "t.rowid" if key[0] == "rowid" else f"t.{quote(key[0])}"
-        keys = [v[key_idx[0]] for v in batch]
+    names = ["phx_i", *(f"c{i}" for i in range(len(common)))]
+    on = " AND ".join(
+        f"{'t.rowid' if common[i] == 'rowid' else f't.{quote(common[i])}'} = (s.c{i} COLLATE {quote(coll)})"
+        for i, (_aff, coll) in zip(key_idx, comparison, strict=True)
+    )
+    same = " AND ".join(
+        f"({'t.rowid' if c == 'rowid' else f't.{quote(c)}'} IS (s.c{i} COLLATE BINARY))"
+        for i, c in enumerate(common)
+        if i not in key_idx
+    )
+    per = max(1, _MAX_PARAMETERS // len(names))
+    for at in range(0, len(batch), per):
+        part = batch[at : at + per]
+        row_marks = "(" + ", ".join("?" * len(names)) + ")"
         sql = (
-            f"WITH phx_k(phx_i, phx_v) AS (VALUES {', '.join(['(?, ?)'] * len(keys))}) "
-            f"SELECT phx_k.phx_i, {cols} FROM phx_k JOIN {q} AS t ON {col} = phx_k.phx_v"
+            f"WITH s({', '.join(names)}) AS (VALUES {', '.join([row_marks] * len(part))}) "
+            f"SELECT s.phx_i, {same or '1'}, {cols} FROM s JOIN {q} AS t ON {on}"
         )
-        for at, *row in con.execute(sql, [x for i, k in enumerate(keys) for x in (i, k)]):
-            found[(keys[at],)] = tuple(row)
-        return found
-    where = " AND ".join(f"{'t.rowid' if k == 'rowid' else f't.{quote(k)}'} = ?" for k in key)
-    sql = f"SELECT {cols} FROM {q} AS t WHERE {where}"
-    for values in batch:
-        k = tuple(values[i] for i in key_idx)
-        row = con.execute(sql, k).fetchone()
-        if row is not None:
-            found[k] = tuple(row)
+        params = [x for i, values in enumerate(part, start=at) for x in (i, *values)]
+        for i, is_same, *row in con.execute(sql, params):
+            found[int(i)] = (tuple(row), bool(is_same))
     return found
 
 
