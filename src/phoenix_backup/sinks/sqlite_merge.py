@@ -31,7 +31,6 @@ from it read-only with the backup API) and throws the copy away.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -593,7 +592,7 @@ def _merge_table(
 
     projected = (tuple(row[i] for i in positions) for row in rows)
     if not key:
-        _merge_multiset(con, table.name, common, projected, tm, insert)
+        _merge_multiset(con, live, common, projected, tm, insert)
         return
 
     key_idx = [common.index(k) for k in key]
@@ -666,7 +665,7 @@ def _merge_table(
         seen.close()
     if null_keyed:
         null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
-        _merge_multiset(con, table.name, common, null_keyed, tm, insert, where=null_where)
+        _merge_multiset(con, live, common, null_keyed, tm, insert, where=null_where)
 
 
 _FOREIGN_KEY = "FOREIGN KEY constraint failed"
@@ -940,21 +939,27 @@ def _existing(
     return found
 
 
-def _row_hash(values: Sequence[SqlValue]) -> bytes:
-    """A whole row's digest (a keyless table's rows are compared by it): a BLOB's bytes as they
-    are, any other value by its repr (1 and 1.0 differ). The repr of a 40 MiB embedding blob was
-    a 160 MiB string, and its bytes another, for each row."""
-    h = hashlib.blake2b(digest_size=16)
-    for v in values:
-        data = v if isinstance(v, bytes) else repr(v).encode()
-        h.update(b"%c%d:" % (98 if isinstance(v, bytes) else 114, len(data)))
-        h.update(data)
-    return h.digest()
+def column_comparison(table: TableInfo, columns: Sequence[str]) -> list[tuple[str, str]]:
+    """(affinity, collation) with which SQLite compares each of `columns` of `table` (a live table:
+    its statement is the store's own): its declared type's affinity and its `COLLATE`, read back
+    by SQLite from an index on them over an empty copy of the table in memory; a rowid is an
+    INTEGER. A statement that cannot be made there compares values as they are."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute(table.sql)
+        named = [c for c in columns if c != "rowid"]
+        if named:
+            scratch.execute(f"CREATE INDEX phx_probe ON {quote(table.name)} ({', '.join(quote(c) for c in named)})")
+        return _compared(scratch, table.name, columns, "phx_probe" if named else None)
+    except sqlite3.Error:
+        return [("INTEGER", "BINARY") if c == "rowid" else ("", "BINARY") for c in columns]
+    finally:
+        scratch.close()
 
 
 def _merge_multiset(
     con: sqlite3.Connection,
-    name: str,
+    live: TableInfo,
     common: tuple[str, ...],
     rows: Iterable[tuple[SqlValue, ...]],
     tm: TableMerge,
@@ -962,16 +967,55 @@ def _merge_multiset(
     *,
     where: str = "",
 ) -> None:
-    cols = ", ".join(quote(c) for c in common)
-    sql = f"SELECT {cols} FROM {quote(name)}" + (f" WHERE {where}" if where else "")
-    live: Counter[bytes] = Counter(_row_hash(r) for r in con.execute(sql))
-    for values in rows:
-        h = _row_hash(values)
-        if live[h] > 0:
-            live[h] -= 1
-            tm.unchanged += 1
-        else:
-            insert(values)
+    """Merge rows without a key as a multiset: a source row is unchanged while an equal live row is
+    left to match it, else inserted. SQLite compares, each column by the live column's collation
+    and affinity (a `COLLATE NOCASE` column's 'Alice' is the live 'alice': it was inserted again
+    beside it, or failed a UNIQUE index on that column), on tables in its temporary schema:
+    neither the source's rows nor the live ones are held in memory."""
+    comparison = column_comparison(live, common)
+    cs = ", ".join(f"c{i}" for i in range(len(common)))
+    decls = ", ".join(f"c{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
+    live_cols = ", ".join(
+        f"{'rowid' if c == 'rowid' else quote(c)} COLLATE {quote(coll)} AS c{i}"
+        for i, (c, (_aff, coll)) in enumerate(zip(common, comparison, strict=True))
+    )
+    equal = " AND ".join(f"l.c{i} IS s.c{i}" for i in range(len(common)))
+    con.execute("DROP TABLE IF EXISTS temp.phx_rows")
+    con.execute("DROP TABLE IF EXISTS temp.phx_new")
+    con.execute(f"CREATE TEMP TABLE phx_rows (phx_i INTEGER PRIMARY KEY, {decls})")
+    try:
+        # One row at a time: a row may hold a 40 MiB embedding.
+        insert_sql = f"INSERT INTO temp.phx_rows VALUES (?, {', '.join('?' * len(common))})"
+        con.executemany(insert_sql, ((i, *values) for i, values in enumerate(rows)))
+        total = int(con.execute("SELECT count(*) FROM temp.phx_rows").fetchone()[0])
+        if not total:
+            return
+        # Equal rows are numbered within their class on each side; a source row whose number no
+        # equal live row has is new (two equal source rows, one live row: one is inserted).
+        con.execute("CREATE TEMP TABLE phx_new (phx_i INTEGER PRIMARY KEY)")
+        con.execute(
+            f"INSERT INTO temp.phx_new "
+            f"WITH s AS (SELECT phx_i, {cs}, row_number() OVER (PARTITION BY {cs} ORDER BY phx_i) AS phx_n "
+            f"FROM temp.phx_rows), "
+            f"l AS (SELECT {cs}, row_number() OVER (PARTITION BY {cs}) AS phx_n "
+            f"FROM (SELECT {live_cols} FROM main.{quote(live.name)}{f' WHERE {where}' if where else ''})) "
+            f"SELECT phx_i FROM s WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.phx_n = s.phx_n AND {equal})"
+        )
+        new = 0
+        after = -1
+        one = f"SELECT {cs} FROM temp.phx_rows WHERE phx_i = ?"
+        # The new rows' numbers a batch at a time, their rows one at a time (a row may be large).
+        while ids := con.execute(
+            f"SELECT phx_i FROM temp.phx_new WHERE phx_i > ? ORDER BY phx_i LIMIT {_BATCH}", (after,)
+        ).fetchall():
+            for (i,) in ids:
+                insert(tuple(con.execute(one, (i,)).fetchone()))
+            new += len(ids)
+            after = ids[-1][0]
+        tm.unchanged += total - new
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.phx_rows")
+        con.execute("DROP TABLE IF EXISTS temp.phx_new")
 
 
 def _batched(rows: Iterable[tuple[SqlValue, ...]], n: int) -> Iterator[list[tuple[SqlValue, ...]]]:
