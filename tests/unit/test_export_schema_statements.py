@@ -319,3 +319,21 @@ def test_the_duplicate_key_check_keeps_no_key_in_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def test_a_full_temporary_folder_fails_the_duplicate_key_check_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keys are kept in a temporary SQLite file: a full temporary folder is one error naming
+    # it and TMPDIR, before any write, not an internal error.
+    from phoenix_backup.errors import MergeFailed
+    from phoenix_backup.ops import import_
+
+    source, _live = _store(tmp_path, ("table", "notes", "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"))
+
+    def full(self: object, keys: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(import_.SameKeys, "add", full)
+    with pytest.raises(MergeFailed, match=r"duplicate-key check of notes\.json .* temporary folder .* TMPDIR"):
+        source.check_rows(source.tables[0])

@@ -816,3 +816,37 @@ def test_a_key_whose_index_has_its_own_collation_is_the_live_row(tmp_path: Path,
     assert counts(result) == {"t": (0, 1, 0, 1, 0) if mode == "skip" else (0, 0, 1, 1, 0)}
     assert result.warnings == []
     assert dump(dst)["t"] == [("BOB", "old" if mode == "skip" else "new"), ("alice", "1")]
+
+
+@pytest.mark.parametrize("name", ["s", "phx_k", "phx_s", "phx_l", "phx_rows", "phx_keys", "phx_probe"])
+@pytest.mark.parametrize("key", [" PRIMARY KEY", ""])
+def test_a_table_named_as_the_merge_s_own_names_is_merged(tmp_path: Path, name: str, key: str) -> None:
+    """The merge reads the live rows in queries of its own (a WITH clause, temporary tables): a
+    live table of one of their names is still the one read. A table named like the WITH clause
+    (`phx_k`) had the clause read in its place: every row taken for a new one, its insert failed."""
+    sql = f"CREATE TABLE {name} (k TEXT COLLATE NOCASE{key}, v TEXT);"
+    src = store(tmp_path / "src.db", sql, {name: [("Alice", "1"), ("Bob", "2")]})
+    dst = store(tmp_path / "dst.db", sql, {name: [("alice", "1")]})
+    result = merged(src, dst)
+    assert counts(result) == {name: (1, 0, 0, 1, 0)}
+    assert result.warnings == []
+    assert dump(dst)[name] == [("Bob", "2"), ("alice", "1")]
+
+
+def test_a_full_temporary_folder_fails_the_merge_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge keeps the keys it merged in a temporary table: a full temporary folder rolls the
+    store back and names the folder and TMPDIR, not 'check that the file is a writable SQLite
+    database'."""
+    sql = "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);"
+    src = store(tmp_path / "src.db", sql, {"t": [(1, "a")]})
+    dst = store(tmp_path / "dst.db", sql, {"t": [(2, "b")]})
+
+    def full(self: object, keys: object) -> None:
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise exc
+
+    monkeypatch.setattr(sqlite_merge.SameKeys, "add", full)
+    with pytest.raises(MergeFailed, match=r"store is unchanged — free some room .* temporary folder .* TMPDIR"):
+        merged(src, dst)
+    assert dump(dst)["t"] == [(2, "b")]

@@ -133,6 +133,12 @@ class ExportRowSource:
                                 "export again"
                             )
                 con.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise MergeFailed(
+                    f"the duplicate-key check of {self._files[table.name].name} could not keep its keys in the "
+                    f"temporary folder {tempfile.gettempdir()} ({exc}); nothing was imported — free some room there, "
+                    "or set TMPDIR to a folder with room, and try again"
+                ) from exc
             finally:
                 con.close()
 

@@ -270,11 +270,16 @@ def _merge_in_transaction(
             "trigger to RAISE(ABORT) so that only the rows it refuses fail, then merge again"
         ) from exc.__cause__
     except sqlite3.Error as exc:
-        fix = (
-            f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-            else "check that the file is a writable SQLite database and try again"
-        )
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_BUSY:
+            fix = f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
+        elif code == sqlite3.SQLITE_FULL:  # the store's disk, or the temporary tables' folder
+            fix = (
+                f"free some room on the store's disk or in the temporary folder {tempfile.gettempdir()} (where "
+                "the merge compares keys), or set TMPDIR to a folder with room, and try again"
+            )
+        else:
+            fix = "check that the file is a writable SQLite database and try again"
         raise MergeFailed(
             f"merging into {result.target} failed ({exc}); the transaction was rolled back and the store is "
             f"unchanged — {fix}"
@@ -862,11 +867,10 @@ class SameKeys:
     keys of, `comparison` (its `key_comparison`): 'Alice' and 'alice' are one key of a
     `COLLATE NOCASE` key, '1' and 1 one of an INTEGER one."""
 
-    def __init__(self, con: sqlite3.Connection, comparison: list[tuple[str, str]], name: str = "phx_keys") -> None:
-        self.con, self.name, self.width, self.seen = con, quote(name), len(comparison), 0
+    def __init__(self, con: sqlite3.Connection, comparison: list[tuple[str, str]]) -> None:
+        self.con, self.name, self.width, self.seen = con, quote(_temp_name(con, "phx_keys")), len(comparison), 0
         cols = ", ".join(f"k{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
         pk = ", ".join(f"k{i}" for i in range(self.width))
-        con.execute(f"DROP TABLE IF EXISTS temp.{self.name}")
         con.execute(f"CREATE TEMP TABLE {self.name} ({cols}, phx_n INTEGER, PRIMARY KEY ({pk}))")
         marks = ", ".join("?" * (self.width + 1))
         self._insert = f"INSERT OR IGNORE INTO temp.{self.name} VALUES ({marks})"
@@ -894,6 +898,22 @@ class SameKeys:
         self.con.execute(f"DROP TABLE IF EXISTS temp.{self.name}")
 
 
+def _temp_name(con: sqlite3.Connection, base: str) -> str:
+    """A name for a temporary table that no table of the store, nor a temporary one, has: SQLite
+    looks an unqualified name up in the temporary schema first, so a temporary `phx_rows` took
+    the place of the store's own `phx_rows` in the merge's inserts ('has no column named k')."""
+    taken = {
+        fold_name(str(r[0]))
+        for schema in ("main", "temp")
+        for r in con.execute(f"SELECT name FROM {schema}.sqlite_master")
+    }
+    name, n = base, 1
+    while fold_name(name) in taken:
+        n += 1
+        name = f"{base}{n}"
+    return name
+
+
 # Bound parameters in one statement: SQLite's limit is 32,766 (999 before 3.32).
 _MAX_PARAMETERS = 999
 
@@ -917,11 +937,11 @@ def _existing(
     cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
     names = ["phx_i", *(f"c{i}" for i in range(len(common)))]
     on = " AND ".join(
-        f"{'t.rowid' if common[i] == 'rowid' else f't.{quote(common[i])}'} = (s.c{i} COLLATE {quote(coll)})"
+        f"{'t.rowid' if common[i] == 'rowid' else f't.{quote(common[i])}'} = (phx_s.c{i} COLLATE {quote(coll)})"
         for i, (_aff, coll) in zip(key_idx, comparison, strict=True)
     )
     same = " AND ".join(
-        f"({'t.rowid' if c == 'rowid' else f't.{quote(c)}'} IS (s.c{i} COLLATE BINARY))"
+        f"({'t.rowid' if c == 'rowid' else f't.{quote(c)}'} IS (phx_s.c{i} COLLATE BINARY))"
         for i, c in enumerate(common)
         if i not in key_idx
     )
@@ -930,8 +950,8 @@ def _existing(
         part = batch[at : at + per]
         row_marks = "(" + ", ".join("?" * len(names)) + ")"
         sql = (
-            f"WITH s({', '.join(names)}) AS (VALUES {', '.join([row_marks] * len(part))}) "
-            f"SELECT s.phx_i, {same or '1'}, {cols} FROM s JOIN {q} AS t ON {on}"
+            f"WITH phx_s({', '.join(names)}) AS (VALUES {', '.join([row_marks] * len(part))}) "
+            f"SELECT phx_s.phx_i, {same or '1'}, {cols} FROM phx_s JOIN main.{q} AS t ON {on}"
         )
         params = [x for i, values in enumerate(part, start=at) for x in (i, *values)]
         for i, is_same, *row in con.execute(sql, params):
@@ -948,9 +968,10 @@ def column_comparison(table: TableInfo, columns: Sequence[str]) -> list[tuple[st
     try:
         scratch.execute(table.sql)
         named = [c for c in columns if c != "rowid"]
+        index = "phx_probe" if fold_name(table.name) != "phx_probe" else "phx_probe2"
         if named:
-            scratch.execute(f"CREATE INDEX phx_probe ON {quote(table.name)} ({', '.join(quote(c) for c in named)})")
-        return _compared(scratch, table.name, columns, "phx_probe" if named else None)
+            scratch.execute(f"CREATE INDEX {index} ON {quote(table.name)} ({', '.join(quote(c) for c in named)})")
+        return _compared(scratch, table.name, columns, index if named else None)
     except sqlite3.Error:
         return [("INTEGER", "BINARY") if c == "rowid" else ("", "BINARY") for c in columns]
     finally:
@@ -980,33 +1001,34 @@ def _merge_multiset(
         for i, (c, (_aff, coll)) in enumerate(zip(common, comparison, strict=True))
     )
     equal = " AND ".join(f"l.c{i} IS s.c{i}" for i in range(len(common)))
-    con.execute("DROP TABLE IF EXISTS temp.phx_rows")
-    con.execute("DROP TABLE IF EXISTS temp.phx_new")
-    con.execute(f"CREATE TEMP TABLE phx_rows (phx_i INTEGER PRIMARY KEY, {decls})")
+    rows_t = quote(_temp_name(con, "phx_rows"))
+    con.execute(f"CREATE TEMP TABLE {rows_t} (phx_i INTEGER PRIMARY KEY, {decls})")
+    new_t = quote(_temp_name(con, "phx_new"))
     try:
         # One row at a time: a row may hold a 40 MiB embedding.
-        insert_sql = f"INSERT INTO temp.phx_rows VALUES (?, {', '.join('?' * len(common))})"
+        insert_sql = f"INSERT INTO temp.{rows_t} VALUES (?, {', '.join('?' * len(common))})"
         con.executemany(insert_sql, ((i, *values) for i, values in enumerate(rows)))
-        total = int(con.execute("SELECT count(*) FROM temp.phx_rows").fetchone()[0])
+        total = int(con.execute(f"SELECT count(*) FROM temp.{rows_t}").fetchone()[0])
         if not total:
             return
         # Equal rows are numbered within their class on each side; a source row whose number no
         # equal live row has is new (two equal source rows, one live row: one is inserted).
-        con.execute("CREATE TEMP TABLE phx_new (phx_i INTEGER PRIMARY KEY)")
+        con.execute(f"CREATE TEMP TABLE {new_t} (phx_i INTEGER PRIMARY KEY)")
         con.execute(
-            f"INSERT INTO temp.phx_new "
-            f"WITH s AS (SELECT phx_i, {cs}, row_number() OVER (PARTITION BY {cs} ORDER BY phx_i) AS phx_n "
-            f"FROM temp.phx_rows), "
-            f"l AS (SELECT {cs}, row_number() OVER (PARTITION BY {cs}) AS phx_n "
+            f"INSERT INTO temp.{new_t} "
+            f"WITH phx_s AS (SELECT phx_i, {cs}, row_number() OVER (PARTITION BY {cs} ORDER BY phx_i) AS phx_n "
+            f"FROM temp.{rows_t}), "
+            f"phx_l AS (SELECT {cs}, row_number() OVER (PARTITION BY {cs}) AS phx_n "
             f"FROM (SELECT {live_cols} FROM main.{quote(live.name)}{f' WHERE {where}' if where else ''})) "
-            f"SELECT phx_i FROM s WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.phx_n = s.phx_n AND {equal})"
+            f"SELECT phx_i FROM phx_s AS s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM phx_l AS l WHERE l.phx_n = s.phx_n AND {equal})"
         )
         new = 0
         after = -1
-        one = f"SELECT {cs} FROM temp.phx_rows WHERE phx_i = ?"
+        one = f"SELECT {cs} FROM temp.{rows_t} WHERE phx_i = ?"
         # The new rows' numbers a batch at a time, their rows one at a time (a row may be large).
         while ids := con.execute(
-            f"SELECT phx_i FROM temp.phx_new WHERE phx_i > ? ORDER BY phx_i LIMIT {_BATCH}", (after,)
+            f"SELECT phx_i FROM temp.{new_t} WHERE phx_i > ? ORDER BY phx_i LIMIT {_BATCH}", (after,)
         ).fetchall():
             for (i,) in ids:
                 insert(tuple(con.execute(one, (i,)).fetchone()))
@@ -1014,8 +1036,8 @@ def _merge_multiset(
             after = ids[-1][0]
         tm.unchanged += total - new
     finally:
-        con.execute("DROP TABLE IF EXISTS temp.phx_rows")
-        con.execute("DROP TABLE IF EXISTS temp.phx_new")
+        con.execute(f"DROP TABLE IF EXISTS temp.{rows_t}")
+        con.execute(f"DROP TABLE IF EXISTS temp.{new_t}")
 
 
 def _batched(rows: Iterable[tuple[SqlValue, ...]], n: int) -> Iterator[list[tuple[SqlValue, ...]]]:
