@@ -74,6 +74,7 @@ class ExportRowSource:
                 )
         self._tables: list[TableInfo] = []
         self._files: dict[str, Path] = {}
+        self._distinct: dict[str, list[tuple[str, str]]] = {}
         for t in _list(db.get("tableFiles", [])):
             info = TableInfo.from_json(t)
             columns = tuple(str(c) for c in _list(t.get("exportedColumns", list(info.columns))))
@@ -119,7 +120,8 @@ class ExportRowSource:
         with tempfile.TemporaryDirectory(prefix="phx-import-keys-") as scratch:
             con = sqlite3.connect(Path(scratch) / "keys.db", isolation_level=None)
             try:
-                seen = SameKeys(con, _declared_key(con, table))
+                declared = _declared_key(con, table)
+                seen = SameKeys(con, declared)
                 con.execute("BEGIN")
                 rows = enumerate(self.rows(table), start=1)
                 while batch := [
@@ -133,6 +135,7 @@ class ExportRowSource:
                                 "export again"
                             )
                 con.execute("ROLLBACK")
+                self._distinct[table.name] = declared
             except sqlite3.Error as exc:
                 raise MergeFailed(
                     f"the duplicate-key check of {self._files[table.name].name} could not keep its keys in the "
@@ -141,6 +144,10 @@ class ExportRowSource:
                 ) from exc
             finally:
                 con.close()
+
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The key the export declares, once `check_rows` found its keys distinct under it."""
+        return self._distinct.get(table.name)
 
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         path = self._files[table.name]

@@ -68,6 +68,11 @@ class RowSource(Protocol):
         """The table's rows, values in `table.columns` order."""
         ...
 
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The comparison (`key_comparison`) under which the table's keys are known to be
+        distinct, or None when that is not known."""
+        ...
+
 
 class SqliteRowSource:
     """A store read from a (temporary) database file, opened read-only and immutable."""
@@ -86,6 +91,10 @@ class SqliteRowSource:
 
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         yield from self.con.execute(table.select_sql())
+
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The store's own key: its index keeps the keys distinct as it compares them."""
+        return key_comparison(self.con, table.name, table.key) if table.key else None
 
     def close(self) -> None:
         self.con.close()
@@ -334,7 +343,8 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
                 "were not merged"
             )
             continue
-        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo)
+        distinct = source.distinct_keys(table)
+        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo, distinct=distinct)
     _retry_waiting(con, waiting, result, undo=undo)
     written = any(t.restored or t.updated for t in result.tables)
     for name, sql in quiet:
@@ -555,6 +565,7 @@ def _merge_table(
     *,
     mode: ConflictMode,
     undo: bool,
+    distinct: list[tuple[str, str]] | None = None,
 ) -> None:
     live_cols = set(live.columns) | {"rowid"}
     positions = [i for i, c in enumerate(table.columns) if c in live_cols]
@@ -615,8 +626,9 @@ def _merge_table(
     null_keyed: list[tuple[SqlValue, ...]] = []
     # Two rows of the source that are one row of the live table (its key compares 'Alice' and
     # 'alice' as one, the source's did not): the second went over the first, or was counted
-    # skipped, without a word.
-    seen = SameKeys(con, comparison)
+    # skipped, without a word. Keys the source keeps distinct as the live table compares them
+    # (a snapshot of the same table, an export checked against the key it declares) are not kept.
+    seen = None if distinct == comparison else SameKeys(con, comparison)
     try:
         for whole in _batched(projected, _BATCH):
             batch = []
@@ -627,7 +639,8 @@ def _merge_table(
                     batch.append(values)
             if not batch:
                 continue
-            twice = seen.add([tuple(values[i] for i in key_idx) for values in batch])
+            keys = [tuple(values[i] for i in key_idx) for values in batch]
+            twice = seen.add(keys) if seen is not None else [None] * len(batch)
             existing = _existing(con, q, common, key_idx, comparison, batch)
             for at, values in enumerate(batch):
                 k = tuple(values[i] for i in key_idx)
@@ -667,7 +680,8 @@ def _merge_table(
                             continue
                     tm.updated += 1
     finally:
-        seen.close()
+        if seen is not None:
+            seen.close()
     if null_keyed:
         null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
         _merge_multiset(con, live, common, null_keyed, tm, insert, where=null_where)
@@ -914,10 +928,6 @@ def _temp_name(con: sqlite3.Connection, base: str) -> str:
     return name
 
 
-# Bound parameters in one statement: SQLite's limit is 32,766 (999 before 3.32).
-_MAX_PARAMETERS = 999
-
-
 def _existing(
     con: sqlite3.Connection,
     q: str,
@@ -945,7 +955,7 @@ def _existing(
         for i, c in enumerate(common)
         if i not in key_idx
     )
-    per = max(1, _MAX_PARAMETERS // len(names))
+    per = max(1, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(names))
     for at in range(0, len(batch), per):
         part = batch[at : at + per]
         row_marks = "(" + ", ".join("?" * len(names)) + ")"
