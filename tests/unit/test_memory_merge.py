@@ -853,3 +853,16 @@ def test_a_full_temporary_folder_fails_the_merge_naming_it(tmp_path: Path, monke
     with pytest.raises(MergeFailed, match=r"store is unchanged — free some room .* temporary folder .* TMPDIR"):
         merged(src, dst)
     assert dump(dst)["t"] == [("b", "b")]
+
+
+def test_a_source_key_the_live_table_lacks_is_compared_by_the_live_columns(tmp_path: Path) -> None:
+    """The snapshot's table had `k` as its key, the live one has no key (since a migration): the
+    source's 'Alice' is still the live 'alice' as the live column compares it (`COLLATE NOCASE`),
+    not a new row beside it."""
+    src = store(
+        tmp_path / "src.db", "CREATE TABLE t (k TEXT COLLATE NOCASE PRIMARY KEY, v TEXT);", {"t": [("Alice", "1")]}
+    )
+    dst = store(tmp_path / "dst.db", "CREATE TABLE t (k TEXT COLLATE NOCASE, v TEXT);", {"t": [("alice", "1")]})
+    result = merged(src, dst)
+    assert counts(result) == {"t": (0, 0, 0, 1, 0)}
+    assert dump(dst)["t"] == [("alice", "1")]

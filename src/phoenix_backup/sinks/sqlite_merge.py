@@ -841,11 +841,19 @@ def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Wa
 
 
 def key_comparison(con: sqlite3.Connection, table: str, key: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(affinity, collation) of each column of `table`'s primary key `key` as SQLite compares it:
-    the collation of the key's own index (`PRIMARY KEY (k COLLATE NOCASE)` over a BINARY column
-    too), the affinity of the column's declared type; a rowid is an INTEGER."""
+    """(affinity, collation) of each column of `key` of `table` as SQLite compares it: the
+    affinity of the column's declared type, and the collation of the table's primary key index
+    when `key` is its key (`PRIMARY KEY (k COLLATE NOCASE)` over a BINARY column too), else the
+    column's own (a table without that key: its `=` compares so); a rowid is an INTEGER."""
     pk = con.execute("SELECT name FROM pragma_index_list(?) WHERE origin = 'pk'", (table,)).fetchone()
-    return _compared(con, table, key, None if pk is None else str(pk[0]))
+    if pk is not None:
+        cols = {str(r[2]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (pk[0],)) if r[5]}
+        if cols == set(key):
+            return _compared(con, table, key, str(pk[0]))
+    if all(k == "rowid" for k in key):
+        return [("INTEGER", "BINARY")] * len(key)
+    row = con.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return column_comparison(str(row[0]) if row else "", table, key)
 
 
 def _compared(con: sqlite3.Connection, table: str, columns: Sequence[str], index: str | None) -> list[tuple[str, str]]:
@@ -969,19 +977,19 @@ def _existing(
     return found
 
 
-def column_comparison(table: TableInfo, columns: Sequence[str]) -> list[tuple[str, str]]:
-    """(affinity, collation) with which SQLite compares each of `columns` of `table` (a live table:
-    its statement is the store's own): its declared type's affinity and its `COLLATE`, read back
+def column_comparison(sql: str, table: str, columns: Sequence[str]) -> list[tuple[str, str]]:
+    """(affinity, collation) with which SQLite compares each of `columns` of the table `sql`
+    creates (a store's own statement): its declared type's affinity and its `COLLATE`, read back
     by SQLite from an index on them over an empty copy of the table in memory; a rowid is an
     INTEGER. A statement that cannot be made there compares values as they are."""
     scratch = sqlite3.connect(":memory:")
     try:
-        scratch.execute(table.sql)
+        scratch.execute(sql)
         named = [c for c in columns if c != "rowid"]
-        index = "phx_probe" if fold_name(table.name) != "phx_probe" else "phx_probe2"
+        index = "phx_probe" if fold_name(table) != "phx_probe" else "phx_probe2"
         if named:
-            scratch.execute(f"CREATE INDEX {index} ON {quote(table.name)} ({', '.join(quote(c) for c in named)})")
-        return _compared(scratch, table.name, columns, index if named else None)
+            scratch.execute(f"CREATE INDEX {index} ON {quote(table)} ({', '.join(quote(c) for c in named)})")
+        return _compared(scratch, table, columns, index if named else None)
     except sqlite3.Error:
         return [("INTEGER", "BINARY") if c == "rowid" else ("", "BINARY") for c in columns]
     finally:
@@ -1003,7 +1011,7 @@ def _merge_multiset(
     and affinity (a `COLLATE NOCASE` column's 'Alice' is the live 'alice': it was inserted again
     beside it, or failed a UNIQUE index on that column), on tables in its temporary schema:
     neither the source's rows nor the live ones are held in memory."""
-    comparison = column_comparison(live, common)
+    comparison = column_comparison(live.sql, live.name, common)
     cs = ", ".join(f"c{i}" for i in range(len(common)))
     decls = ", ".join(f"c{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
     live_cols = ", ".join(
