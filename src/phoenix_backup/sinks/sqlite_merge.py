@@ -13,9 +13,13 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
   keys are enforced; a row refused for want of its parent is written again after all the others.
 
 Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
-row counts as present when an equal row exists. A live trigger that writes into a table the merge
-fills is dropped for the rows and created again after them (the source holds what it wrote; one
-that updates such a table, a counter, is named in a warning: it did not count the merged rows).
+row counts as present when an equal row exists. SQLite does every comparison, never Python: a key
+by the collation of the live key's index and its columns' affinity, other values by the live
+columns' affinity (byte for byte), whole rows of a multiset by the live columns' collations; the
+keys merged and a multiset's rows are kept in temporary tables, not in memory.
+A live trigger that writes into a table the merge fills is dropped for the rows and created again
+after them (the source holds what it wrote; one that updates such a table, a counter, is named
+in a warning: it did not count the merged rows).
 When a live trigger may RAISE(FAIL), each row is written in a savepoint, so a refused row leaves
 nothing behind.
 Tables, indexes, virtual tables, views and triggers missing from the live store
