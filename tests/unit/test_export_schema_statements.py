@@ -337,3 +337,26 @@ def test_a_full_temporary_folder_fails_the_duplicate_key_check_naming_it(
     monkeypatch.setattr(import_.SameKeys, "add", full)
     with pytest.raises(MergeFailed, match=r"duplicate-key check of notes\.json .* temporary folder .* TMPDIR"):
         source.check_rows(source.tables[0])
+
+
+def test_an_int_key_holding_text_or_a_fraction_passes_the_duplicate_key_check(tmp_path: Path) -> None:
+    # `id INT PRIMARY KEY` is not the rowid: SQLite lets it hold 'abc' and 1.5. The read-ahead kept
+    # the keys in a temporary table whose single INTEGER key was its rowid, which refused them
+    # ('datatype mismatch', reported as a full temporary folder; nothing imported).
+    sql = "CREATE TABLE notes(id INT PRIMARY KEY, body TEXT)"
+    rows = [{"id": "abc", "body": "a"}, {"id": 1.5, "body": "b"}, {"id": "1.5", "body": "c"}]
+    (tmp_path / "notes.json").write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    db = {
+        "path": "home/x.db",
+        "schema": [{"type": "table", "name": "notes", "table": "notes", "sql": sql}],
+        "tableFiles": [
+            {"name": "notes", "columns": ["id", "body"], "primaryKey": ["id"], "file": "notes.json", "sql": sql}
+        ],
+    }
+    source = ExportRowSource(tmp_path, db)
+    with pytest.raises(NotAnExport, match=r"two rows with the key \('1\.5',\) \(the second is row 3\)"):
+        source.check_rows(source.tables[0])
+    rows.pop()
+    (tmp_path / "notes.json").write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    source = ExportRowSource(tmp_path, db)
+    source.check_rows(source.tables[0])

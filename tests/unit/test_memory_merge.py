@@ -866,3 +866,16 @@ def test_a_source_key_the_live_table_lacks_is_compared_by_the_live_columns(tmp_p
     result = merged(src, dst)
     assert counts(result) == {"t": (0, 0, 0, 1, 0)}
     assert dump(dst)["t"] == [("alice", "1")]
+
+
+def test_an_int_key_holding_text_or_a_fraction_is_merged(tmp_path: Path) -> None:
+    """The live key is `INT PRIMARY KEY` (not the rowid: it holds 'abc' and 1.5 as SQLite lets
+    it), the snapshot's a TEXT one: the keys merged were kept in a temporary table whose single
+    INTEGER key was its rowid, which refused 'abc' ('datatype mismatch': the whole merge failed,
+    'check that the file is a writable SQLite database')."""
+    rows: list[tuple[object, ...]] = [("abc", 1), ("1.5", 2), ("7", 3)]
+    src = store(tmp_path / "src.db", "CREATE TABLE t (k TEXT PRIMARY KEY, v);", {"t": rows})
+    dst = store(tmp_path / "dst.db", "CREATE TABLE t (k INT PRIMARY KEY, v);", {"t": [(7, 3)]})
+    result = merged(src, dst, mode="update")
+    assert counts(result) == {"t": (2, 0, 0, 1, 0)}
+    assert dump(dst)["t"] == [("abc", 1), (1.5, 2), (7, 3)]

@@ -895,7 +895,10 @@ class SameKeys:
 
     def __init__(self, con: sqlite3.Connection, comparison: list[tuple[str, str]]) -> None:
         self.con, self.name, self.width, self.seen = con, quote(_temp_name(con, "phx_keys")), len(comparison), 0
-        cols = ", ".join(f"k{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
+        # INT, not INTEGER: `k0 INTEGER` alone in the PRIMARY KEY is the rowid, which refuses what
+        # an INT key holds besides integers ('abc', 1.5: 'datatype mismatch', the whole merge failed).
+        types = ["INT" if aff == "INTEGER" else aff for aff, _coll in comparison]
+        cols = ", ".join(f"k{i} {types[i]} COLLATE {quote(coll)}" for i, (_aff, coll) in enumerate(comparison))
         pk = ", ".join(f"k{i}" for i in range(self.width))
         con.execute(f"CREATE TEMP TABLE {self.name} ({cols}, phx_n INTEGER, PRIMARY KEY ({pk}))")
         marks = ", ".join("?" * (self.width + 1))
