@@ -879,3 +879,23 @@ def test_an_int_key_holding_text_or_a_fraction_is_merged(tmp_path: Path) -> None
     result = merged(src, dst, mode="update")
     assert counts(result) == {"t": (2, 0, 0, 1, 0)}
     assert dump(dst)["t"] == [("abc", 1), (1.5, 2), (7, 3)]
+
+
+@pytest.mark.parametrize("coll", ["", " COLLATE NOCASE"])
+def test_a_key_several_live_rows_hold_is_not_updated_into_all_of_them(tmp_path: Path, coll: str) -> None:
+    """The snapshot's key `k` is no longer the live table's key (a migration gave it an id): two
+    live rows hold 'a' (or 'Alice' and 'alice' in a NOCASE column). With `update` the one source
+    row was written over both, counted once as updated, exit 0; it is failed and named."""
+    src = store(tmp_path / "src.db", "CREATE TABLE t (k TEXT PRIMARY KEY, v);", {"t": [("a", "new"), ("b", "x")]})
+    dst = store(
+        tmp_path / "dst.db",
+        f"CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT{coll}, v);",
+        {"t": [(1, "a", "x"), (2, "A" if coll else "a", "y"), (3, "b", "x")]},
+    )
+    result = merged(src, dst, mode="update")
+    assert counts(result) == {"t": (0, 0, 0, 1, 1)}
+    assert result.warnings == [
+        "t: a row was not updated: 2 rows of the live table hold its key ('a',) (it is not the live table's key), "
+        "and which one it is cannot be told"
+    ]
+    assert dump(dst)["t"] == [(1, "a", "x"), (2, "A" if coll else "a", "y"), (3, "b", "x")]

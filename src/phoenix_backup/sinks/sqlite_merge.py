@@ -661,11 +661,21 @@ def _merge_table(
                 if found is None:
                     insert(values)
                     continue
-                old, same = found
+                old, same, holders = found
                 if same:
                     tm.unchanged += 1
                 elif mode == "skip":
                     tm.skipped += 1
+                elif holders > 1:
+                    # The live table does not keep this key unique (not its key since a migration):
+                    # the update went into every live row holding it, counted once.
+                    tm.failed += 1
+                    if warned < _MAX_WARNINGS_PER_TABLE:
+                        warned += 1
+                        result.warnings.append(
+                            f"{table.name}: a row was not updated: {holders} rows of the live table hold its key "
+                            f"{k!r:.80} (it is not the live table's key), and which one it is cannot be told"
+                        )
                 else:
                     if update_sql:
                         params = (*(values[i] for i in value_idx), *(old[i] for i in key_idx))
@@ -950,15 +960,16 @@ def _existing(
     key_idx: list[int],
     comparison: list[tuple[str, str]],
     batch: Sequence[tuple[SqlValue, ...]],
-) -> dict[int, tuple[tuple[SqlValue, ...], bool]]:
+) -> dict[int, tuple[tuple[SqlValue, ...], bool, int]]:
     """The live row (common columns) of each row of a batch whose key the live table holds, by
     the row's place in the batch, and whether SQLite finds its other values the same. SQLite
     compares: the key by the live key's collation and affinity, as the table's own index does (a
     NOCASE key's 'Alice' is the live 'alice'; read back by its own value, such a row was taken for
     a new one, whose insert then failed the UNIQUE constraint), the other values by the live
     columns' affinity, byte for byte (the text '5' is the 5 an INTEGER column holds: it was
-    counted skipped, or updated to itself)."""
-    found: dict[int, tuple[tuple[SqlValue, ...], bool]] = {}
+    counted skipped, or updated to itself). The last of the three is how many live rows hold
+    that key: more than one where the live table does not have it as its key (a migration)."""
+    found: dict[int, tuple[tuple[SqlValue, ...], bool, int]] = {}
     cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
     names = ["phx_i", *(f"c{i}" for i in range(len(common)))]
     on = " AND ".join(
@@ -980,7 +991,11 @@ def _existing(
         )
         params = [x for i, values in enumerate(part, start=at) for x in (i, *values)]
         for i, is_same, *row in con.execute(sql, params):
-            found[int(i)] = (tuple(row), bool(is_same))
+            before = found.get(int(i))
+            if before is None:
+                found[int(i)] = (tuple(row), bool(is_same), 1)
+            else:  # several live rows hold the key: the row is unchanged when one of them is it
+                found[int(i)] = (before[0], before[1] or bool(is_same), before[2] + 1)
     return found
 
 
