@@ -899,3 +899,28 @@ def test_a_key_several_live_rows_hold_is_not_updated_into_all_of_them(tmp_path: 
         "and which one it is cannot be told"
     ]
     assert dump(dst)["t"] == [(1, "a", "x"), (2, "A" if coll else "a", "y"), (3, "b", "x")]
+
+
+@pytest.mark.parametrize(
+    "sql", ["CREATE TABLE t (k TEXT PRIMARY KEY COLLATE app, v)", "CREATE TABLE t (k TEXT COLLATE app, v)"]
+)
+def test_a_collation_only_the_app_defines_is_one_clear_error(tmp_path: Path, sql: str) -> None:
+    """The app registers `app` (case-blind) each time it opens the store; Python's SQLite lacks it.
+    A keyed table failed 'check that the file is a writable SQLite database'; a keyless one was
+    compared byte for byte and the snapshot's 'B' went in beside the live 'b' the store takes for
+    it. Both now name the cause and the way out, the store unchanged."""
+
+    def made(path: Path, rows: list[tuple[str, str]]) -> Path:
+        con = sqlite3.connect(path)
+        con.create_collation("app", lambda a, b: (a.lower() > b.lower()) - (a.lower() < b.lower()))
+        con.execute(sql)
+        con.executemany("INSERT INTO t VALUES (?, ?)", rows)
+        con.commit()
+        con.close()
+        return path
+
+    src = made(tmp_path / "src.db", [("B", "n"), ("c", "m")])
+    dst = made(tmp_path / "dst.db", [("b", "o")])
+    with pytest.raises(MergeFailed, match=r"collation.*only the application that made it defines.*without --merge"):
+        merged(src, dst, mode="update")
+    assert dump(dst) == {"t": [("b", "o")]}

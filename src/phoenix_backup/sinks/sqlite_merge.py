@@ -286,6 +286,8 @@ def _merge_in_transaction(
         code = getattr(exc, "sqlite_errorcode", None)
         if code == sqlite3.SQLITE_BUSY:
             fix = f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
+        elif _NO_COLLATION in str(exc):
+            fix = _OWN_COLLATION
         elif code == sqlite3.SQLITE_FULL:  # the store's disk, or the temporary tables' folder
             fix = (
                 f"free some room on the store's disk or in the temporary folder {tempfile.gettempdir()} (where "
@@ -299,6 +301,14 @@ def _merge_in_transaction(
         ) from exc
     finally:
         con.close()
+
+
+_NO_COLLATION = "no such collation sequence"
+_OWN_COLLATION = (
+    "the store declares a collation that only the application that made it defines (registering it each time it "
+    "opens the store), so Phoenix can neither compare its rows as the store does nor write them — restore the "
+    "snapshot in place (phx restore without --merge), or let that application copy the rows"
+)
 
 
 def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode) -> None:
@@ -1012,7 +1022,14 @@ def column_comparison(sql: str, table: str, columns: Sequence[str]) -> list[tupl
         if named:
             scratch.execute(f"CREATE INDEX {index} ON {quote(table)} ({', '.join(quote(c) for c in named)})")
         return _compared(scratch, table, columns, index if named else None)
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        if _NO_COLLATION in str(exc):
+            # Compared byte for byte instead, a keyless table's 'B' went in beside the live 'b'
+            # that the store's own collation takes for it.
+            raise MergeFailed(
+                f"table {table} compares its rows with a collation this SQLite lacks ({exc}); nothing "
+                f"was changed — {_OWN_COLLATION}"
+            ) from exc
         return [("INTEGER", "BINARY") if c == "rowid" else ("", "BINARY") for c in columns]
     finally:
         scratch.close()
