@@ -924,3 +924,16 @@ def test_a_collation_only_the_app_defines_is_one_clear_error(tmp_path: Path, sql
     with pytest.raises(MergeFailed, match=r"collation.*only the application that made it defines.*without --merge"):
         merged(src, dst, mode="update")
     assert dump(dst) == {"t": [("b", "o")]}
+
+
+@pytest.mark.parametrize("key", [" PRIMARY KEY", ""])
+def test_a_column_named_rowid_is_compared_as_declared(tmp_path: Path, key: str) -> None:
+    """A column named rowid is no rowid: its `COLLATE NOCASE` makes the snapshot's 'a' the live
+    'A'. It was compared as an integer rowid, BINARY: the keyed row was taken for a new one and
+    failed ('UNIQUE constraint failed: t.rowid', exit 3; int updated it)."""
+    sql = f"CREATE TABLE t (rowid TEXT COLLATE NOCASE{key}, v);"
+    src = store(tmp_path / "src.db", sql, {"t": [("a", "n" if key else "o")]})
+    dst = store(tmp_path / "dst.db", sql, {"t": [("A", "o")]})
+    result = merged(src, dst, mode="update")
+    assert counts(result) == {"t": (0, 0, 1, 0, 0) if key else (0, 0, 0, 1, 0)}
+    assert dump(dst)["t"] == [("A", "n" if key else "o")]

@@ -888,7 +888,9 @@ def _compared(con: sqlite3.Connection, table: str, columns: Sequence[str], index
     if index is not None:
         coll = {str(r[2]): str(r[4]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (index,)) if r[5]}
     return [
-        ("INTEGER", "BINARY") if c == "rowid" else (_affinity(decl.get(c, "")), coll.get(c, "BINARY")) for c in columns
+        # A column may be named rowid (`rowid TEXT COLLATE NOCASE PRIMARY KEY`): it is no rowid then.
+        ("INTEGER", "BINARY") if c == "rowid" and c not in decl else (_affinity(decl.get(c, "")), coll.get(c, "BINARY"))
+        for c in columns
     ]
 
 
@@ -1017,7 +1019,8 @@ def column_comparison(sql: str, table: str, columns: Sequence[str]) -> list[tupl
     scratch = sqlite3.connect(":memory:")
     try:
         scratch.execute(sql)
-        named = [c for c in columns if c != "rowid"]
+        declared = {str(r[1]) for r in scratch.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+        named = [c for c in columns if c != "rowid" or c in declared]
         index = "phx_probe" if fold_name(table) != "phx_probe" else "phx_probe2"
         if named:
             scratch.execute(f"CREATE INDEX {index} ON {quote(table)} ({', '.join(quote(c) for c in named)})")
