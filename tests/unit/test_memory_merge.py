@@ -937,3 +937,36 @@ def test_a_column_named_rowid_is_compared_as_declared(tmp_path: Path, key: str) 
     result = merged(src, dst, mode="update")
     assert counts(result) == {"t": (0, 0, 1, 0, 0) if key else (0, 0, 0, 1, 0)}
     assert dump(dst)["t"] == [("A", "n" if key else "o")]
+
+
+@pytest.mark.parametrize(
+    ("src_sql", "dst_sql", "expected", "rows"),
+    [
+        (
+            "CREATE TABLE t (ID TEXT PRIMARY KEY, Body);",
+            "CREATE TABLE t (id TEXT COLLATE NOCASE PRIMARY KEY, body);",
+            (1, 0, 1, 0, 0),
+            [("A", "new"), ("b", "x")],
+        ),
+        (
+            "CREATE TABLE t (ID TEXT, Body);",
+            "CREATE TABLE t (id TEXT COLLATE NOCASE, body);",
+            (1, 0, 0, 1, 0),
+            [("A", "new"), ("b", "x")],
+        ),
+        ("CREATE TABLE t (other);", "CREATE TABLE t (id, body);", (0, 0, 0, 0, 2), [("A", "old")]),
+    ],
+)
+def test_columns_are_matched_as_sqlite_names_them(
+    tmp_path: Path, src_sql: str, dst_sql: str, expected: tuple[int, ...], rows: list[tuple[object, ...]]
+) -> None:
+    """The snapshot's `ID` is the live `id` (SQLite's names are ASCII letters in any case). It was
+    taken for a column the live table lacks, and with no column left the merge failed the whole
+    store ('near ")": syntax error', 'check that the file is a writable SQLite database'); a table
+    that shares no column with the live one has its rows failed and named."""
+    src_rows: list[tuple[object, ...]] = [("a", "new"), ("b", "x")] if "Body" in src_sql else [("a",), ("b",)]
+    src = store(tmp_path / "src.db", src_sql, {"t": src_rows})
+    dst = store(tmp_path / "dst.db", dst_sql, {"t": [("A", "new" if expected[3] else "old")]})
+    result = merged(src, dst, mode="update")
+    assert counts(result) == {"t": expected}
+    assert dump(dst)["t"] == sorted(rows, key=repr)

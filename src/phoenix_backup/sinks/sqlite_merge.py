@@ -581,10 +581,19 @@ def _merge_table(
     undo: bool,
     distinct: list[tuple[str, str]] | None = None,
 ) -> None:
-    live_cols = set(live.columns) | {"rowid"}
-    positions = [i for i, c in enumerate(table.columns) if c in live_cols]
+    # SQLite's names are ASCII letters in any case: the live `id` is the snapshot's `ID` (it was
+    # taken for a column the live table lacks, and the merge failed, 'syntax error').
+    live_cols = {_fold(c) for c in live.columns} | {"rowid"}
+    positions = [i for i, c in enumerate(table.columns) if _fold(c) in live_cols]
     common = tuple(table.columns[i] for i in positions)
-    dropped = [c for c in table.columns if c not in live_cols]
+    dropped = [c for c in table.columns if _fold(c) not in live_cols]
+    if not common:  # a statement with no column was an SQLite 'syntax error' that failed the whole store
+        tm.failed = sum(1 for _row in rows)
+        result.warnings.append(
+            f"table {table.name}: none of its columns ({', '.join(table.columns)}) is in the live table; its "
+            f"{tm.failed} row(s) were not merged"
+        )
+        return
     if dropped:
         result.warnings.append(
             f"{table.name}: column(s) {', '.join(dropped)} are not in the live table; their values were not merged"
@@ -871,8 +880,8 @@ def key_comparison(con: sqlite3.Connection, table: str, key: tuple[str, ...]) ->
     column's own (a table without that key: its `=` compares so); a rowid is an INTEGER."""
     pk = con.execute("SELECT name FROM pragma_index_list(?) WHERE origin = 'pk'", (table,)).fetchone()
     if pk is not None:
-        cols = {str(r[2]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (pk[0],)) if r[5]}
-        if cols == set(key):
+        cols = {_fold(str(r[2])) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (pk[0],)) if r[5]}
+        if cols == {_fold(k) for k in key}:
             return _compared(con, table, key, str(pk[0]))
     if all(k == "rowid" for k in key):
         return [("INTEGER", "BINARY")] * len(key)
@@ -883,13 +892,17 @@ def key_comparison(con: sqlite3.Connection, table: str, key: tuple[str, ...]) ->
 def _compared(con: sqlite3.Connection, table: str, columns: Sequence[str], index: str | None) -> list[tuple[str, str]]:
     """(affinity, collation) of each of `columns` of `table`: the affinity of its declared type,
     the collation `index` gives it (BINARY without one); a rowid is an INTEGER."""
-    decl = {str(r[1]): str(r[2] or "") for r in con.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+    decl = {_fold(str(r[1])): str(r[2] or "") for r in con.execute("SELECT * FROM pragma_table_info(?)", (table,))}
     coll: dict[str, str] = {}
     if index is not None:
-        coll = {str(r[2]): str(r[4]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (index,)) if r[5]}
+        coll = {
+            _fold(str(r[2])): str(r[4]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (index,)) if r[5]
+        }
     return [
         # A column may be named rowid (`rowid TEXT COLLATE NOCASE PRIMARY KEY`): it is no rowid then.
-        ("INTEGER", "BINARY") if c == "rowid" and c not in decl else (_affinity(decl.get(c, "")), coll.get(c, "BINARY"))
+        ("INTEGER", "BINARY")
+        if c == "rowid" and c not in decl
+        else (_affinity(decl.get(_fold(c), "")), coll.get(_fold(c), "BINARY"))
         for c in columns
     ]
 
