@@ -970,3 +970,23 @@ def test_columns_are_matched_as_sqlite_names_them(
     result = merged(src, dst, mode="update")
     assert counts(result) == {"t": expected}
     assert dump(dst)["t"] == sorted(rows, key=repr)
+
+
+def test_rows_whose_key_holds_a_null_are_not_held_in_memory(tmp_path: Path) -> None:
+    """A rowid table's key may hold NULLs: such rows are merged as whole rows after the others.
+    They were kept in a list until the table's end, embeddings and all, however many (3,200 rows
+    of 8 KiB: a peak over 25 MiB, where the other rows are read 500 at a time); they wait in a
+    temporary table, and the counts are the same."""
+    import tracemalloc
+
+    sql = "CREATE TABLE t (a, b, e BLOB, PRIMARY KEY (a, b));"
+    src = store(tmp_path / "src.db", sql, {"t": [(i, None, i.to_bytes(4) * 2048) for i in range(3200)]})
+    dst = store(tmp_path / "dst.db", sql, {"t": [(0, None, (0).to_bytes(4) * 2048)]})
+    tracemalloc.start()
+    try:
+        result = merged(src, dst)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts(result) == {"t": (3199, 0, 0, 1, 0)}
+    assert peak < 14 << 20

@@ -645,8 +645,13 @@ def _merge_table(
     sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
     update_sql = f"UPDATE{abort} {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
-    # likes: those rows are merged as whole rows against the live rows with a NULL key.
-    null_keyed: list[tuple[SqlValue, ...]] = []
+    # likes: those rows are merged as whole rows against the live rows with a NULL key. They wait
+    # in a temporary table, untyped (values as they are), not in memory: a list of them held every
+    # such row, embeddings and all, until the table's end.
+    null_t = quote(_temp_name(con, "phx_null"))
+    marks = ", ".join("?" * len(common))
+    con.execute(f"CREATE TEMP TABLE {null_t} ({', '.join(f'c{i}' for i in range(len(common)))})")
+    null_keyed = 0
     # Two rows of the source that are one row of the live table (its key compares 'Alice' and
     # 'alice' as one, the source's did not): the second went over the first, or was counted
     # skipped, without a word. Keys the source keeps distinct as the live table compares them
@@ -657,7 +662,8 @@ def _merge_table(
             batch = []
             for values in whole:
                 if None in (values[i] for i in key_idx):
-                    null_keyed.append(values)
+                    con.execute(f"INSERT INTO temp.{null_t} VALUES ({marks})", values)
+                    null_keyed += 1
                 else:
                     batch.append(values)
             if not batch:
@@ -712,12 +718,14 @@ def _merge_table(
                                 result.warnings.append(f"{table.name}: a row could not be updated ({why})")
                             continue
                     tm.updated += 1
+        if null_keyed:
+            null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
+            waiting_rows = (tuple(r) for r in con.execute(f"SELECT * FROM temp.{null_t} ORDER BY rowid"))
+            _merge_multiset(con, live, common, waiting_rows, tm, insert, where=null_where)
     finally:
         if seen is not None:
             seen.close()
-    if null_keyed:
-        null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
-        _merge_multiset(con, live, common, null_keyed, tm, insert, where=null_where)
+        con.execute(f"DROP TABLE IF EXISTS temp.{null_t}")
 
 
 _FOREIGN_KEY = "FOREIGN KEY constraint failed"
