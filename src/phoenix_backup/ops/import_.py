@@ -17,7 +17,10 @@ import io
 import json
 import os
 import re
+import sqlite3
+import tempfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from phoenix_backup.ops.export import EXPORT_FORMAT_NAME, EXPORT_VERSION
 from phoenix_backup.ops.merge import confirm_merge, merged_before
 from phoenix_backup.ops.selection import select_sources
 from phoenix_backup.sinks import ConflictMode
-from phoenix_backup.sinks.sqlite_merge import MergeResult, merge_database
+from phoenix_backup.sinks.sqlite_merge import MergeResult, SameKeys, key_comparison, merge_database
 from phoenix_backup.sources.layout import Layout
 from phoenix_backup.sources.scope import configured_databases
 from phoenix_backup.sql import fold_name, statement_ends, tokens, unquote
@@ -71,6 +74,7 @@ class ExportRowSource:
                 )
         self._tables: list[TableInfo] = []
         self._files: dict[str, Path] = {}
+        self._distinct: dict[str, list[tuple[str, str]]] = {}
         for t in _list(db.get("tableFiles", [])):
             info = TableInfo.from_json(t)
             columns = tuple(str(c) for c in _list(t.get("exportedColumns", list(info.columns))))
@@ -106,22 +110,44 @@ class ExportRowSource:
     def check_rows(self, table: TableInfo) -> None:
         """Read every row of the table once: a value it cannot hold, or two rows with one key
         (a hand-edited export: the one merged second was skipped, or with `update` overwrote the
-        first), is a NotAnExport naming the file."""
+        first), is a NotAnExport naming the file. Keys are compared as SQLite compares the table's
+        key (its collation and affinity: 'Alice' and 'alice' are one key of a `COLLATE NOCASE`
+        key) and kept in a temporary SQLite file, not in memory (a million keys: 120 MiB)."""
         positions = _key_positions(table)
         if positions is None:
             collections.deque(self.rows(table), maxlen=0)
             return
-        seen: set[tuple[SqlValue, ...]] = set()
-        for number, row in enumerate(self.rows(table), start=1):
-            key = tuple(row[i] for i in positions)
-            if None in key:  # a NULL equals no key: such rows are merged as whole rows
-                continue
-            if key in seen:
-                raise NotAnExport(
-                    f"{self._files[table.name].name} of the export holds two rows with the key {key!r:.80} (the "
-                    f"second is row {number}), of which the merge would keep one without a word; export again"
-                )
-            seen.add(key)
+        with tempfile.TemporaryDirectory(prefix="phx-import-keys-") as scratch:
+            con = sqlite3.connect(Path(scratch) / "keys.db", isolation_level=None)
+            try:
+                declared = _declared_key(con, table)
+                seen = SameKeys(con, declared)
+                con.execute("BEGIN")
+                rows = enumerate(self.rows(table), start=1)
+                while batch := [
+                    (n, k) for n, row in islice(rows, 500) if None not in (k := tuple(row[i] for i in positions))
+                ]:
+                    for (number, key), first in zip(batch, seen.add([k for _n, k in batch]), strict=True):
+                        if first is not None:
+                            raise NotAnExport(
+                                f"{self._files[table.name].name} of the export holds two rows with the key {key!r:.80} "
+                                f"(the second is row {number}), of which the merge would keep one without a word; "
+                                "export again"
+                            )
+                con.execute("ROLLBACK")
+                self._distinct[table.name] = declared
+            except sqlite3.Error as exc:
+                raise MergeFailed(
+                    f"the duplicate-key check of {self._files[table.name].name} could not keep its keys in the "
+                    f"temporary folder {tempfile.gettempdir()} ({exc}); nothing was imported — free some room there, "
+                    "or set TMPDIR to a folder with room, and try again"
+                ) from exc
+            finally:
+                con.close()
+
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The key the export declares, once `check_rows` found its keys distinct under it."""
+        return self._distinct.get(table.name)
 
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         path = self._files[table.name]
@@ -166,6 +192,25 @@ def _key_positions(table: TableInfo) -> list[int] | None:
     if not table.key or not all(k in table.columns for k in table.key):
         return None
     return [table.columns.index(k) for k in table.key]
+
+
+def _declared_key(con: sqlite3.Connection, table: TableInfo) -> list[tuple[str, str]]:
+    """How SQLite compares the table's key as the export declares it: its CREATE TABLE is made in
+    the scratch database `con` and its key read back, when it is one plain `CREATE TABLE name (`
+    (never `AS SELECT`, which would run). Another statement, or one SQLite refuses there, compares
+    the key's values as they are."""
+    t = tokens(table.sql)
+    plain = (
+        _creates(table.sql) == ("table", table.name) and "(" in t and "AS" not in (x.upper() for x in t[: t.index("(")])
+    )
+    if plain and table.virtual is None and table.key != ("rowid",):
+        try:
+            con.execute(table.sql)
+        except sqlite3.Error:
+            pass
+        else:
+            return key_comparison(con, table.name, table.key)
+    return [("INTEGER", "BINARY") if k == "rowid" else ("", "BINARY") for k in table.key]
 
 
 def _json_objects(root: Path, rel: str) -> Iterator[dict[str, Any]]:

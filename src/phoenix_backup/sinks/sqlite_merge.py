@@ -13,9 +13,13 @@ For each data table of the source (an export's JSON files, or a snapshot's copy 
   keys are enforced; a row refused for want of its parent is written again after all the others.
 
 Tables without a primary key, and rows whose key holds a NULL, are merged as multisets: a source
-row counts as present when an equal row exists. A live trigger that writes into a table the merge
-fills is dropped for the rows and created again after them (the source holds what it wrote; one
-that updates such a table, a counter, is named in a warning: it did not count the merged rows).
+row counts as present when an equal row exists. SQLite does every comparison, never Python: a key
+by the collation of the live key's index and its columns' affinity, other values by the live
+columns' affinity (byte for byte), whole rows of a multiset by the live columns' collations; the
+keys merged and a multiset's rows are kept in temporary tables, not in memory.
+A live trigger that writes into a table the merge fills is dropped for the rows and created again
+after them (the source holds what it wrote; one that updates such a table, a counter, is named
+in a warning: it did not count the merged rows).
 When a live trigger may RAISE(FAIL), each row is written in a savepoint, so a refused row leaves
 nothing behind.
 Tables, indexes, virtual tables, views and triggers missing from the live store
@@ -31,7 +35,6 @@ from it read-only with the backup API) and throws the copy away.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -69,6 +72,11 @@ class RowSource(Protocol):
         """The table's rows, values in `table.columns` order."""
         ...
 
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The comparison (`key_comparison`) under which the table's keys are known to be
+        distinct, or None when that is not known."""
+        ...
+
 
 class SqliteRowSource:
     """A store read from a (temporary) database file, opened read-only and immutable."""
@@ -87,6 +95,10 @@ class SqliteRowSource:
 
     def rows(self, table: TableInfo) -> Iterator[tuple[SqlValue, ...]]:
         yield from self.con.execute(table.select_sql())
+
+    def distinct_keys(self, table: TableInfo) -> list[tuple[str, str]] | None:
+        """The store's own key: its index keeps the keys distinct as it compares them."""
+        return key_comparison(self.con, table.name, table.key) if table.key else None
 
     def close(self) -> None:
         self.con.close()
@@ -271,17 +283,32 @@ def _merge_in_transaction(
             "trigger to RAISE(ABORT) so that only the rows it refuses fail, then merge again"
         ) from exc.__cause__
     except sqlite3.Error as exc:
-        fix = (
-            f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-            else "check that the file is a writable SQLite database and try again"
-        )
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_BUSY:
+            fix = f"another process (the agent?) kept it locked for {BUSY_TIMEOUT_S:g} s; try again when it is idle"
+        elif _NO_COLLATION in str(exc):
+            fix = _OWN_COLLATION
+        elif code == sqlite3.SQLITE_FULL:  # the store's disk, or the temporary tables' folder
+            fix = (
+                f"free some room on the store's disk or in the temporary folder {tempfile.gettempdir()} (where "
+                "the merge compares keys), or set TMPDIR to a folder with room, and try again"
+            )
+        else:
+            fix = "check that the file is a writable SQLite database and try again"
         raise MergeFailed(
             f"merging into {result.target} failed ({exc}); the transaction was rolled back and the store is "
             f"unchanged — {fix}"
         ) from exc
     finally:
         con.close()
+
+
+_NO_COLLATION = "no such collation sequence"
+_OWN_COLLATION = (
+    "the store declares a collation that only the application that made it defines (registering it each time it "
+    "opens the store), so Phoenix can neither compare its rows as the store does nor write them — restore the "
+    "snapshot in place (phx restore without --merge), or let that application copy the rows"
+)
 
 
 def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge, *, mode: ConflictMode) -> None:
@@ -330,7 +357,8 @@ def _merge_all(con: sqlite3.Connection, source: RowSource, result: DatabaseMerge
                 "were not merged"
             )
             continue
-        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo)
+        distinct = source.distinct_keys(table)
+        _merge_table(con, table, live, source.rows(table), tm, result, waiting, mode=mode, undo=undo, distinct=distinct)
     _retry_waiting(con, waiting, result, undo=undo)
     written = any(t.restored or t.updated for t in result.tables)
     for name, sql in quiet:
@@ -551,11 +579,21 @@ def _merge_table(
     *,
     mode: ConflictMode,
     undo: bool,
+    distinct: list[tuple[str, str]] | None = None,
 ) -> None:
-    live_cols = set(live.columns) | {"rowid"}
-    positions = [i for i, c in enumerate(table.columns) if c in live_cols]
+    # SQLite's names are ASCII letters in any case: the live `id` is the snapshot's `ID` (it was
+    # taken for a column the live table lacks, and the merge failed, 'syntax error').
+    live_cols = {_fold(c) for c in live.columns} | {"rowid"}
+    positions = [i for i, c in enumerate(table.columns) if _fold(c) in live_cols]
     common = tuple(table.columns[i] for i in positions)
-    dropped = [c for c in table.columns if c not in live_cols]
+    dropped = [c for c in table.columns if _fold(c) not in live_cols]
+    if not common:  # a statement with no column was an SQLite 'syntax error' that failed the whole store
+        tm.failed = sum(1 for _row in rows)
+        result.warnings.append(
+            f"table {table.name}: none of its columns ({', '.join(table.columns)}) is in the live table; its "
+            f"{tm.failed} row(s) were not merged"
+        )
+        return
     if dropped:
         result.warnings.append(
             f"{table.name}: column(s) {', '.join(dropped)} are not in the live table; their values were not merged"
@@ -593,51 +631,101 @@ def _merge_table(
 
     projected = (tuple(row[i] for i in positions) for row in rows)
     if not key:
-        _merge_multiset(con, table.name, common, projected, tm, insert)
+        _merge_multiset(con, live, common, projected, tm, insert)
         return
 
     key_idx = [common.index(k) for k in key]
     value_idx = [i for i, c in enumerate(common) if c not in key]
-    where = " AND ".join(f"{'rowid' if k == 'rowid' else quote(k)} = ?" for k in key)
+    comparison = key_comparison(con, live.name, key)
+    # The live row is updated through its own key, compared as its index compares it.
+    where = " AND ".join(
+        f"{'rowid' if k == 'rowid' else quote(k)} = (? COLLATE {quote(coll)})"
+        for k, (_aff, coll) in zip(key, comparison, strict=True)
+    )
     sets = ", ".join(quote(common[i]) + " = ?" for i in value_idx)
     update_sql = f"UPDATE{abort} {q} SET {sets} WHERE {where}" if value_idx else ""
     # A NULL never equals a key, and a (legacy) rowid table's key may hold NULLs, as many as it
-    # likes: those rows are merged as whole rows against the live rows with a NULL key.
-    null_keyed: list[tuple[SqlValue, ...]] = []
-    for batch in _batched(projected, _BATCH):
-        existing = _existing(con, q, common, key, key_idx, batch)
-        for values in batch:
-            k = tuple(values[i] for i in key_idx)
-            if None in k:
-                null_keyed.append(values)
+    # likes: those rows are merged as whole rows against the live rows with a NULL key. They wait
+    # in a temporary table, untyped (values as they are), not in memory: a list of them held every
+    # such row, embeddings and all, until the table's end.
+    null_t = quote(_temp_name(con, "phx_null"))
+    marks = ", ".join("?" * len(common))
+    con.execute(f"CREATE TEMP TABLE {null_t} ({', '.join(f'c{i}' for i in range(len(common)))})")
+    null_keyed = 0
+    # Two rows of the source that are one row of the live table (its key compares 'Alice' and
+    # 'alice' as one, the source's did not): the second went over the first, or was counted
+    # skipped, without a word. Keys the source keeps distinct as the live table compares them
+    # (a snapshot of the same table, an export checked against the key it declares) are not kept.
+    seen = None if distinct == comparison else SameKeys(con, comparison)
+    try:
+        for whole in _batched(projected, _BATCH):
+            batch = []
+            for values in whole:
+                if None in (values[i] for i in key_idx):
+                    con.execute(f"INSERT INTO temp.{null_t} VALUES ({marks})", values)
+                    null_keyed += 1
+                else:
+                    batch.append(values)
+            if not batch:
                 continue
-            old = existing.get(k)
-            if old is None:
-                insert(values)
-            elif all(old[i] == values[i] for i in value_idx):  # the key equal as the live table compares it
-                tm.unchanged += 1
-            elif mode == "skip":
-                tm.skipped += 1
-            else:
-                if update_sql:
-                    params = (*(values[i] for i in value_idx), *k)
-                    try:
-                        why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
-                    except sqlite3.IntegrityError as exc:
-                        if _FOREIGN_KEY in str(exc):
-                            waiting.append(_Waiting(tm, "updated", update_sql, params))
+            keys = [tuple(values[i] for i in key_idx) for values in batch]
+            twice = seen.add(keys) if seen is not None else [None] * len(batch)
+            existing = _existing(con, q, common, key_idx, comparison, batch)
+            for at, values in enumerate(batch):
+                k = tuple(values[i] for i in key_idx)
+                if twice[at] is not None:
+                    tm.failed += 1
+                    if warned < _MAX_WARNINGS_PER_TABLE:
+                        warned += 1
+                        result.warnings.append(
+                            f"{table.name}: a row was not merged: its key {k!r:.80} is the key {twice[at]!r:.80} of "
+                            "a row of the source merged before it, as the live table compares keys (one row there)"
+                        )
+                    continue
+                found = existing.get(at)
+                if found is None:
+                    insert(values)
+                    continue
+                old, same, holders = found
+                if same:
+                    tm.unchanged += 1
+                elif mode == "skip":
+                    tm.skipped += 1
+                elif holders > 1:
+                    # The live table does not keep this key unique (not its key since a migration):
+                    # the update went into every live row holding it, counted once.
+                    tm.failed += 1
+                    if warned < _MAX_WARNINGS_PER_TABLE:
+                        warned += 1
+                        result.warnings.append(
+                            f"{table.name}: a row was not updated: {holders} rows of the live table hold its key "
+                            f"{k!r:.80} (it is not the live table's key), and which one it is cannot be told"
+                        )
+                else:
+                    if update_sql:
+                        params = (*(values[i] for i in value_idx), *(old[i] for i in key_idx))
+                        try:
+                            why = "" if _write(con, update_sql, params, undo=undo) else _IGNORED
+                        except sqlite3.IntegrityError as exc:
+                            if _FOREIGN_KEY in str(exc):
+                                waiting.append(_Waiting(tm, "updated", update_sql, params))
+                                continue
+                            why = str(exc)
+                        if why:
+                            tm.failed += 1
+                            if warned < _MAX_WARNINGS_PER_TABLE:
+                                warned += 1
+                                result.warnings.append(f"{table.name}: a row could not be updated ({why})")
                             continue
-                        why = str(exc)
-                    if why:
-                        tm.failed += 1
-                        if warned < _MAX_WARNINGS_PER_TABLE:
-                            warned += 1
-                            result.warnings.append(f"{table.name}: a row could not be updated ({why})")
-                        continue
-                tm.updated += 1
-    if null_keyed:
-        null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
-        _merge_multiset(con, table.name, common, null_keyed, tm, insert, where=null_where)
+                    tm.updated += 1
+        if null_keyed:
+            null_where = " OR ".join(f"{'rowid' if k == 'rowid' else quote(k)} IS NULL" for k in key)
+            waiting_rows = (tuple(r) for r in con.execute(f"SELECT * FROM temp.{null_t} ORDER BY rowid"))
+            _merge_multiset(con, live, common, waiting_rows, tm, insert, where=null_where)
+    finally:
+        if seen is not None:
+            seen.close()
+        con.execute(f"DROP TABLE IF EXISTS temp.{null_t}")
 
 
 _FOREIGN_KEY = "FOREIGN KEY constraint failed"
@@ -793,55 +881,187 @@ def _parents_first(con: sqlite3.Connection, waiting: list[_Waiting]) -> list[_Wa
     return [waiting[i] for i in order]
 
 
+def key_comparison(con: sqlite3.Connection, table: str, key: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(affinity, collation) of each column of `key` of `table` as SQLite compares it: the
+    affinity of the column's declared type, and the collation of the table's primary key index
+    when `key` is its key (`PRIMARY KEY (k COLLATE NOCASE)` over a BINARY column too), else the
+    column's own (a table without that key: its `=` compares so); a rowid is an INTEGER."""
+    pk = con.execute("SELECT name FROM pragma_index_list(?) WHERE origin = 'pk'", (table,)).fetchone()
+    if pk is not None:
+        cols = {_fold(str(r[2])) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (pk[0],)) if r[5]}
+        if cols == {_fold(k) for k in key}:
+            return _compared(con, table, key, str(pk[0]))
+    if all(k == "rowid" for k in key):
+        return [("INTEGER", "BINARY")] * len(key)
+    row = con.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return column_comparison(str(row[0]) if row else "", table, key)
+
+
+def _compared(con: sqlite3.Connection, table: str, columns: Sequence[str], index: str | None) -> list[tuple[str, str]]:
+    """(affinity, collation) of each of `columns` of `table`: the affinity of its declared type,
+    the collation `index` gives it (BINARY without one); a rowid is an INTEGER."""
+    decl = {_fold(str(r[1])): str(r[2] or "") for r in con.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+    coll: dict[str, str] = {}
+    if index is not None:
+        coll = {
+            _fold(str(r[2])): str(r[4]) for r in con.execute("SELECT * FROM pragma_index_xinfo(?)", (index,)) if r[5]
+        }
+    return [
+        # A column may be named rowid (`rowid TEXT COLLATE NOCASE PRIMARY KEY`): it is no rowid then.
+        ("INTEGER", "BINARY")
+        if c == "rowid" and c not in decl
+        else (_affinity(decl.get(_fold(c), "")), coll.get(_fold(c), "BINARY"))
+        for c in columns
+    ]
+
+
+def _affinity(declared: str) -> str:
+    """The affinity SQLite gives a column of this declared type (sqlite.org/datatype3.html 3.1),
+    as a type name of that affinity; "" for none (BLOB)."""
+    d = declared.upper()
+    if "INT" in d:
+        return "INTEGER"
+    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
+        return "TEXT"
+    if "BLOB" in d or not d:
+        return ""
+    if "REAL" in d or "FLOA" in d or "DOUB" in d:
+        return "REAL"
+    return "NUMERIC"
+
+
+class SameKeys:
+    """The keys of the rows seen so far, kept in a table of `con`'s temporary schema (on disk past
+    SQLite's page cache, not in memory) and compared as SQLite compares the primary key they are
+    keys of, `comparison` (its `key_comparison`): 'Alice' and 'alice' are one key of a
+    `COLLATE NOCASE` key, '1' and 1 one of an INTEGER one."""
+
+    def __init__(self, con: sqlite3.Connection, comparison: list[tuple[str, str]]) -> None:
+        self.con, self.name, self.width, self.seen = con, quote(_temp_name(con, "phx_keys")), len(comparison), 0
+        # INT, not INTEGER: `k0 INTEGER` alone in the PRIMARY KEY is the rowid, which refuses what
+        # an INT key holds besides integers ('abc', 1.5: 'datatype mismatch', the whole merge failed).
+        types = ["INT" if aff == "INTEGER" else aff for aff, _coll in comparison]
+        cols = ", ".join(f"k{i} {types[i]} COLLATE {quote(coll)}" for i, (_aff, coll) in enumerate(comparison))
+        pk = ", ".join(f"k{i}" for i in range(self.width))
+        con.execute(f"CREATE TEMP TABLE {self.name} ({cols}, phx_n INTEGER, PRIMARY KEY ({pk}))")
+        marks = ", ".join("?" * (self.width + 1))
+        self._insert = f"INSERT OR IGNORE INTO temp.{self.name} VALUES ({marks})"
+        where = " AND ".join(f"k{i} = ?" for i in range(self.width))
+        self._find = (
+            f"SELECT phx_n, {', '.join(f'k{i}' for i in range(self.width))} FROM temp.{self.name} WHERE {where}"
+        )
+
+    def add(self, keys: Sequence[tuple[SqlValue, ...]]) -> list[tuple[SqlValue, ...] | None]:
+        """Add a batch of keys (none holding a NULL); for each, None when it is new, else the key
+        as first seen (an earlier row of the batch, or of a batch before it)."""
+        first = self.seen
+        self.seen += len(keys)
+        before = self.con.total_changes
+        self.con.executemany(self._insert, [(*k, first + i) for i, k in enumerate(keys)])
+        if self.con.total_changes - before == len(keys):
+            return [None] * len(keys)
+        out: list[tuple[SqlValue, ...] | None] = []
+        for i, k in enumerate(keys):
+            row = self.con.execute(self._find, k).fetchone()
+            out.append(None if row is None or row[0] == first + i else tuple(row[1:]))
+        return out
+
+    def close(self) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS temp.{self.name}")
+
+
+def _temp_name(con: sqlite3.Connection, base: str) -> str:
+    """A name for a temporary table that no table of the store, nor a temporary one, has: SQLite
+    looks an unqualified name up in the temporary schema first, so a temporary `phx_rows` took
+    the place of the store's own `phx_rows` in the merge's inserts ('has no column named k')."""
+    taken = {
+        fold_name(str(r[0]))
+        for schema in ("main", "temp")
+        for r in con.execute(f"SELECT name FROM {schema}.sqlite_master")
+    }
+    name, n = base, 1
+    while fold_name(name) in taken:
+        n += 1
+        name = f"{base}{n}"
+    return name
+
+
 def _existing(
     con: sqlite3.Connection,
     q: str,
     common: tuple[str, ...],
-    key: tuple[str, ...],
     key_idx: list[int],
+    comparison: list[tuple[str, str]],
     batch: Sequence[tuple[SqlValue, ...]],
-) -> dict[tuple[SqlValue, ...], tuple[SqlValue, ...]]:
-    """The live rows (common columns) of a batch's keys, each under the source's key: the live
-    key columns' collation and affinity decide which live row a source key is, as the table's
-    UNIQUE index does (a NOCASE key's 'Alice' is the live 'alice'; read back by its own value,
-    such a row was taken for a new one, whose insert then failed the UNIQUE constraint)."""
-    found: dict[tuple[SqlValue, ...], tuple[SqlValue, ...]] = {}
+) -> dict[int, tuple[tuple[SqlValue, ...], bool, int]]:
+    """The live row (common columns) of each row of a batch whose key the live table holds, by
+    the row's place in the batch, and whether SQLite finds its other values the same. SQLite
+    compares: the key by the live key's collation and affinity, as the table's own index does (a
+    NOCASE key's 'Alice' is the live 'alice'; read back by its own value, such a row was taken for
+    a new one, whose insert then failed the UNIQUE constraint), the other values by the live
+    columns' affinity, byte for byte (the text '5' is the 5 an INTEGER column holds: it was
+    counted skipped, or updated to itself). The last of the three is how many live rows hold
+    that key: more than one where the live table does not have it as its key (a migration)."""
+    found: dict[int, tuple[tuple[SqlValue, ...], bool, int]] = {}
     cols = ", ".join("t.rowid" if c == "rowid" else f"t.{quote(c)}" for c in common)
-    if len(key) == 1:
-        col = "t.rowid" if key[0] == "rowid" else f"t.{quote(key[0])}"
-        keys = [v[key_idx[0]] for v in batch]
+    names = ["phx_i", *(f"c{i}" for i in range(len(common)))]
+    on = " AND ".join(
+        f"{'t.rowid' if common[i] == 'rowid' else f't.{quote(common[i])}'} = (phx_s.c{i} COLLATE {quote(coll)})"
+        for i, (_aff, coll) in zip(key_idx, comparison, strict=True)
+    )
+    same = " AND ".join(
+        f"({'t.rowid' if c == 'rowid' else f't.{quote(c)}'} IS (phx_s.c{i} COLLATE BINARY))"
+        for i, c in enumerate(common)
+        if i not in key_idx
+    )
+    per = max(1, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(names))
+    for at in range(0, len(batch), per):
+        part = batch[at : at + per]
+        row_marks = "(" + ", ".join("?" * len(names)) + ")"
         sql = (
-            f"WITH phx_k(phx_i, phx_v) AS (VALUES {', '.join(['(?, ?)'] * len(keys))}) "
-            f"SELECT phx_k.phx_i, {cols} FROM phx_k JOIN {q} AS t ON {col} = phx_k.phx_v"
+            f"WITH phx_s({', '.join(names)}) AS (VALUES {', '.join([row_marks] * len(part))}) "
+            f"SELECT phx_s.phx_i, {same or '1'}, {cols} FROM phx_s JOIN main.{q} AS t ON {on}"
         )
-        for at, *row in con.execute(sql, [x for i, k in enumerate(keys) for x in (i, k)]):
-            found[(keys[at],)] = tuple(row)
-        return found
-    where = " AND ".join(f"{'t.rowid' if k == 'rowid' else f't.{quote(k)}'} = ?" for k in key)
-    sql = f"SELECT {cols} FROM {q} AS t WHERE {where}"
-    for values in batch:
-        k = tuple(values[i] for i in key_idx)
-        row = con.execute(sql, k).fetchone()
-        if row is not None:
-            found[k] = tuple(row)
+        params = [x for i, values in enumerate(part, start=at) for x in (i, *values)]
+        for i, is_same, *row in con.execute(sql, params):
+            before = found.get(int(i))
+            if before is None:
+                found[int(i)] = (tuple(row), bool(is_same), 1)
+            else:  # several live rows hold the key: the row is unchanged when one of them is it
+                found[int(i)] = (before[0], before[1] or bool(is_same), before[2] + 1)
     return found
 
 
-def _row_hash(values: Sequence[SqlValue]) -> bytes:
-    """A whole row's digest (a keyless table's rows are compared by it): a BLOB's bytes as they
-    are, any other value by its repr (1 and 1.0 differ). The repr of a 40 MiB embedding blob was
-    a 160 MiB string, and its bytes another, for each row."""
-    h = hashlib.blake2b(digest_size=16)
-    for v in values:
-        data = v if isinstance(v, bytes) else repr(v).encode()
-        h.update(b"%c%d:" % (98 if isinstance(v, bytes) else 114, len(data)))
-        h.update(data)
-    return h.digest()
+def column_comparison(sql: str, table: str, columns: Sequence[str]) -> list[tuple[str, str]]:
+    """(affinity, collation) with which SQLite compares each of `columns` of the table `sql`
+    creates (a store's own statement): its declared type's affinity and its `COLLATE`, read back
+    by SQLite from an index on them over an empty copy of the table in memory; a rowid is an
+    INTEGER. A statement that cannot be made there compares values as they are."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute(sql)
+        declared = {str(r[1]) for r in scratch.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+        named = [c for c in columns if c != "rowid" or c in declared]
+        index = "phx_probe" if fold_name(table) != "phx_probe" else "phx_probe2"
+        if named:
+            scratch.execute(f"CREATE INDEX {index} ON {quote(table)} ({', '.join(quote(c) for c in named)})")
+        return _compared(scratch, table, columns, index if named else None)
+    except sqlite3.Error as exc:
+        if _NO_COLLATION in str(exc):
+            # Compared byte for byte instead, a keyless table's 'B' went in beside the live 'b'
+            # that the store's own collation takes for it.
+            raise MergeFailed(
+                f"table {table} compares its rows with a collation this SQLite lacks ({exc}); nothing "
+                f"was changed — {_OWN_COLLATION}"
+            ) from exc
+        return [("INTEGER", "BINARY") if c == "rowid" else ("", "BINARY") for c in columns]
+    finally:
+        scratch.close()
 
 
 def _merge_multiset(
     con: sqlite3.Connection,
-    name: str,
+    live: TableInfo,
     common: tuple[str, ...],
     rows: Iterable[tuple[SqlValue, ...]],
     tm: TableMerge,
@@ -849,16 +1069,56 @@ def _merge_multiset(
     *,
     where: str = "",
 ) -> None:
-    cols = ", ".join(quote(c) for c in common)
-    sql = f"SELECT {cols} FROM {quote(name)}" + (f" WHERE {where}" if where else "")
-    live: Counter[bytes] = Counter(_row_hash(r) for r in con.execute(sql))
-    for values in rows:
-        h = _row_hash(values)
-        if live[h] > 0:
-            live[h] -= 1
-            tm.unchanged += 1
-        else:
-            insert(values)
+    """Merge rows without a key as a multiset: a source row is unchanged while an equal live row is
+    left to match it, else inserted. SQLite compares, each column by the live column's collation
+    and affinity (a `COLLATE NOCASE` column's 'Alice' is the live 'alice': it was inserted again
+    beside it, or failed a UNIQUE index on that column), on tables in its temporary schema:
+    neither the source's rows nor the live ones are held in memory."""
+    comparison = column_comparison(live.sql, live.name, common)
+    cs = ", ".join(f"c{i}" for i in range(len(common)))
+    decls = ", ".join(f"c{i} {aff} COLLATE {quote(coll)}" for i, (aff, coll) in enumerate(comparison))
+    live_cols = ", ".join(
+        f"{'rowid' if c == 'rowid' else quote(c)} COLLATE {quote(coll)} AS c{i}"
+        for i, (c, (_aff, coll)) in enumerate(zip(common, comparison, strict=True))
+    )
+    equal = " AND ".join(f"l.c{i} IS s.c{i}" for i in range(len(common)))
+    rows_t = quote(_temp_name(con, "phx_rows"))
+    con.execute(f"CREATE TEMP TABLE {rows_t} (phx_i INTEGER PRIMARY KEY, {decls})")
+    new_t = quote(_temp_name(con, "phx_new"))
+    try:
+        # One row at a time: a row may hold a 40 MiB embedding.
+        insert_sql = f"INSERT INTO temp.{rows_t} VALUES (?, {', '.join('?' * len(common))})"
+        con.executemany(insert_sql, ((i, *values) for i, values in enumerate(rows)))
+        total = int(con.execute(f"SELECT count(*) FROM temp.{rows_t}").fetchone()[0])
+        if not total:
+            return
+        # Equal rows are numbered within their class on each side; a source row whose number no
+        # equal live row has is new (two equal source rows, one live row: one is inserted).
+        con.execute(f"CREATE TEMP TABLE {new_t} (phx_i INTEGER PRIMARY KEY)")
+        con.execute(
+            f"INSERT INTO temp.{new_t} "
+            f"WITH phx_s AS (SELECT phx_i, {cs}, row_number() OVER (PARTITION BY {cs} ORDER BY phx_i) AS phx_n "
+            f"FROM temp.{rows_t}), "
+            f"phx_l AS (SELECT {cs}, row_number() OVER (PARTITION BY {cs}) AS phx_n "
+            f"FROM (SELECT {live_cols} FROM main.{quote(live.name)}{f' WHERE {where}' if where else ''})) "
+            f"SELECT phx_i FROM phx_s AS s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM phx_l AS l WHERE l.phx_n = s.phx_n AND {equal})"
+        )
+        new = 0
+        after = -1
+        one = f"SELECT {cs} FROM temp.{rows_t} WHERE phx_i = ?"
+        # The new rows' numbers a batch at a time, their rows one at a time (a row may be large).
+        while ids := con.execute(
+            f"SELECT phx_i FROM temp.{new_t} WHERE phx_i > ? ORDER BY phx_i LIMIT {_BATCH}", (after,)
+        ).fetchall():
+            for (i,) in ids:
+                insert(tuple(con.execute(one, (i,)).fetchone()))
+            new += len(ids)
+            after = ids[-1][0]
+        tm.unchanged += total - new
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS temp.{rows_t}")
+        con.execute(f"DROP TABLE IF EXISTS temp.{new_t}")
 
 
 def _batched(rows: Iterable[tuple[SqlValue, ...]], n: int) -> Iterator[list[tuple[SqlValue, ...]]]:
