@@ -33,6 +33,7 @@ from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
     MissingCredentials,
+    NoSlotOfMethod,
     PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
@@ -547,6 +548,8 @@ def open_repository(
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
+        if not create and _misplaced(backend, name) is not None:
+            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         Repository.refuse_lost_config(backend)
         if not create:
             raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
@@ -649,6 +652,8 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                     # The try as given is the same opening, within what is left of its budget.
                     return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, cfg=cfg)
             except WrongPassphrase as exc:
+                if isinstance(exc, NoSlotOfMethod):  # no passphrase was wrong: asking again cannot help
+                    raise _no_slot_of_method(cfg, backend, exc) from exc
                 if asked == before or attempt == PROMPT_TRIES:
                     if given is None:
                         raise
@@ -660,6 +665,24 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         raise AssertionError("unreachable")
     finally:
         envx.prompt = prompt
+
+
+def _no_slot_of_method(cfg: Config, backend: Backend, exc: NoSlotOfMethod) -> PhoenixError:
+    """`exc` for a repository named by `--repo` alone (no config file, so none to fix): the
+    credentials of the kind its slots are, given for the run; else `exc` as it is."""
+    if cfg.source is not None or cfg.location is None:
+        return exc
+    kinds = ", ".join(exc.kinds)
+    if "age" in exc.kinds:
+        fix = "give its age identity with --identity FILE or PHX_IDENTITY_FILE=FILE"
+    elif "passphrase" in exc.kinds:
+        fix = "set PHX_PASSPHRASE or PHX_PASSPHRASE_FILE to its passphrase"
+    else:
+        fix = f"write a config file with encryption.method {exc.kinds[0]!r} and use it with --config"
+    return MissingCredentials(
+        f"the repository at {backend.location} is encrypted with {kinds} (its key slots), not with what was "
+        f"given; {fix}"
+    )
 
 
 def open_as_given(cfg: Config, envx: Environment, backend: Backend, *, store: Pins, expect: str) -> Repository:
@@ -718,12 +741,37 @@ def no_repository(backend: Backend, name: str, *, first: bool) -> str:
     where = f"no repository at {backend.location} (target {name})"
     if not first:
         return f"{where}; run `phx sync --target {name}` to copy the repository there"
+    near = _misplaced(backend, name)
+    if near is not None:
+        return f"{where}: {near}"
     if name == "local" and not os.path.isdir(backend.location):
         return (
             f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
             "and run again, or create a new repository there with `phx init`"
         )
     return f"{where}; create it with `phx init`"
+
+
+def _misplaced(backend: Backend, name: str) -> str | None:
+    """Where the repository is when the local target's path names a file (an archive of it), a
+    folder inside it or the folder it was copied into, with the fix; None otherwise."""
+    from phoenix_backup.storage.local import repository_above, repository_below
+
+    if name != "local":
+        return None
+    path = Path(backend.location)
+    if path.is_file():
+        return (
+            "it is a file, not a repository folder; if it is an archive of the repository (tar, zip), unpack it "
+            "and give the folder that holds its `config`, `keys/` and `data/`"
+        )
+    above = repository_above(path.parent) if path.parent != path else None
+    if above is not None:
+        return f"it is inside the repository at {above}; give that folder instead"
+    below = repository_below(path) if path.is_dir() else None
+    if below is not None:
+        return f"the repository is the folder {below} inside it; give that folder instead"
+    return None
 
 
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:

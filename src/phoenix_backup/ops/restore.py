@@ -234,6 +234,35 @@ def restore(
         repo.close()
 
 
+def _unreadable_tree(repo: Repository, snap: Snapshot, exc: PhoenixError) -> RestoreError:
+    """The restore of `snap`, whose folders (trees) this copy of the repository cannot read (a copy
+    or sync that stopped before its data, or lost data), refused with the newest older snapshot
+    of its host and scope whose trees all read (at most 5 looked at), to restore instead."""
+    older = [
+        s
+        for s in reversed(repo.list_snapshots())
+        if s.id != snap.id and s.datetime <= snap.datetime and s.host == snap.host and s.scope == snap.scope
+    ]
+    whole = None
+    for other in older[:5]:
+        with contextlib.suppress(ObjectNotFound, CorruptObject):
+            for _ in walk_tree(repo, other.tree):
+                pass
+            whole = other
+            break
+    instead = (
+        f"restore {whole.name} ({whole.id[:8]}), the newest older snapshot whose folders read, with "
+        f"`--backup {whole.id[:8]}`, or this one from another copy"
+        if whole is not None
+        else "restore it from another copy of the repository"
+    )
+    return RestoreError(
+        f"snapshot {snap.name} ({snap.id[:8]}) cannot be restored from {repo.backend.location}: its folders "
+        f"(trees) cannot be read ({exc}), as in a copy or sync that stopped before its data; {instead}; "
+        "`phx verify --read-data` checks every snapshot"
+    )
+
+
 @dataclass
 class _Plan:
     items: list[PlanItem]
@@ -280,7 +309,10 @@ class _Restore:
         self.yes = yes
         self.in_place = to is None
         self.layout = Layout(cfg.workspace, envx.home)
-        self.tree = list(walk_tree(repo, snap.tree))
+        try:
+            self.tree = list(walk_tree(repo, snap.tree))
+        except (ObjectNotFound, CorruptObject) as exc:
+            raise _unreadable_tree(repo, snap, exc) from exc
         self.filter = ScopeFilter(cfg, self.layout, scope, paths, snap.sources)
         self.selected = select_nodes(snap, self.tree, cfg, self.layout, scope, paths)
         if paths and not self.selected and not delete:

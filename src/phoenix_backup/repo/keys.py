@@ -43,6 +43,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     KdfBudgetExceeded,
     MissingCredentials,
+    NoSlotOfMethod,
     ToolMissing,
     UnsupportedFormat,
     UsageError,
@@ -1187,12 +1188,14 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     allowed = creds.allowed()
     usable = [s for s in slots if s.type in allowed]
     if not usable:
-        kinds = ", ".join(sorted({s.type for s in slots}, key=lambda t: _TRY_ORDER.get(t, 99)))
+        found = tuple(sorted({s.type for s in slots}, key=lambda t: _TRY_ORDER.get(t, 99)))
+        kinds = ", ".join(found)
         wanted = ", ".join(sorted(allowed, key=lambda t: _TRY_ORDER.get(t, 99)))
-        raise WrongPassphrase(
+        raise NoSlotOfMethod(
             f"the repository has no key slot of the configured encryption ({wanted}), only {kinds}; "
             "fix encryption.enabled/encryption.method in the config (a slot of another kind must never "
-            "open the repository: anyone who can write the storage can add one)"
+            "open the repository: anyone who can write the storage can add one)",
+            found,
         )
     supplied = {
         "passphrase": creds.passphrase is not None,
