@@ -6,6 +6,7 @@ where it should not be, and the right spelling then restores (docs/recipes.md, d
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -138,3 +139,26 @@ def test_a_copy_that_lacks_the_newest_snapshots_folders_names_the_older_one_to_r
     doc = run_phx_here(["restore", "--repo", copy, "--backup", first["id"][:8], "--to", dest, "--json"], env).json()
     assert doc["snapshot"] == first["id"] and doc["errors"] == [], doc
     assert_restored(state, dest, "the older snapshot of the copy")
+
+
+def test_the_restored_config_copied_to_a_new_machine_names_backup_dir_when_the_repository_moved(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The restore says: check the config's paths, then copy it to ~/.argentos/backup.json. A user
+    who copies it unchanged, with the repository now on a USB disk at another path, got "the folder
+    does not exist; … mount it …, or create a new repository there with `phx init`": nothing
+    named the config or its `backupDir`. Now the error names both."""
+    sb = sandbox
+    sb.backup()
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    usb = tmp_path / "usb" / "argent"
+    shutil.copytree(sb.repo, usb, symlinks=True)
+    old = tmp_path / "old-machine" / "backups" / "argent"  # the config's backupDir, gone with the machine
+    config = Path(env["HOME"]) / ".argentos" / "backup.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**sb.config, "backupDir": str(old)}))
+    config.chmod(0o600)
+    res = run_phx_here(["list"], env, code=1)
+    assert_error(res, 1, f"no repository at {old}", "not mounted", str(config), "`backupDir`")
+    config.write_text(json.dumps({**sb.config, "backupDir": str(usb)}))
+    assert len(run_phx_here(["list", "--json"], env).json()) == 1

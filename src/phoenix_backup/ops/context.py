@@ -552,7 +552,7 @@ def open_repository(
             raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         Repository.refuse_lost_config(backend)
         if not create:
-            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
+            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0], config=cfg.source))
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             repo = _open(cfg, envx, backend, upgrade=True)
             pins(envx).started(repo.config.id, backend.location)
@@ -735,7 +735,7 @@ def _open_exact(
     return repo
 
 
-def no_repository(backend: Backend, name: str, *, first: bool) -> str:
+def no_repository(backend: Backend, name: str, *, first: bool, config: Path | None = None) -> str:
     """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
     so nothing but `phx init` ever creates the first target's repository."""
     where = f"no repository at {backend.location} (target {name})"
@@ -745,9 +745,15 @@ def no_repository(backend: Backend, name: str, *, first: bool) -> str:
     if near is not None:
         return f"{where}: {near}"
     if name == "local" and not os.path.isdir(backend.location):
+        moved = (
+            f"; if {config} came from another machine (a restore's copy), set `backupDir` (or "
+            "`targets.local.path`) there to where the repository is now"
+            if config is not None
+            else ""
+        )
         return (
             f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
-            "and run again, or create a new repository there with `phx init`"
+            f"and run again, or create a new repository there with `phx init`{moved}"
         )
     return f"{where}; create it with `phx init`"
 
