@@ -14,6 +14,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, run_phx, run_phx_here
+from moto_support import bare_repo
 
 pytestmark = pytest.mark.phx_in_process
 
@@ -162,3 +163,62 @@ def test_the_restored_config_copied_to_a_new_machine_names_backup_dir_when_the_r
     assert_error(res, 1, f"no repository at {old}", "not mounted", str(config), "`backupDir`")
     config.write_text(json.dumps({**sb.config, "backupDir": str(usb)}))
     assert len(run_phx_here(["list", "--json"], env).json()) == 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_first_target_continued_from_a_replica_sends_reads_to_the_replica(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The local disk is lost, the Git replica survives: with the restored config in place, `phx
+    init` makes the new local folder continue the repository the replica holds (docs/targets.md),
+    but without its snapshots. `phx restore --latest` then said "the repository holds no
+    snapshots yet; run `phx backup` first" (and `phx list` "no snapshots yet"), at the moment of
+    loss, while target git held them all. Now it names the replica and `--target git`, which restores."""
+    sb = sandbox
+    remote = bare_repo(tmp_path / "remote.git")
+    sb.write_config(targets={"git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}})
+    state = sb.state()
+    snap = sb.backup()
+    assert snap["targets"]["git"]["ok"], snap["targets"]
+    shutil.rmtree(sb.repo)  # the local disk is gone
+    missing = run_phx_here(["list"], sb.env, code=1)
+    assert_error(missing, 1, f"no repository at {sb.repo}", "add `--target git`", "`phx init` continues it")
+    assert "continues it" in run_phx_here(["init"], sb.env).err
+
+    dest = tmp_path / "restored"
+    res = run_phx(["restore", "--latest", "--to", dest], sb.env, check=None)
+    line = assert_error(res, 2, "target local holds no snapshots yet", "target git holds 1", "--target git")
+    assert "run `phx backup`" not in line, line
+    assert not dest.exists()
+    listed = run_phx_here(["list"], sb.env)
+    assert "target git holds 1" in listed.err and "--target git" in listed.err, listed
+    doc = run_phx_here(["restore", "--latest", "--target", "git", "--to", dest, "--json"], sb.env).json()
+    assert doc["snapshot"] == snap["id"] and doc["errors"] == [], doc
+    assert_restored(state, dest, "restore --target git after init continued the replica")
+
+
+def test_a_restored_age_config_whose_identity_file_is_missing_never_says_make_a_new_identity(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The restored config of an age repository, copied to a new machine, names the old machine's
+    identity file. The error said "does not exist; create it with `age-keygen -o PATH`": a new
+    identity, which opens no backup. Now it says to copy the identity that opens the repository
+    there (or point identityFile/PHX_IDENTITY_FILE at it), and never to make one."""
+    sb = sandbox
+    identity = pyrage.x25519.Identity.generate()
+    key = tmp_path / "identity.txt"
+    key.write_text(f"{identity}\n")
+    key.chmod(0o600)
+    sb.env.pop("PHX_PASSPHRASE")
+    recipient = str(identity.to_public())
+    sb.reinit(encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(key)})
+    snap = sb.backup()
+    env = new_machine(tmp_path)
+    config = Path(env["HOME"]) / ".argentos" / "backup.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**sb.config, "workspace": str(tmp_path / "argent")}))
+    config.chmod(0o600)
+    key.rename(tmp_path / "saved-identity.txt")  # the old machine's path is gone; the user kept a copy
+    res = run_phx(["list"], env, check=None)
+    line = assert_error(res, 2, f"age identity file {key} does not exist", "copy the identity", "PHX_IDENTITY_FILE")
+    assert "age-keygen -o" not in line, line
+    fixed = {**env, "PHX_IDENTITY_FILE": str(tmp_path / "saved-identity.txt")}
+    assert [s["id"] for s in run_phx_here(["list", "--json"], fixed).json()] == [snap["id"]]

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from phoenix_backup.errors import (
     PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
+    SnapshotNotFound,
     SourceError,
     StorageError,
     UsageError,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from phoenix_backup.repo.crypto import Compressor
     from phoenix_backup.repo.pins import Pins
     from phoenix_backup.repo.repository import Repository
-    from phoenix_backup.repo.snapshot import Latest
+    from phoenix_backup.repo.snapshot import Latest, Snapshot
     from phoenix_backup.storage.base import Backend
     from phoenix_backup.storage.local import LocalBackend
 
@@ -552,7 +553,9 @@ def open_repository(
             raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         Repository.refuse_lost_config(backend)
         if not create:
-            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0], config=cfg.source))
+            raise RepositoryNotFound(
+                no_repository(backend, name, first=name == names[0], config=cfg.source, replicas=names[1:])
+            )
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             repo = _open(cfg, envx, backend, upgrade=True)
             pins(envx).started(repo.config.id, backend.location)
@@ -581,6 +584,41 @@ def open_repository(
             )
         return repo
     return _open(cfg, envx, backend, upgrade=upgrade)
+
+
+def find_snapshot(cfg: Config, envx: Environment, repo: Repository, ref: str, target: str | None = None) -> Snapshot:
+    """`repo.find_snapshot(ref)` with `envx.latest`, for a command reading one snapshot. The first
+    target holding none while a replica holds some (a new machine's `phx init` continued the
+    repository a replica holds: the new first target starts empty) is said with the replica to
+    read with --target, not as "no snapshots yet; run `phx backup`"."""
+    snaps = repo.list_snapshots()
+    if not snaps and not repo.problems.damaged_snapshots and (target or envx.target) is None:
+        held = snapshots_elsewhere(cfg, envx)
+        if held:
+            first = enabled_targets(cfg)[0]
+            where = ", ".join(f"target {name} holds {count}" for name, count in held)
+            raise SnapshotNotFound(
+                f"target {first} holds no snapshots yet, but {where}: read them with `--target {held[0][0]}` "
+                f"(`phx list --target {held[0][0]}`); backups from here add to them, and never copy them to {first}"
+            )
+    return repo.find_snapshot(ref, snaps, latest=envx.latest)
+
+
+def snapshots_elsewhere(cfg: Config, envx: Environment) -> list[tuple[str, int]]:
+    """(target, how many snapshot objects it lists) for each replica that lists some; a replica that
+    cannot be listed is left out (no alarm on a doubt)."""
+    held = []
+    for name in enabled_targets(cfg)[1:]:
+        backend = target_backend(cfg, envx, name)
+        try:
+            count = sum(1 for _ in backend.list("snapshots/"))
+        except PhoenixError:
+            continue
+        finally:
+            backend.close()
+        if count:
+            held.append((name, count))
+    return held
 
 
 def require_identity(repo: Repository, reading: str = "the trees and data of its snapshots") -> None:
@@ -735,15 +773,25 @@ def _open_exact(
     return repo
 
 
-def no_repository(backend: Backend, name: str, *, first: bool, config: Path | None = None) -> str:
+def no_repository(
+    backend: Backend, name: str, *, first: bool, config: Path | None = None, replicas: Sequence[str] = ()
+) -> str:
     """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
-    so nothing but `phx init` ever creates the first target's repository."""
+    so nothing but `phx init` ever creates the first target's repository. `config`: the config file
+    (which may be a restored copy from another machine); `replicas`: the config's other targets,
+    which may hold the repository (a read can name one with --target; `phx init` continues it)."""
     where = f"no repository at {backend.location} (target {name})"
     if not first:
         return f"{where}; run `phx sync --target {name}` to copy the repository there"
     near = _misplaced(backend, name)
     if near is not None:
         return f"{where}: {near}"
+    other = (
+        f"; to read the copy on another target of the config, add `--target {replicas[0]}`"
+        f"{' (or ' + ', '.join(replicas[1:]) + ')' if len(replicas) > 1 else ''}, and `phx init` continues it here"
+        if replicas
+        else ""
+    )
     if name == "local" and not os.path.isdir(backend.location):
         moved = (
             f"; if {config} came from another machine (a restore's copy), set `backupDir` (or "
@@ -753,9 +801,9 @@ def no_repository(backend: Backend, name: str, *, first: bool, config: Path | No
         )
         return (
             f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
-            f"and run again, or create a new repository there with `phx init`{moved}"
+            f"and run again, or create a new repository there with `phx init`{other}{moved}"
         )
-    return f"{where}; create it with `phx init`"
+    return f"{where}; create it with `phx init`{other}"
 
 
 def _misplaced(backend: Backend, name: str) -> str | None:

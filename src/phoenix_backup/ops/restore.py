@@ -53,6 +53,7 @@ from phoenix_backup.ops.context import (
     cache_for,
     check_restore,
     enabled_targets,
+    find_snapshot,
     open_repository,
     require_identity,
     target_backend,
@@ -224,7 +225,7 @@ def restore(
             repo.load_index()
             # `latest` never picks a safety snapshot (its scope is its own): restoring one is an
             # undo, named by its id.
-            snap = repo.find_snapshot(ref, latest=envx.latest)
+            snap = find_snapshot(cfg, envx, repo, ref)
             job = _Restore(
                 cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
             )

@@ -839,9 +839,12 @@ def load_age_identities(path: Path) -> tuple[str, ...]:
             path, "age identity file", "point encryption.identityFile (or --identity) at the file age-keygen wrote"
         ).decode("utf-8")
     except FileNotFoundError:
+        # Never "create it with age-keygen": a new identity opens no backup made for the old one
+        # (a restored config on a new machine names the old machine's path).
         raise UsageError(
-            f"age identity file {path} does not exist; create it with `age-keygen -o {path}` or "
-            "fix encryption.identityFile"
+            f"age identity file {path} does not exist; copy the identity that opens the repository there (the file "
+            "age-keygen wrote when it was set up: its public key is among encryption.recipients), or point "
+            "encryption.identityFile, --identity or PHX_IDENTITY_FILE at it; a new identity opens no existing backup"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
