@@ -222,3 +222,24 @@ def test_a_restored_age_config_whose_identity_file_is_missing_never_says_make_a_
     assert "age-keygen -o" not in line, line
     fixed = {**env, "PHX_IDENTITY_FILE": str(tmp_path / "saved-identity.txt")}
     assert [s["id"] for s in run_phx_here(["list", "--json"], fixed).json()] == [snap["id"]]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_git_remote_named_with_the_wrong_branch_lists_its_branches(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The surviving target is a Git remote. `--repo FOLDER#BRANCH` for a bare repository's
+    folder (docs/recipes.md: "#BRANCH picks a branch", "a bare repository's folder") was taken for
+    a local folder named `remote.git#main` ("the folder does not exist"), and a branch that the
+    remote lacks (`#master` for `main`) said "create it with `phx init`". Now the folder with
+    `#BRANCH` reads that branch, and a missing branch lists the remote's branches."""
+    sb = sandbox
+    remote = bare_repo(tmp_path / "remote.git")
+    sb.write_config(targets={"git": {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}})
+    snap = sb.backup()
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    listed = run_phx_here(["list", "--repo", f"{remote}#main", "--json"], env).json()
+    assert [s["id"] for s in listed] == [snap["id"]] and listed[0]["targets"] == ["git"]
+    for location in (f"{remote}#master", f"file://{remote}#master"):
+        line = assert_error(run_phx_here(["list", "--repo", location], env, code=1), 1, "no branch master", "`#main`")
+        assert "phx init" not in line, line
+    empty = bare_repo(tmp_path / "empty.git")
+    assert_error(run_phx_here(["list", "--repo", empty], env, code=1), 1, "empty Git repository", "check the URL")

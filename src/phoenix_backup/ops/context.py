@@ -811,6 +811,8 @@ def _misplaced(backend: Backend, name: str) -> str | None:
     folder inside it or the folder it was copied into, with the fix; None otherwise."""
     from phoenix_backup.storage.local import repository_above, repository_below
 
+    if name == "git":
+        return _other_branches(backend)
     if name != "local":
         return None
     path = Path(backend.location)
@@ -826,6 +828,26 @@ def _misplaced(backend: Backend, name: str) -> str | None:
     if below is not None:
         return f"the repository is the folder {below} inside it; give that folder instead"
     return None
+
+
+def _other_branches(backend: Backend) -> str | None:
+    """The fix when a Git remote lacks the branch named (`#BRANCH`): the branches it has."""
+    from phoenix_backup.storage.git import GitBackend
+    from phoenix_backup.storage.wrappers import WrappedBackend
+
+    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    if not isinstance(inner, GitBackend):
+        return None
+    branches = inner.other_branches()
+    if branches is None:
+        return None
+    if not branches:
+        return "the remote is an empty Git repository; check the URL, or start a new repository there with `phx init`"
+    listed = ", ".join(f"`#{b}`" for b in branches[:5])
+    return (
+        f"the remote has no branch {inner.branch}; its branches: {listed}; add the one that holds the backups "
+        "to the URL"
+    )
 
 
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
