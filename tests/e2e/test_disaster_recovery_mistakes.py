@@ -14,7 +14,7 @@ from pathlib import Path
 import pyrage
 import pytest
 from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, run_phx, run_phx_here
-from moto_support import bare_repo
+from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 
 pytestmark = pytest.mark.phx_in_process
 
@@ -243,3 +243,31 @@ def test_a_git_remote_named_with_the_wrong_branch_lists_its_branches(sandbox: Sa
         assert "phx init" not in line, line
     empty = bare_repo(tmp_path / "empty.git")
     assert_error(run_phx_here(["list", "--repo", empty], env, code=1), 1, "empty Git repository", "check the URL")
+
+
+def test_a_bucket_prefix_inside_or_above_the_repository_names_its_prefix(
+    sandbox: Sandbox, moto: MotoServer, tmp_path: Path
+) -> None:
+    """The S3 bucket survives. `--repo s3://BUCKET` (the prefix forgotten) or
+    `s3://BUCKET/argent/snapshots` said "create it with `phx init`"; now each names the
+    repository's location, and an unrelated prefix still says `phx init`."""
+    sb = sandbox
+    bucket = moto.make_bucket()
+    sb.write_config(targets={"s3": moto.target(bucket)})
+    snap = sb.backup()
+    assert snap["targets"]["s3"]["ok"], snap["targets"]
+    env = new_machine(
+        tmp_path,
+        PHX_PASSPHRASE=PASSPHRASE,
+        AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+        AWS_ENDPOINT_URL=moto.endpoint,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    right = f"s3://{bucket}/argent/"
+    for location, needle in ((f"s3://{bucket}", "below it"), (f"{right}snapshots", "inside the repository")):
+        line = assert_error(run_phx_here(["list", "--repo", location], env, code=1), 1, needle, right, "give that")
+        assert "phx init" not in line, line
+    assert_error(run_phx_here(["list", "--repo", f"s3://{bucket}/other"], env, code=1), 1, "phx init")
+    listed = run_phx_here(["list", "--repo", right, "--json"], env).json()
+    assert [s["id"] for s in listed] == [snap["id"]]

@@ -813,6 +813,8 @@ def _misplaced(backend: Backend, name: str) -> str | None:
 
     if name == "git":
         return _other_branches(backend)
+    if name in ("s3", "r2"):
+        return _bucket_prefix_near(backend)
     if name != "local":
         return None
     path = Path(backend.location)
@@ -828,6 +830,24 @@ def _misplaced(backend: Backend, name: str) -> str | None:
     if below is not None:
         return f"the repository is the folder {below} inside it; give that folder instead"
     return None
+
+
+def _bucket_prefix_near(backend: Backend) -> str | None:
+    """The fix when a bucket's prefix is inside a repository or holds one right below it."""
+    from phoenix_backup.storage.s3 import S3Backend
+    from phoenix_backup.storage.wrappers import WrappedBackend
+
+    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    if not isinstance(inner, S3Backend):
+        return None
+    near = inner.repository_near()
+    if near is None:
+        return None
+    kind, prefix = near
+    url = f"s3://{inner.bucket}/{prefix}" if inner.settings.target == "s3" else f"the prefix {prefix or '/'}"
+    if kind == "above":
+        return f"it is inside the repository at {url}; give that location instead"
+    return f"the repository is at {url}, below it; give that location instead"
 
 
 def _other_branches(backend: Backend) -> str | None:
