@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tarfile
 from pathlib import Path
 
@@ -271,3 +272,23 @@ def test_a_bucket_prefix_inside_or_above_the_repository_names_its_prefix(
     assert_error(run_phx_here(["list", "--repo", f"s3://{bucket}/other"], env, code=1), 1, "phx init")
     listed = run_phx_here(["list", "--repo", right, "--json"], env).json()
     assert [s["id"] for s in listed] == [snap["id"]]
+
+
+def test_latest_among_several_other_hosts_names_them(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository two machines backed up to, read from a third (new) machine: `latest` has no
+    host to take and said "select with ... --host" without naming one host but the newest's. Now
+    the error lists the hosts that have such a snapshot, and `--host` with one of them restores."""
+    sb = sandbox
+    for host in ("old-laptop", "old-desktop"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        sb.phx_here("backup", "--json")
+    monkeypatch.undo()
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx(["restore", "--repo", sb.repo, "--latest", "--to", tmp_path / "out"], env, check=None)
+    assert_error(res, 2, "hosts that have one: old-desktop, old-laptop", "--host")
+    doc = run_phx_here(
+        ["restore", "--repo", sb.repo, "--latest", "--host", "old-laptop", "--to", tmp_path / "out", "--json"], env
+    ).json()
+    assert doc["errors"] == [], doc
