@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, run_phx, run_phx_here
+from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, damage_blob, run_phx, run_phx_here
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 
 pytestmark = pytest.mark.phx_in_process
@@ -292,3 +292,34 @@ def test_latest_among_several_other_hosts_names_them(
         ["restore", "--repo", sb.repo, "--latest", "--host", "old-laptop", "--to", tmp_path / "out", "--json"], env
     ).json()
     assert doc["errors"] == [], doc
+
+
+def test_a_copy_that_lacks_a_files_newest_data_names_the_older_snapshot_that_holds_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A copy that stopped midway holds the newest snapshot and its folders, but not the pack of
+    a file changed in it: the restore gave back everything else, exit 1, and for that file said
+    "no other target holds its data" only. The older version was there, in the snapshot before:
+    now the output names that snapshot and the `--backup ID --path` that restores it."""
+    sb = sandbox
+    first = sb.backup()
+    old_memory = (sb.workspace / "MEMORY.md").read_bytes()
+    (sb.workspace / "MEMORY.md").write_bytes(old_memory + b"\n- written after the first backup\n" * 400)
+    sb.backup()
+    pack = damage_blob(sb, "workspace/MEMORY.md")  # (the pack of its new data, damaged in the original)
+    copy = tmp_path / "usb"
+    shutil.copytree(sb.repo, copy, symlinks=True)
+    (copy / pack.relative_to(sb.repo)).unlink()  # the copy lacks it
+
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    doc = run_phx_here(["restore", "--repo", copy, "--latest", "--to", tmp_path / "new", "--json"], env, code=1).json()
+    [error] = doc["errors"]
+    assert error["path"] == "workspace/MEMORY.md", doc["errors"]
+    fix = f"`phx restore --backup {first['id'][:8]} --path 'workspace/MEMORY.md'`"
+    assert f"snapshot {first['name']} ({first['id'][:8]}) holds an older version" in error["error"], error
+    assert fix in error["error"], error
+    out = tmp_path / "older"
+    run_phx_here(
+        ["restore", "--repo", copy, "--backup", first["id"][:8], "--path", "workspace/MEMORY.md", "--to", out], env
+    )
+    assert (out / "workspace" / "MEMORY.md").read_bytes() == old_memory

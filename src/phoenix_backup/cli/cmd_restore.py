@@ -177,7 +177,7 @@ def restore(
         out.error(
             f"{len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
             f"({why if len(lost) == 1 else f'{named}; {why}'}); everything else was restored; see the output for "
-            "the targets that may hold them, and run `phx verify --read-data`"
+            "the targets or older snapshots that may hold them, and run `phx verify --read-data`"
         )
     return result.exit_status
 

@@ -66,7 +66,7 @@ from phoenix_backup.repo.reader import PackSchedule, check_data, damage_text, re
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.repo.walker import find_node, walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
@@ -235,17 +235,25 @@ def restore(
         repo.close()
 
 
+def _older_snapshots(repo: Repository, snap: Snapshot, *, same_scope: bool) -> list[Snapshot]:
+    """The snapshots of `snap`'s host not newer than it, newest first (of its scope with
+    `same_scope`; else any but safety snapshots): where an older copy of what it lacks may be."""
+    return [
+        s
+        for s in reversed(repo.list_snapshots())
+        if s.id != snap.id
+        and s.datetime <= snap.datetime
+        and s.host == snap.host
+        and (s.scope == snap.scope if same_scope else s.scope != "pre-restore")
+    ]
+
+
 def _unreadable_tree(repo: Repository, snap: Snapshot, exc: PhoenixError) -> RestoreError:
     """The restore of `snap`, whose folders (trees) this copy of the repository cannot read (a copy
     or sync that stopped before its data, or lost data), refused with the newest older snapshot
     of its host and scope whose trees all read (at most 5 looked at), to restore instead."""
-    older = [
-        s
-        for s in reversed(repo.list_snapshots())
-        if s.id != snap.id and s.datetime <= snap.datetime and s.host == snap.host and s.scope == snap.scope
-    ]
     whole = None
-    for other in older[:5]:
+    for other in _older_snapshots(repo, snap, same_scope=True)[:5]:
         with contextlib.suppress(ObjectNotFound, CorruptObject):
             for _ in walk_tree(repo, other.tree):
                 pass
@@ -331,6 +339,7 @@ class _Restore:
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        self._packs_here: set[str] | None = None  # the data packs this repository lists (older_copy)
         self.before: dict[str, LiveState] | None = None  # FileWriter.before
         self.db_before: dict[str, str] = {}  # FileWriter.db_before
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
@@ -395,14 +404,39 @@ class _Restore:
             )
             packs = {pack_name(loc.pack_id) for node in needs for b in node.blobs() if (loc := self.repo.index.get(b))}
             holders = [name for name, held in others.items() if packs <= held]
+            older = None if holders or logical not in nodes else self.older_copy(logical, nodes[logical])
             hint = (
                 f"; target {' or '.join(holders)} may hold it intact: `phx restore --target {holders[0]} "
                 f"--backup {self.snap.id[:8]} --path '{logical}'`"
                 if holders
+                else f"; no other target holds its data, but snapshot {older.name} ({older.id[:8]}) holds an older "
+                f"version whose data is all here: `phx restore --backup {older.id[:8]} --path '{logical}'`"
+                if older is not None
                 else "; no other target holds its data"
             )
             result.errors.append({"path": logical, "error": f"{why}{hint}"})
             result.damaged.append({"path": logical, "error": why, "otherTargets": holders})
+
+    def older_copy(self, logical: str, node: Node) -> Snapshot | None:
+        """The newest of (at most 3) older snapshots of this host that hold `logical` as a file of
+        other content (the same content is the same damaged data) whose packs are all in this
+        repository: a copy that lags behind (a copy or sync stopped midway) has the older version."""
+        if node.type != "file":
+            return None
+        if self._packs_here is None:
+            self._packs_here = {info.name for info in self.repo.backend.list("data/")}
+        damaged = set(node.blobs())
+        for other in _older_snapshots(self.repo, self.snap, same_scope=False)[:3]:
+            try:
+                found = find_node(self.repo, other, logical)
+            except (ObjectNotFound, CorruptObject):
+                continue
+            if found is None or found.type != "file" or set(found.blobs()) == damaged:
+                continue
+            locs = [self.repo.index.get(b) for b in found.blobs()]
+            if all(loc is not None and pack_name(loc.pack_id) in self._packs_here for loc in locs):
+                return other
+        return None
 
     def other_targets(self) -> dict[str, set[str]]:
         """The other enabled targets that hold this snapshot, each with the data packs it holds."""
