@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, damage_blob, run_phx, run_phx_here
+from e2e_support import (
+    PASSPHRASE,
+    Sandbox,
+    assert_error,
+    assert_restored,
+    damage_blob,
+    file_manifest,
+    run_phx,
+    run_phx_here,
+)
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 
 pytestmark = pytest.mark.phx_in_process
@@ -323,3 +332,28 @@ def test_a_copy_that_lacks_a_files_newest_data_names_the_older_snapshot_that_hol
         ["restore", "--repo", copy, "--backup", first["id"][:8], "--path", "workspace/MEMORY.md", "--to", out], env
     )
     assert (out / "workspace" / "MEMORY.md").read_bytes() == old_memory
+
+
+def test_an_in_place_restore_with_the_old_machines_workspace_path_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The restored config copied as it is to a new machine names the old machine's workspace
+    (`/home/olduser/argent`). `phx restore --latest --yes` made that whole path here and put the
+    agent there, exit 0. Now, when neither the workspace nor the folder above it exists, it is
+    refused before anything is written, naming `workspace` in the config file; fixed, it restores."""
+    sb = sandbox
+    state = sb.state()
+    sb.backup()
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    old = tmp_path / "old-machine" / "home" / "olduser" / "argent"
+    config = Path(env["HOME"]) / ".argentos" / "backup.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**sb.config, "workspace": str(old)}))
+    config.chmod(0o600)
+    res = run_phx(["restore", "--latest", "--yes"], env, check=None)
+    assert_error(res, 2, f"the workspace {old} does not exist", str(config), "`workspace`")
+    assert not (tmp_path / "old-machine").exists()
+    assert sorted(p.name for p in Path(env["HOME"]).iterdir()) == [".argentos"]
+
+    here = Path(env["HOME"]) / "argent"
+    config.write_text(json.dumps({**sb.config, "workspace": str(here)}))
+    run_phx_here(["restore", "--latest", "--yes"], env)
+    assert file_manifest(here) == state["workspace"]

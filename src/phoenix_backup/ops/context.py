@@ -934,8 +934,23 @@ def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: st
         raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
     if to is None:
         require_config_file(cfg, "a restore in place")
+        refuse_workspace_of_another_machine(cfg)
     else:
         refuse_plain_copies_in_repository(cfg, to, "--to")
+
+
+def refuse_workspace_of_another_machine(cfg: Config) -> None:
+    """UsageError when the workspace and the folder above it are both missing: the config is
+    likely the old machine's (a restore's copy, `/home/olduser/argent`), and a restore in place
+    would make that whole path here rather than put the agent where it belongs."""
+    parent = cfg.workspace.parent
+    if os.path.lexists(cfg.workspace) or os.path.isdir(parent):
+        return
+    raise UsageError(
+        f"the workspace {cfg.workspace} does not exist, nor the folder above it ({parent}): "
+        f"{cfg.source or 'the config'} may come from another machine; set `workspace` there to where the agent "
+        f"belongs on this machine, or create {parent} to restore there"
+    )
 
 
 def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:
