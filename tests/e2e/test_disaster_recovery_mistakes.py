@@ -164,6 +164,11 @@ def test_the_restored_config_copied_to_a_new_machine_names_backup_dir_when_the_r
     env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
     usb = tmp_path / "usb" / "argent"
     shutil.copytree(sb.repo, usb, symlinks=True)
+    shutil.rmtree(sb.repo)  # gone with the old machine
+    # The restore from the USB disk warns that the config it brings back names a folder not here.
+    doc = run_phx_here(["restore", "--repo", usb, "--latest", "--to", tmp_path / "restored", "--json"], env).json()
+    said = [w for w in doc["warnings"] if "`backupDir`" in w]
+    assert len(said) == 1 and str(sb.repo) in said[0] and doc["phoenixConfig"] in said[0], doc["warnings"]
     old = tmp_path / "old-machine" / "backups" / "argent"  # the config's backupDir, gone with the machine
     config = Path(env["HOME"]) / ".argentos" / "backup.json"
     config.parent.mkdir()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import resource
 import stat
@@ -233,6 +234,31 @@ def restore(
             return job.run(dry_run=dry_run, safety_snapshot=safety_snapshot)
     finally:
         repo.close()
+
+
+def _paths_not_here(config: Path, home: Path) -> list[str]:
+    """What a config restored on a new machine (`--repo`, no config file here) names that this
+    machine lacks: the local repository's folder, and a workspace whose folder above is missing
+    too; each to set before the copy becomes this machine's config. A config that does not parse
+    is left to `phx` to judge once it is in place."""
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+        local = (doc.get("targets") or {}).get("local") or {}
+        fields = [("`workspace`", doc.get("workspace")), ("`backupDir`", local.get("path") or doc.get("backupDir"))]
+    except (OSError, ValueError, AttributeError):
+        return []
+    out = []
+    for name, value in fields:
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(str(home) + value[1:]) if value == "~" or value.startswith("~/") else Path(value)
+        missing = not os.path.isdir(path.parent) if name == "`workspace`" else not os.path.isdir(path)
+        if path.is_absolute() and missing:
+            out.append(
+                f"the restored config names {name} {value}, which is not on this machine: set it in {config} "
+                "before copying it to ~/.argentos/backup.json"
+            )
+    return out
 
 
 def _older_snapshots(repo: Repository, snap: Snapshot, *, same_scope: bool) -> list[Snapshot]:
@@ -555,6 +581,8 @@ class _Restore:
             except OSError as exc:  # what the writer does not name itself, as in place below
                 raise os_error(exc, f"restoring to {self.to}", destination=self.to) from exc
             result.phoenix_config = self.restored_config(plan, result)
+            if result.phoenix_config is not None and self.cfg.source is None:
+                self.warnings.extend(_paths_not_here(Path(result.phoenix_config), self.envx.home))
             return result
         stop = self.gateway("stop")
         if stop is not None:
