@@ -362,3 +362,22 @@ def test_an_in_place_restore_with_the_old_machines_workspace_path_is_refused(san
     config.write_text(json.dumps({**sb.config, "workspace": str(here)}))
     run_phx_here(["restore", "--latest", "--yes"], env)
     assert file_manifest(here) == state["workspace"]
+
+
+def test_a_new_machine_checks_the_fingerprint_before_the_first_use_with_repo(sandbox: Sandbox, tmp_path: Path) -> None:
+    """docs/keys.md and docs/security.md: on a new machine, run `phx key trust FINGERPRINT` before
+    anything else. With nothing but the repository there is no config file, and `phx key trust
+    --repo LOCATION` said "does not take --repo; ... give a config with --config" (exit 2): the
+    check could not be made when it matters. Now it takes --repo: a wrong fingerprint trusts
+    nothing (exit 1), the right one is pinned, and the first read is then no first use."""
+    sb = sandbox
+    sb.backup()
+    fingerprint = sb.phx_here("key", "list", "--json").json()[0]["fingerprint"]
+    wrong = fingerprint[:-1] + ("0" if fingerprint[-1] != "0" else "1")
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx_here(["key", "trust", wrong, "--repo", sb.repo], env, code=1)
+    assert_error(res, 1, f"does not have the key {wrong}", "nothing was trusted")
+    assert not (Path(env["XDG_DATA_HOME"]) / "phoenix" / "pins.json").exists()
+    run_phx_here(["key", "trust", fingerprint, "--repo", sb.repo], env)
+    listed = run_phx_here(["list", "--repo", sb.repo], env)
+    assert "first use" not in listed.err, listed
