@@ -381,3 +381,64 @@ def test_a_new_machine_checks_the_fingerprint_before_the_first_use_with_repo(san
     run_phx_here(["key", "trust", fingerprint, "--repo", sb.repo], env)
     listed = run_phx_here(["list", "--repo", sb.repo], env)
     assert "first use" not in listed.err, listed
+
+
+def test_the_older_snapshot_named_for_a_files_missing_data_is_one_whose_data_reads(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The hint for a file whose newest data the copy lacks named the older snapshot whose packs
+    were listed, "whose data is all here", though its version was damaged in its pack: the
+    `--backup ID --path` given then failed too. Now a snapshot is named only when its version
+    reads (decrypts and matches); otherwise the error says no copy here holds it."""
+    sb = sandbox
+    first = sb.backup()
+    old_memory = (sb.workspace / "MEMORY.md").read_bytes()
+    (sb.workspace / "MEMORY.md").write_bytes(old_memory + b"\n- written after the first backup\n" * 400)
+    sb.backup()
+    damage_blob(sb, "workspace/MEMORY.md", snapshot=first["id"])  # the older version, damaged in its pack
+    pack = damage_blob(sb, "workspace/MEMORY.md")
+    copy = tmp_path / "usb"
+    shutil.copytree(sb.repo, copy, symlinks=True)
+    (copy / pack.relative_to(sb.repo)).unlink()  # the copy lacks the newest version's pack
+
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    doc = run_phx_here(["restore", "--repo", copy, "--latest", "--to", tmp_path / "new", "--json"], env, code=1).json()
+    [error] = doc["errors"]
+    assert error["path"] == "workspace/MEMORY.md", doc["errors"]
+    assert first["id"][:8] not in error["error"], error
+    assert "no other target holds its data" in error["error"], error
+
+
+def test_files_missing_from_a_copy_read_the_snapshot_list_once_not_once_each(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file whose data a copy lacks looked for an older snapshot holding it by listing (and
+    reading, decrypting) every snapshot of the repository again: on a repository of 10,000
+    snapshots, a copy lacking 1,000 files read 10 million snapshot objects. Now the list is read
+    once for the whole restore: the snapshots read do not grow with the files missing."""
+    from phoenix_backup.repo.repository import Repository
+
+    sb = sandbox
+    sb.backup()
+    (sb.workspace / "notes").mkdir(exist_ok=True)
+    for i in range(6):
+        (sb.workspace / "notes" / f"new-{i}.md").write_text(f"note {i}, written after the first backup\n" * 50)
+    sb.backup()
+    pack = damage_blob(sb, "workspace/notes/new-0.md")
+    copy = tmp_path / "usb"
+    shutil.copytree(sb.repo, copy, symlinks=True)
+    (copy / pack.relative_to(sb.repo)).unlink()  # the copy lacks the pack of the new notes
+
+    reads: list[str] = []
+    load = Repository.load_snapshot
+
+    def counting(self: Repository, sid: str) -> object:
+        reads.append(sid)
+        return load(self, sid)
+
+    monkeypatch.setattr(Repository, "load_snapshot", counting)
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    doc = run_phx_here(["restore", "--repo", copy, "--latest", "--to", tmp_path / "new", "--json"], env, code=1).json()
+    missing = [e["path"] for e in doc["errors"]]
+    assert len(missing) >= 4, doc["errors"]
+    assert len(reads) <= 2 * 2, f"{len(reads)} snapshot reads for {len(missing)} files missing: {reads}"

@@ -366,6 +366,7 @@ class _Restore:
         self.warnings: list[str] = []
         self.undo_hint = ""
         self._packs_here: set[str] | None = None  # the data packs this repository lists (older_copy)
+        self._older: list[Snapshot] | None = None  # the snapshots older_copy looks in, listed once
         self.before: dict[str, LiveState] | None = None  # FileWriter.before
         self.db_before: dict[str, str] = {}  # FileWriter.db_before
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
@@ -446,13 +447,17 @@ class _Restore:
     def older_copy(self, logical: str, node: Node) -> Snapshot | None:
         """The newest of (at most 3) older snapshots of this host that hold `logical` as a file of
         other content (the same content is the same damaged data) whose packs are all in this
-        repository: a copy that lags behind (a copy or sync stopped midway) has the older version."""
+        repository and whose data reads (a pack listed may be damaged too): a copy that lags
+        behind (a copy or sync stopped midway) has the older version. The snapshots are listed
+        once per restore, not once per file (a repository may hold thousands)."""
         if node.type != "file":
             return None
         if self._packs_here is None:
             self._packs_here = {info.name for info in self.repo.backend.list("data/")}
+        if self._older is None:
+            self._older = _older_snapshots(self.repo, self.snap, same_scope=False)[:3]
         damaged = set(node.blobs())
-        for other in _older_snapshots(self.repo, self.snap, same_scope=False)[:3]:
+        for other in self._older:
             try:
                 found = find_node(self.repo, other, logical)
             except (ObjectNotFound, CorruptObject):
@@ -460,7 +465,9 @@ class _Restore:
             if found is None or found.type != "file" or set(found.blobs()) == damaged:
                 continue
             locs = [self.repo.index.get(b) for b in found.blobs()]
-            if all(loc is not None and pack_name(loc.pack_id) in self._packs_here for loc in locs):
+            if all(loc is not None and pack_name(loc.pack_id) in self._packs_here for loc in locs) and not check_data(
+                self.repo, [(logical, found)]
+            ):
                 return other
         return None
 
