@@ -442,3 +442,30 @@ def test_files_missing_from_a_copy_read_the_snapshot_list_once_not_once_each(
     missing = [e["path"] for e in doc["errors"]]
     assert len(missing) >= 4, doc["errors"]
     assert len(reads) <= 2 * 2, f"{len(reads)} snapshot reads for {len(missing)} files missing: {reads}"
+
+
+def test_an_in_place_restore_to_a_workspace_in_this_home_whose_folder_is_not_made_yet_restores(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The same user on a new machine, with the config as it was (`~/agents/argent`): the home is
+    here, `~/agents` is not made yet. The guard against the old machine's path refused it (exit 2,
+    "may come from another machine"), though nothing is more this machine's than its own home.
+    Now a workspace in this home restores; another machine's home is still refused, and a folder
+    above that is a link to where nothing is (a disk not mounted) is said to be one."""
+    sb = sandbox
+    state = sb.state()
+    sb.backup()
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    config = Path(env["HOME"]) / ".argentos" / "backup.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**sb.config, "workspace": "~/agents/argent"}))
+    config.chmod(0o600)
+    run_phx_here(["restore", "--latest", "--yes"], env)
+    assert file_manifest(Path(env["HOME"]) / "agents" / "argent") == state["workspace"]
+
+    disk = tmp_path / "media" / "disk"  # not mounted: the link points at nothing
+    (Path(env["HOME"]) / "data").symlink_to(disk)
+    config.write_text(json.dumps({**sb.config, "workspace": str(Path(env["HOME"]) / "data" / "agents" / "argent")}))
+    res = run_phx_here(["restore", "--latest", "--yes"], env, code=2)
+    assert_error(res, 2, f"{Path(env['HOME']) / 'data'} is a link to {disk}", "not mounted")
+    assert not disk.exists()

@@ -147,7 +147,7 @@ def restore(
         return _merge(out, envx, cfg, ref or "latest", conflict_mode, dry_run, yes, paths, to, target, no_safety)
     to_path = folder_argument(to) if to else None
     # What needs no key is checked before its scrypt: a mistake costs no key derivation.
-    context.check_restore(cfg, to=to_path, delete=delete, to_database=to_database)
+    context.check_restore(cfg, to=to_path, delete=delete, to_database=to_database, home=envx.home)
     context.unlock_ahead(cfg, envx)
     # Loaded after the key is derived: its modules need not be in memory during scrypt.
     from phoenix_backup.ops import restore as restore_op

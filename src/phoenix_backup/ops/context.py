@@ -925,26 +925,40 @@ def require_workspace(cfg: Config) -> None:
         )
 
 
-def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: str | None) -> None:
+def check_restore(
+    cfg: Config, *, to: Path | None, delete: bool, to_database: str | None, home: Path | None = None
+) -> None:
     """UsageError for a restore's options that do not go together: checked before its key is
-    derived (`unlock_ahead`), so that a mistake costs no scrypt."""
+    derived (`unlock_ahead`), so that a mistake costs no scrypt. `home`: this machine's home."""
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
     if to_database is not None and to is not None:
         raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
     if to is None:
         require_config_file(cfg, "a restore in place")
-        refuse_workspace_of_another_machine(cfg)
+        refuse_workspace_of_another_machine(cfg, home)
     else:
         refuse_plain_copies_in_repository(cfg, to, "--to")
 
 
-def refuse_workspace_of_another_machine(cfg: Config) -> None:
+def refuse_workspace_of_another_machine(cfg: Config, home: Path | None = None) -> None:
     """UsageError when the workspace and the folder above it are both missing: the config is
     likely the old machine's (a restore's copy, `/home/olduser/argent`), and a restore in place
-    would make that whole path here rather than put the agent where it belongs."""
-    parent = cfg.workspace.parent
-    if os.path.lexists(cfg.workspace) or os.path.isdir(parent):
+    would make that whole path here rather than put the agent where it belongs. Not in this
+    machine's `home` (the same user's `~/agents/argent`, `~/agents` not made yet: this machine's
+    own folder). A link on the way that points where nothing is (a disk not mounted) is named."""
+    workspace = cfg.workspace
+    parent = workspace.parent
+    if os.path.lexists(workspace) or os.path.isdir(parent):
+        return
+    there = next((p for p in workspace.parents if os.path.lexists(p)), None)
+    if there is not None and os.path.islink(there) and not os.path.isdir(there):
+        raise UsageError(
+            f"the workspace {workspace} is not there: {there} is a link to {os.readlink(there)}, which is not "
+            "there (a disk not mounted?); mount it and run again, or set `workspace` in "
+            f"{cfg.source or 'the config'} to where the agent belongs on this machine"
+        )
+    if home is not None and home != Path("/") and os.path.isdir(home) and workspace.is_relative_to(home):
         return
     raise UsageError(
         f"the workspace {cfg.workspace} does not exist, nor the folder above it ({parent}): "

@@ -218,7 +218,7 @@ def restore(
     when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
     PostgreSQL rows and Redis keys are merged (sinks/postgres_agent.py, sinks/databases.py).
     """
-    check_restore(cfg, to=to, delete=delete, to_database=to_database)
+    check_restore(cfg, to=to, delete=delete, to_database=to_database, home=envx.home)
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the snapshot's data")
