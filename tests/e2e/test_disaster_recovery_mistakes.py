@@ -469,3 +469,34 @@ def test_an_in_place_restore_to_a_workspace_in_this_home_whose_folder_is_not_mad
     res = run_phx_here(["restore", "--latest", "--yes"], env, code=2)
     assert_error(res, 2, f"{Path(env['HOME']) / 'data'} is a link to {disk}", "not mounted")
     assert not disk.exists()
+
+
+def test_a_planted_passphrase_slot_in_an_age_repository_still_asks_for_the_identity(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Anyone who can write the storage can add a key slot. An age repository with a planted
+    passphrase slot, read with `--repo` on a new machine with a passphrase in PHX_PASSPHRASE and
+    no identity: the passphrase was tried on the planted slot alone and the error said "wrong
+    passphrase" (exit 1): the user retypes a passphrase the repository never had, and "give
+    --identity" is never said. Now the error names the repository's age slots and --identity (a
+    passphrase slot may be the owner's too, so it still says to check the passphrase)."""
+    import os
+
+    from attack_support import slot_document, write_slot
+
+    sb = sandbox
+    identity = pyrage.x25519.Identity.generate()
+    key = tmp_path / "identity.txt"
+    key.write_text(f"{identity}\n")
+    key.chmod(0o600)
+    sb.env.pop("PHX_PASSPHRASE")
+    recipients = [str(identity.to_public())]
+    sb.reinit(encryption={"enabled": True, "method": "age", "recipients": recipients, "identityFile": str(key)})
+    sb.backup()
+    params = {"kdf": "scrypt", "n": 2, "r": 1, "p": 1, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="}
+    write_slot(sb.repo, slot_document("passphrase", os.urandom(60), **params))
+
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx_here(["list", "--repo", sb.repo], env, code=1)
+    line = assert_error(res, 1, "it has age key slots", "--identity FILE", "PHX_IDENTITY_FILE")
+    assert "wrong passphrase" not in line.lower(), line

@@ -693,6 +693,15 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                 if isinstance(exc, NoSlotOfMethod):  # no passphrase was wrong: asking again cannot help
                     raise _no_slot_of_method(cfg, backend, exc) from exc
                 if asked == before or attempt == PROMPT_TRIES:
+                    others = _other_slot_kinds(cfg, backend, creds)
+                    if others:
+                        raise WrongPassphrase(
+                            f"no key slot of the repository at {backend.location} opens with "
+                            f"{given.source if given is not None else 'the passphrase given'}, and it has "
+                            f"{', '.join(others)} key slots: if it is encrypted with {others[0]}, "
+                            f"{_SLOT_FIX.get(others[0], 'give its credentials')}; else check the passphrase "
+                            "(the one the repository was made with, or one added with `phx key add`)"
+                        ) from exc
                     if given is None:
                         raise
                     raise WrongPassphrase(
@@ -703,6 +712,28 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         raise AssertionError("unreachable")
     finally:
         envx.prompt = prompt
+
+
+_SLOT_FIX = {
+    "age": "give its age identity with --identity FILE or PHX_IDENTITY_FILE=FILE",
+    "gpg": "write a config file with encryption.method 'gpg' and use it with --config",
+}
+
+
+def _other_slot_kinds(cfg: Config, backend: Backend, creds: keyslots.Credentials) -> tuple[str, ...]:
+    """For a repository named by `--repo` alone (no config file to say its method), the kinds of
+    its key slots other than those the credentials given may open: a passphrase that opens no
+    slot of an age repository is no wrong passphrase when its passphrase slot is a planted one
+    (anyone who can write the storage can add one). Empty when they cannot be read."""
+    from phoenix_backup.repo.repository import Repository
+
+    if cfg.source is not None or cfg.location is None:
+        return ()
+    try:
+        kinds = {slot.type for slot in Repository.read_key_slots(backend)}
+    except PhoenixError:
+        return ()
+    return tuple(k for k in ("age", "gpg") if k in kinds - creds.allowed())
 
 
 def _no_slot_of_method(cfg: Config, backend: Backend, exc: NoSlotOfMethod) -> PhoenixError:
