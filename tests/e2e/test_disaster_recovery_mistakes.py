@@ -458,8 +458,15 @@ def test_an_in_place_restore_to_a_workspace_in_this_home_whose_folder_is_not_mad
     env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
     config = Path(env["HOME"]) / ".argentos" / "backup.json"
     config.parent.mkdir()
+    config.touch(mode=0o600)
+    # `restore --repo --to` bringing back such a config did not warn it is "not on this machine" either.
+    from phoenix_backup.ops.restore import _paths_not_here
+
+    config.write_text(json.dumps({**sb.config, "workspace": str(tmp_path / "old-machine" / "argent")}))
+    [said] = _paths_not_here(config, Path(env["HOME"]))
+    assert "`workspace`" in said and "not on this machine" in said, said
     config.write_text(json.dumps({**sb.config, "workspace": "~/agents/argent"}))
-    config.chmod(0o600)
+    assert _paths_not_here(config, Path(env["HOME"])) == []
     run_phx_here(["restore", "--latest", "--yes"], env)
     assert file_manifest(Path(env["HOME"]) / "agents" / "argent") == state["workspace"]
 

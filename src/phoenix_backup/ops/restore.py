@@ -252,7 +252,9 @@ def _paths_not_here(config: Path, home: Path) -> list[str]:
         if not isinstance(value, str) or not value:
             continue
         path = Path(str(home) + value[1:]) if value == "~" or value.startswith("~/") else Path(value)
-        missing = not os.path.isdir(path.parent) if name == "`workspace`" else not os.path.isdir(path)
+        # A workspace in this home is this machine's own, as for an in-place restore (context.py).
+        mine = name == "`workspace`" and home != Path("/") and path.is_relative_to(home)
+        missing = not mine and (not os.path.isdir(path.parent) if name == "`workspace`" else not os.path.isdir(path))
         if path.is_absolute() and missing:
             out.append(
                 f"the restored config names {name} {value}, which is not on this machine: set it in {config} "
