@@ -507,3 +507,23 @@ def test_a_planted_passphrase_slot_in_an_age_repository_still_asks_for_the_ident
     res = run_phx_here(["list", "--repo", sb.repo], env, code=1)
     line = assert_error(res, 1, "it has age key slots", "--identity FILE", "PHX_IDENTITY_FILE")
     assert "wrong passphrase" not in line.lower(), line
+
+
+def test_a_missing_repository_is_looked_for_nearby_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a missing repository may be (a folder below `--repo`, a Git remote's branches, a
+    bucket's prefixes: requests on the network) was looked for twice in each failed opening, once
+    to decide and once more for the message. Now once."""
+    from phoenix_backup.storage import local
+
+    looked: list[Path] = []
+    below = local.repository_below
+
+    def counting(folder: Path, **kwargs: int) -> Path | None:
+        looked.append(folder)
+        return below(folder, **kwargs)
+
+    monkeypatch.setattr(local, "repository_below", counting)
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    (tmp_path / "empty").mkdir()
+    assert_error(run_phx_here(["list", "--repo", tmp_path / "empty"], env, code=1), 1, "phx init")
+    assert looked == [tmp_path / "empty"], looked

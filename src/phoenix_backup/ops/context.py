@@ -549,12 +549,14 @@ def open_repository(
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
-        if not create and _misplaced(backend, name) is not None:
-            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
+        # Probed once (a Git remote's branches, a bucket's prefixes: requests on the network).
+        near = _misplaced(backend, name) if not create and name == names[0] else None
+        if near is not None:
+            raise RepositoryNotFound(no_repository(backend, name, first=True, near=near))
         Repository.refuse_lost_config(backend)
         if not create:
             raise RepositoryNotFound(
-                no_repository(backend, name, first=name == names[0], config=cfg.source, replicas=names[1:])
+                no_repository(backend, name, first=name == names[0], config=cfg.source, replicas=names[1:], near="")
             )
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             repo = _open(cfg, envx, backend, upgrade=True)
@@ -805,16 +807,23 @@ def _open_exact(
 
 
 def no_repository(
-    backend: Backend, name: str, *, first: bool, config: Path | None = None, replicas: Sequence[str] = ()
+    backend: Backend,
+    name: str,
+    *,
+    first: bool,
+    config: Path | None = None,
+    replicas: Sequence[str] = (),
+    near: str | None = None,
 ) -> str:
     """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
     so nothing but `phx init` ever creates the first target's repository. `config`: the config file
     (which may be a restored copy from another machine); `replicas`: the config's other targets,
-    which may hold the repository (a read can name one with --target; `phx init` continues it)."""
+    which may hold the repository (a read can name one with --target; `phx init` continues it);
+    `near`: where the repository is (`_misplaced`) when the caller probed already ("" for nowhere)."""
     where = f"no repository at {backend.location} (target {name})"
     if not first:
         return f"{where}; run `phx sync --target {name}` to copy the repository there"
-    near = _misplaced(backend, name)
+    near = _misplaced(backend, name) if near is None else near or None
     if near is not None:
         return f"{where}: {near}"
     other = (
