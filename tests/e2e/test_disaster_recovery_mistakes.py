@@ -516,14 +516,29 @@ def test_a_missing_repository_is_looked_for_nearby_once(tmp_path: Path, monkeypa
     from phoenix_backup.storage import local
 
     looked: list[Path] = []
-    below = local.repository_below
+    below = local.repositories_below
 
-    def counting(folder: Path, **kwargs: int) -> Path | None:
+    def counting(folder: Path, **kwargs: int) -> list[Path]:
         looked.append(folder)
         return below(folder, **kwargs)
 
-    monkeypatch.setattr(local, "repository_below", counting)
+    monkeypatch.setattr(local, "repositories_below", counting)
     env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
     (tmp_path / "empty").mkdir()
     assert_error(run_phx_here(["list", "--repo", tmp_path / "empty"], env, code=1), 1, "phx init")
     assert looked == [tmp_path / "empty"], looked
+
+
+def test_a_folder_holding_the_repositories_of_several_machines_names_each(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A backup disk holding two machines' repositories, `--repo` at the disk: the error named
+    one of them, the first the folder listing gave, as "the repository": the user who follows it
+    may restore the other machine's agent. Now each is named, and none is picked."""
+    sb = sandbox
+    sb.backup()
+    usb = tmp_path / "usb"
+    for machine in ("argent-server", "argent-laptop"):
+        shutil.copytree(sb.repo, usb / machine, symlinks=True)
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx_here(["list", "--repo", usb], env, code=1)
+    line = assert_error(res, 1, f"{usb / 'argent-laptop'}, {usb / 'argent-server'}", "give the one to read")
+    assert "the repository is the folder" not in line, line

@@ -849,7 +849,7 @@ def no_repository(
 def _misplaced(backend: Backend, name: str) -> str | None:
     """Where the repository is when the local target's path names a file (an archive of it), a
     folder inside it or the folder it was copied into, with the fix; None otherwise."""
-    from phoenix_backup.storage.local import repository_above, repository_below
+    from phoenix_backup.storage.local import repositories_below, repository_above
 
     if name == "git":
         return _other_branches(backend)
@@ -866,9 +866,12 @@ def _misplaced(backend: Backend, name: str) -> str | None:
     above = repository_above(path.parent) if path.parent != path else None
     if above is not None:
         return f"it is inside the repository at {above}; give that folder instead"
-    below = repository_below(path) if path.is_dir() else None
-    if below is not None:
-        return f"the repository is the folder {below} inside it; give that folder instead"
+    below = repositories_below(path) if path.is_dir() else []
+    if len(below) == 1:
+        return f"the repository is the folder {below[0]} inside it; give that folder instead"
+    if below:
+        listed = ", ".join(str(b) for b in below[:10]) + (f" and {len(below) - 10} more" if len(below) > 10 else "")
+        return f"the folders {listed} inside it are repositories; give the one to read (`phx list --repo FOLDER`)"
     return None
 
 

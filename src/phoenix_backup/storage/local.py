@@ -95,16 +95,18 @@ def repository_above(folder: Path) -> Path | None:
     return next((above for above in (real, *real.parents) if _holds_repository(above)), None)
 
 
-def repository_below(folder: Path, *, looks: int = 1000) -> Path | None:
-    """The local Phoenix repository in a folder right below `folder` (a `--repo` that names the
-    folder the repository was copied into), looking at `looks` entries at most; None if none."""
+def repositories_below(folder: Path, *, looks: int = 1000) -> list[Path]:
+    """The local Phoenix repositories in the folders right below `folder` (a `--repo` that names
+    the folder the repository was copied into; a disk may hold the repositories of several
+    machines: each is named, none picked), sorted, looking at `looks` entries at most."""
+    found = []
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for n, entry in enumerate(entries):
             if n >= looks:
                 break
             if entry.is_dir(follow_symlinks=False) and _holds_repository(Path(entry.path)):
-                return Path(entry.path)
-    return None
+                found.append(Path(entry.path))
+    return sorted(found)
 
 
 def _holds_repository(folder: Path) -> bool:
