@@ -286,6 +286,12 @@ def test_a_bucket_prefix_inside_or_above_the_repository_names_its_prefix(
     assert_error(run_phx_here(["list", "--repo", f"s3://{bucket}/other"], env, code=1), 1, "phx init")
     listed = run_phx_here(["list", "--repo", right, "--json"], env).json()
     assert [s["id"] for s in listed] == [snap["id"]]
+    # A bucket holding two machines' repositories: each is named, none picked (it named the first).
+    moto.client().put_object(Bucket=bucket, Key="laptop/config", Body=b"{}")
+    line = assert_error(
+        run_phx_here(["list", "--repo", f"s3://{bucket}"], env, code=1), 1, f"{right}, s3://{bucket}/laptop/"
+    )
+    assert "give the one to read" in line and "the repository is at" not in line, line
 
 
 def test_latest_among_several_other_hosts_names_them(

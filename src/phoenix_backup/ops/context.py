@@ -886,11 +886,13 @@ def _bucket_prefix_near(backend: Backend) -> str | None:
     near = inner.repository_near()
     if near is None:
         return None
-    kind, prefix = near
-    url = f"s3://{inner.bucket}/{prefix}" if inner.settings.target == "s3" else f"the prefix {prefix or '/'}"
+    kind, prefixes = near
+    urls = [f"s3://{inner.bucket}/{p}" if inner.settings.target == "s3" else f"the prefix {p or '/'}" for p in prefixes]
     if kind == "above":
-        return f"it is inside the repository at {url}; give that location instead"
-    return f"the repository is at {url}, below it; give that location instead"
+        return f"it is inside the repository at {urls[0]}; give that location instead"
+    if len(urls) > 1:  # several machines' repositories: none is picked
+        return f"the repositories at {', '.join(urls)} are below it; give the one to read"
+    return f"the repository is at {urls[0]}, below it; give that location instead"
 
 
 def _other_branches(backend: Backend) -> str | None:

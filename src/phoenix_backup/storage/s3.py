@@ -315,25 +315,24 @@ class S3Backend(Backend):
     def exists(self) -> bool:
         return self._head("config") is not None
 
-    def repository_near(self, looks: int = 20) -> tuple[str, str] | None:
-        """Where a repository is when this prefix holds none: ("above", PREFIX) when a prefix
-        this one is inside holds its `config` (`s3://BUCKET/argent/snapshots`), ("below", PREFIX)
-        when a prefix right below holds one (`s3://BUCKET` for `s3://BUCKET/argent`); None when
+    def repository_near(self, looks: int = 20) -> tuple[str, list[str]] | None:
+        """Where a repository is when this prefix holds none: ("above", [PREFIX]) when a prefix
+        this one is inside holds its `config` (`s3://BUCKET/argent/snapshots`), ("below",
+        PREFIXES) for each prefix right below that holds one (`s3://BUCKET` for
+        `s3://BUCKET/argent`; a bucket may hold several machines' repositories); None when
         neither (at most `looks` prefixes looked at, a failure to look counts as none)."""
         parts = self.prefix.rstrip("/").split("/") if self.prefix else []
         try:
             for i in range(len(parts) - 1, -1, -1):
                 above = "".join(f"{part}/" for part in parts[:i])
                 if self._head_key(f"{above}config"):
-                    return "above", above
+                    return "above", [above]
             page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/", MaxKeys=looks)
-            for common in page.get("CommonPrefixes", [])[:looks]:
-                below = str(common.get("Prefix", ""))
-                if below and self._head_key(f"{below}config"):
-                    return "below", below
+            below = [str(c.get("Prefix", "")) for c in page.get("CommonPrefixes", [])[:looks]]
+            found = [p for p in below if p and self._head_key(f"{p}config")]
         except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError):
             return None
-        return None
+        return ("below", sorted(found)) if found else None
 
     def _head_key(self, key: str) -> bool:
         """Whether the bucket holds `key` (any prefix): a 404 is no, other errors are raised."""
