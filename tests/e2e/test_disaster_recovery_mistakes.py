@@ -490,9 +490,10 @@ def test_a_planted_passphrase_slot_in_an_age_repository_still_asks_for_the_ident
     """Anyone who can write the storage can add a key slot. An age repository with a planted
     passphrase slot, read with `--repo` on a new machine with a passphrase in PHX_PASSPHRASE and
     no identity: the passphrase was tried on the planted slot alone and the error said "wrong
-    passphrase" (exit 1): the user retypes a passphrase the repository never had, and "give
-    --identity" is never said. Now the error names the repository's age slots and --identity (a
-    passphrase slot may be the owner's too, so it still says to check the passphrase)."""
+    passphrase" (exit 1), and without any secret "set PHX_PASSPHRASE": the user retypes a
+    passphrase the repository never had, and "give --identity" is never said. Now the error
+    names the repository's age slots and --identity (a passphrase slot may be the owner's too,
+    so it still says to check the passphrase)."""
     import os
 
     from attack_support import slot_document, write_slot
@@ -513,6 +514,10 @@ def test_a_planted_passphrase_slot_in_an_age_repository_still_asks_for_the_ident
     res = run_phx_here(["list", "--repo", sb.repo], env, code=1)
     line = assert_error(res, 1, "it has age key slots", "--identity FILE", "PHX_IDENTITY_FILE")
     assert "wrong passphrase" not in line.lower(), line
+    # Without any secret it said "encrypted (passphrase); set PHX_PASSPHRASE", naming the planted slot only.
+    (tmp_path / "bare").mkdir()
+    res = run_phx_here(["list", "--repo", sb.repo], new_machine(tmp_path / "bare"), code=2)
+    assert_error(res, 2, "it also has age key slots", "--identity FILE", "PHX_IDENTITY_FILE")
 
 
 def test_a_missing_repository_is_looked_for_nearby_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

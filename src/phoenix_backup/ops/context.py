@@ -691,6 +691,16 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         raise
                     # The try as given is the same opening, within what is left of its budget.
                     return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, cfg=cfg)
+            except MissingCredentials as exc:
+                # A planted passphrase slot in an age repository must not make "set PHX_PASSPHRASE"
+                # the only way named (`_other_slot_kinds`).
+                others = _other_slot_kinds(cfg, backend, creds)
+                if not others:
+                    raise
+                raise MissingCredentials(
+                    f"{exc}; it also has {', '.join(others)} key slots: if it is encrypted with {others[0]}, "
+                    f"{_SLOT_FIX.get(others[0], 'give its credentials')}"
+                ) from exc
             except WrongPassphrase as exc:
                 if isinstance(exc, NoSlotOfMethod):  # no passphrase was wrong: asking again cannot help
                     raise _no_slot_of_method(cfg, backend, exc) from exc
