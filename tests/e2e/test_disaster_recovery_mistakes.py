@@ -553,3 +553,53 @@ def test_a_folder_holding_the_repositories_of_several_machines_names_each(sandbo
     res = run_phx_here(["list", "--repo", usb], env, code=1)
     line = assert_error(res, 1, f"{usb / 'argent-laptop'}, {usb / 'argent-server'}", "give the one to read")
     assert "the repository is the folder" not in line, line
+
+
+def test_key_trust_with_repo_a_little_wrong_says_where_the_repository_is(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`phx key trust FINGERPRINT --repo` is the first command on a new machine (docs/keys.md),
+    but named at the folder the repository was copied into it said "create one with `phx init`"
+    (exit 1): none of the disaster-recovery messages of the other commands. Now it names the
+    repository inside, as `phx list --repo` does, and nothing is trusted."""
+    sb = sandbox
+    sb.backup()
+    fingerprint = sb.phx_here("key", "list", "--json").json()[0]["fingerprint"]
+    usb = tmp_path / "usb"
+    shutil.copytree(sb.repo, usb / "argent", symlinks=True)
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx_here(["key", "trust", fingerprint, "--repo", usb], env, code=1)
+    line = assert_error(res, 1, f"the repository is the folder {usb / 'argent'}", "give that folder")
+    assert "phx init" not in line, line
+    assert not (Path(env["XDG_DATA_HOME"]) / "phoenix" / "pins.json").exists()
+    run_phx_here(["key", "trust", fingerprint, "--repo", usb / "argent"], env)
+
+
+def test_key_trust_pins_the_id_of_the_config_its_key_authenticated(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`key trust` read the repository's config once for its id, then opened the repository
+    (which reads and authenticates it again), and pinned the fingerprint under the first id. A
+    hostile store answering the first read with another repository's id (this user's other
+    repository) moved that repository's pin to this key. Now the id pinned is the one the key
+    authenticated, and a store that answers so is refused."""
+    from phoenix_backup.storage.local import LocalBackend
+
+    sb = sandbox
+    sb.backup()
+    fingerprint = sb.phx_here("key", "list", "--json").json()[0]["fingerprint"]
+    real = json.loads((sb.repo / "config").read_bytes())
+    forged = json.dumps({**real, "id": "f" * 32}).encode()
+    read = LocalBackend.read
+    answered: list[str] = []
+
+    def hostile(self: LocalBackend, name: str) -> bytes:
+        if name == "config" and not answered:
+            answered.append(name)
+            return forged
+        return read(self, name)
+
+    monkeypatch.setattr(LocalBackend, "read", hostile)
+    env = new_machine(tmp_path, PHX_PASSPHRASE=PASSPHRASE)
+    res = run_phx_here(["key", "trust", fingerprint, "--repo", sb.repo], env, code=1)
+    assert_error(res, 1, "not authenticated by this key", "nothing was read or written")
+    pins = Path(env["XDG_DATA_HOME"]) / "phoenix" / "pins.json"
+    assert not pins.exists() or "f" * 32 not in pins.read_text(), pins.read_text()
