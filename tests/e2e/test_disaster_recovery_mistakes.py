@@ -476,6 +476,10 @@ def test_an_in_place_restore_to_a_workspace_in_this_home_whose_folder_is_not_mad
     run_phx_here(["restore", "--latest", "--yes"], env)
     assert file_manifest(Path(env["HOME"]) / "agents" / "argent") == state["workspace"]
 
+    config.write_text(json.dumps({**sb.config, "workspace": "~/../olduser/argent"}))  # another's home
+    assert_error(run_phx_here(["restore", "--latest", "--yes"], env, code=2), 2, "does not exist", "`workspace`")
+    assert not (tmp_path / "olduser").exists()
+
     disk = tmp_path / "media" / "disk"  # not mounted: the link points at nothing
     (Path(env["HOME"]) / "data").symlink_to(disk)
     config.write_text(json.dumps({**sb.config, "workspace": str(Path(env["HOME"]) / "data" / "agents" / "argent")}))

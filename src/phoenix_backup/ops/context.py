@@ -1013,13 +1013,18 @@ def refuse_workspace_of_another_machine(cfg: Config, home: Path | None = None) -
             "there (a disk not mounted?); mount it and run again, or set `workspace` in "
             f"{cfg.source or 'the config'} to where the agent belongs on this machine"
         )
-    if home is not None and home != Path("/") and os.path.isdir(home) and workspace.is_relative_to(home):
+    if home is not None and home != Path("/") and os.path.isdir(home) and in_home(workspace, home):
         return
     raise UsageError(
         f"the workspace {cfg.workspace} does not exist, nor the folder above it ({parent}): "
         f"{cfg.source or 'the config'} may come from another machine; set `workspace` there to where the agent "
         f"belongs on this machine, or create {parent} to restore there"
     )
+
+
+def in_home(path: Path, home: Path) -> bool:
+    """Whether `path` lies in `home`, `..` resolved (`~/../olduser/argent` is another's)."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(home))
 
 
 def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:

@@ -55,6 +55,7 @@ from phoenix_backup.ops.context import (
     check_restore,
     enabled_targets,
     find_snapshot,
+    in_home,
     open_repository,
     require_identity,
     target_backend,
@@ -253,7 +254,7 @@ def _paths_not_here(config: Path, home: Path) -> list[str]:
             continue
         path = Path(str(home) + value[1:]) if value == "~" or value.startswith("~/") else Path(value)
         # A workspace in this home is this machine's own, as for an in-place restore (context.py).
-        mine = name == "`workspace`" and home != Path("/") and path.is_relative_to(home)
+        mine = name == "`workspace`" and home != Path("/") and in_home(path, home)
         missing = not mine and (not os.path.isdir(path.parent) if name == "`workspace`" else not os.path.isdir(path))
         if path.is_absolute() and missing:
             out.append(
