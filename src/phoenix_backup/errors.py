@@ -131,6 +131,15 @@ class WrongPassphrase(RepositoryError):
     """No key slot opens with the credentials given."""
 
 
+class NoSlotOfMethod(WrongPassphrase):
+    """The repository has key slots of other methods only (`kinds`) than the credentials may open:
+    no passphrase was wrong, the credentials are of another kind."""
+
+    def __init__(self, message: str, kinds: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.kinds = kinds
+
+
 class MissingCredentials(RepositoryError):
     """The repository is encrypted and no passphrase, identity or key was supplied."""
 

@@ -13,6 +13,7 @@ from phoenix_backup.cli.app import (
     common,
     identity_option,
     load_config,
+    repo_option,
     target_option,
 )
 from phoenix_backup.errors import ExitStatus, UsageError, shown, shown_each
@@ -51,6 +52,7 @@ def key_list(out: Out, envx: Environment, config_path: str | None) -> ExitStatus
 @key.command(name="trust")
 @click.argument("fingerprint")
 @target_option
+@repo_option
 @common
 def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint: str, target: str | None) -> ExitStatus:
     """Trust the repository's key after you checked its fingerprint (a key rotated on another
@@ -58,6 +60,8 @@ def key_trust(out: Out, envx: Environment, config_path: str | None, fingerprint:
 
     Phoenix records each repository's key fingerprint the first time it opens it, and refuses a
     repository whose key changed. This opens it, and trusts it only if its key has FINGERPRINT.
+
+    On a new machine with nothing but the repository, name it with --repo (as `phx list` does).
 
     Example: phx key trust 3f2a:91c0:5d7e:0b44:c1a9:7e20:8f53:6d1b
     """

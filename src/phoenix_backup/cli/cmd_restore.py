@@ -147,7 +147,7 @@ def restore(
         return _merge(out, envx, cfg, ref or "latest", conflict_mode, dry_run, yes, paths, to, target, no_safety)
     to_path = folder_argument(to) if to else None
     # What needs no key is checked before its scrypt: a mistake costs no key derivation.
-    context.check_restore(cfg, to=to_path, delete=delete, to_database=to_database)
+    context.check_restore(cfg, to=to_path, delete=delete, to_database=to_database, home=envx.home)
     context.unlock_ahead(cfg, envx)
     # Loaded after the key is derived: its modules need not be in memory during scrypt.
     from phoenix_backup.ops import restore as restore_op
@@ -177,7 +177,7 @@ def restore(
         out.error(
             f"{len(lost)} file(s) or database(s) not restored because their data is damaged or missing "
             f"({why if len(lost) == 1 else f'{named}; {why}'}); everything else was restored; see the output for "
-            "the targets that may hold them, and run `phx verify --read-data`"
+            "the targets or older snapshots that may hold them, and run `phx verify --read-data`"
         )
     return result.exit_status
 

@@ -53,6 +53,11 @@ def targets_for_location(location: str, env: Mapping[str, str]) -> Targets:
     folder = Path(home + text[1:]) if text == "~" or text.startswith("~/") else Path(text)
     if _bare_git(folder):
         return dataclasses.replace(off, git=GitTarget(True, repo=str(folder.absolute()), auto_commit=False))
+    # A bare repository's folder with `#BRANCH` (as for a Git URL), unless a folder has that very name.
+    bare, hash_, branch = str(folder).rpartition("#")
+    if hash_ and branch and not folder.exists() and _bare_git(Path(bare)):
+        git = GitTarget(True, repo=str(Path(bare).absolute()), branch=branch, auto_commit=False)
+        return dataclasses.replace(off, git=git)
     return dataclasses.replace(off, local=LocalTarget(True, folder.absolute()))
 
 

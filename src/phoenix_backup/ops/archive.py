@@ -35,6 +35,7 @@ from phoenix_backup.dirs import fsync_dir
 from phoenix_backup.errors import ExitStatus, UsageError
 from phoenix_backup.ops.context import (
     Environment,
+    find_snapshot,
     open_repository,
     refuse_export_in_workspace,
     refuse_plain_copies_in_repository,
@@ -122,7 +123,7 @@ def archive(
     require_identity(repo)
     with repo.lock(exclusive=False, command="archive"):
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = find_snapshot(cfg, envx, repo, ref)
         nodes = list(walk_tree(repo, snap.tree))
         for d in snap.databases:
             note = unchecked_copy_note(d.path, d.integrity) if d.engine == "sqlite" else None

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +33,11 @@ from phoenix_backup.errors import (
     ConfigError,
     IdentityRequired,
     MissingCredentials,
+    NoSlotOfMethod,
     PhoenixError,
     RepositoryLocked,
     RepositoryNotFound,
+    SnapshotNotFound,
     SourceError,
     StorageError,
     UsageError,
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
     from phoenix_backup.repo.crypto import Compressor
     from phoenix_backup.repo.pins import Pins
     from phoenix_backup.repo.repository import Repository
-    from phoenix_backup.repo.snapshot import Latest
+    from phoenix_backup.repo.snapshot import Latest, Snapshot
     from phoenix_backup.storage.base import Backend
     from phoenix_backup.storage.local import LocalBackend
 
@@ -547,9 +549,15 @@ def open_repository(
     name = target or envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     if not backend.exists():
+        # Probed once (a Git remote's branches, a bucket's prefixes: requests on the network).
+        near = _misplaced(backend, name) if not create and name == names[0] else None
+        if near is not None:
+            raise RepositoryNotFound(no_repository(backend, name, first=True, near=near))
         Repository.refuse_lost_config(backend)
         if not create:
-            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
+            raise RepositoryNotFound(
+                no_repository(backend, name, first=name == names[0], config=cfg.source, replicas=names[1:], near="")
+            )
         if name == names[0] and _adopt_from_replica(cfg, envx, backend, names[1:]):
             repo = _open(cfg, envx, backend, upgrade=True)
             pins(envx).started(repo.config.id, backend.location)
@@ -578,6 +586,41 @@ def open_repository(
             )
         return repo
     return _open(cfg, envx, backend, upgrade=upgrade)
+
+
+def find_snapshot(cfg: Config, envx: Environment, repo: Repository, ref: str, target: str | None = None) -> Snapshot:
+    """`repo.find_snapshot(ref)` with `envx.latest`, for a command reading one snapshot. The first
+    target holding none while a replica holds some (a new machine's `phx init` continued the
+    repository a replica holds: the new first target starts empty) is said with the replica to
+    read with --target, not as "no snapshots yet; run `phx backup`"."""
+    snaps = repo.list_snapshots()
+    if not snaps and not repo.problems.damaged_snapshots and (target or envx.target) is None:
+        held = snapshots_elsewhere(cfg, envx)
+        if held:
+            first = enabled_targets(cfg)[0]
+            where = ", ".join(f"target {name} holds {count}" for name, count in held)
+            raise SnapshotNotFound(
+                f"target {first} holds no snapshots yet, but {where}: read them with `--target {held[0][0]}` "
+                f"(`phx list --target {held[0][0]}`); backups from here add to them, and never copy them to {first}"
+            )
+    return repo.find_snapshot(ref, snaps, latest=envx.latest)
+
+
+def snapshots_elsewhere(cfg: Config, envx: Environment) -> list[tuple[str, int]]:
+    """(target, how many snapshot objects it lists) for each replica that lists some; a replica that
+    cannot be listed is left out (no alarm on a doubt)."""
+    held = []
+    for name in enabled_targets(cfg)[1:]:
+        backend = target_backend(cfg, envx, name)
+        try:
+            count = sum(1 for _ in backend.list("snapshots/"))
+        except PhoenixError:
+            continue
+        finally:
+            backend.close()
+        if count:
+            held.append((name, count))
+    return held
 
 
 def require_identity(repo: Repository, reading: str = "the trees and data of its snapshots") -> None:
@@ -648,8 +691,29 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
                         raise
                     # The try as given is the same opening, within what is left of its budget.
                     return _open_exact(envx, backend, replace(creds, passphrase=held.exact), held, cfg=cfg)
+            except MissingCredentials as exc:
+                # A planted passphrase slot in an age repository must not make "set PHX_PASSPHRASE"
+                # the only way named (`_other_slot_kinds`).
+                others = _other_slot_kinds(cfg, backend, creds)
+                if not others:
+                    raise
+                raise MissingCredentials(
+                    f"{exc}; it also has {', '.join(others)} key slots: if it is encrypted with {others[0]}, "
+                    f"{_SLOT_FIX.get(others[0], 'give its credentials')}"
+                ) from exc
             except WrongPassphrase as exc:
+                if isinstance(exc, NoSlotOfMethod):  # no passphrase was wrong: asking again cannot help
+                    raise _no_slot_of_method(cfg, backend, exc) from exc
                 if asked == before or attempt == PROMPT_TRIES:
+                    others = _other_slot_kinds(cfg, backend, creds)
+                    if others:
+                        raise WrongPassphrase(
+                            f"no key slot of the repository at {backend.location} opens with "
+                            f"{given.source if given is not None else 'the passphrase given'}, and it has "
+                            f"{', '.join(others)} key slots: if it is encrypted with {others[0]}, "
+                            f"{_SLOT_FIX.get(others[0], 'give its credentials')}; else check the passphrase "
+                            "(the one the repository was made with, or one added with `phx key add`)"
+                        ) from exc
                     if given is None:
                         raise
                     raise WrongPassphrase(
@@ -660,6 +724,46 @@ def _open_asking(cfg: Config, envx: Environment, backend: Backend) -> Repository
         raise AssertionError("unreachable")
     finally:
         envx.prompt = prompt
+
+
+_SLOT_FIX = {
+    "age": "give its age identity with --identity FILE or PHX_IDENTITY_FILE=FILE",
+    "gpg": "write a config file with encryption.method 'gpg' and use it with --config",
+}
+
+
+def _other_slot_kinds(cfg: Config, backend: Backend, creds: keyslots.Credentials) -> tuple[str, ...]:
+    """For a repository named by `--repo` alone (no config file to say its method), the kinds of
+    its key slots other than those the credentials given may open: a passphrase that opens no
+    slot of an age repository is no wrong passphrase when its passphrase slot is a planted one
+    (anyone who can write the storage can add one). Empty when they cannot be read."""
+    from phoenix_backup.repo.repository import Repository
+
+    if cfg.source is not None or cfg.location is None:
+        return ()
+    try:
+        kinds = {slot.type for slot in Repository.read_key_slots(backend)}
+    except PhoenixError:
+        return ()
+    return tuple(k for k in ("age", "gpg") if k in kinds - creds.allowed())
+
+
+def _no_slot_of_method(cfg: Config, backend: Backend, exc: NoSlotOfMethod) -> PhoenixError:
+    """`exc` for a repository named by `--repo` alone (no config file, so none to fix): the
+    credentials of the kind its slots are, given for the run; else `exc` as it is."""
+    if cfg.source is not None or cfg.location is None:
+        return exc
+    kinds = ", ".join(exc.kinds)
+    if "age" in exc.kinds:
+        fix = "give its age identity with --identity FILE or PHX_IDENTITY_FILE=FILE"
+    elif "passphrase" in exc.kinds:
+        fix = "set PHX_PASSPHRASE or PHX_PASSPHRASE_FILE to its passphrase"
+    else:
+        fix = f"write a config file with encryption.method {exc.kinds[0]!r} and use it with --config"
+    return MissingCredentials(
+        f"the repository at {backend.location} is encrypted with {kinds} (its key slots), not with what was "
+        f"given; {fix}"
+    )
 
 
 def open_as_given(cfg: Config, envx: Environment, backend: Backend, *, store: Pins, expect: str) -> Repository:
@@ -712,18 +816,113 @@ def _open_exact(
     return repo
 
 
-def no_repository(backend: Backend, name: str, *, first: bool) -> str:
+def no_repository(
+    backend: Backend,
+    name: str,
+    *,
+    first: bool,
+    config: Path | None = None,
+    replicas: Sequence[str] = (),
+    near: str | None = None,
+) -> str:
     """Why there is no repository, and the fix: a missing folder may be a disk that is not mounted,
-    so nothing but `phx init` ever creates the first target's repository."""
+    so nothing but `phx init` ever creates the first target's repository. `config`: the config file
+    (which may be a restored copy from another machine); `replicas`: the config's other targets,
+    which may hold the repository (a read can name one with --target; `phx init` continues it);
+    `near`: where the repository is (`_misplaced`) when the caller probed already ("" for nowhere)."""
     where = f"no repository at {backend.location} (target {name})"
     if not first:
         return f"{where}; run `phx sync --target {name}` to copy the repository there"
+    near = _misplaced(backend, name) if near is None else near or None
+    if near is not None:
+        return f"{where}: {near}"
+    other = (
+        f"; to read the copy on another target of the config, add `--target {replicas[0]}`"
+        f"{' (or ' + ', '.join(replicas[1:]) + ')' if len(replicas) > 1 else ''}, and `phx init` continues it here"
+        if replicas
+        else ""
+    )
     if name == "local" and not os.path.isdir(backend.location):
+        moved = (
+            f"; if {config} came from another machine (a restore's copy), set `backupDir` (or "
+            "`targets.local.path`) there to where the repository is now"
+            if config is not None
+            else ""
+        )
         return (
             f"{where}: the folder does not exist; if the repository is on a disk that is not mounted, mount it "
-            "and run again, or create a new repository there with `phx init`"
+            f"and run again, or create a new repository there with `phx init`{other}{moved}"
         )
-    return f"{where}; create it with `phx init`"
+    return f"{where}; create it with `phx init`{other}"
+
+
+def _misplaced(backend: Backend, name: str) -> str | None:
+    """Where the repository is when the local target's path names a file (an archive of it), a
+    folder inside it or the folder it was copied into, with the fix; None otherwise."""
+    from phoenix_backup.storage.local import repositories_below, repository_above
+
+    if name == "git":
+        return _other_branches(backend)
+    if name in ("s3", "r2"):
+        return _bucket_prefix_near(backend)
+    if name != "local":
+        return None
+    path = Path(backend.location)
+    if path.is_file():
+        return (
+            "it is a file, not a repository folder; if it is an archive of the repository (tar, zip), unpack it "
+            "and give the folder that holds its `config`, `keys/` and `data/`"
+        )
+    above = repository_above(path.parent) if path.parent != path else None
+    if above is not None:
+        return f"it is inside the repository at {above}; give that folder instead"
+    below = repositories_below(path) if path.is_dir() else []
+    if len(below) == 1:
+        return f"the repository is the folder {below[0]} inside it; give that folder instead"
+    if below:
+        listed = ", ".join(str(b) for b in below[:10]) + (f" and {len(below) - 10} more" if len(below) > 10 else "")
+        return f"the folders {listed} inside it are repositories; give the one to read (`phx list --repo FOLDER`)"
+    return None
+
+
+def _bucket_prefix_near(backend: Backend) -> str | None:
+    """The fix when a bucket's prefix is inside a repository or holds one right below it."""
+    from phoenix_backup.storage.s3 import S3Backend
+    from phoenix_backup.storage.wrappers import WrappedBackend
+
+    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    if not isinstance(inner, S3Backend):
+        return None
+    near = inner.repository_near()
+    if near is None:
+        return None
+    kind, prefixes = near
+    urls = [f"s3://{inner.bucket}/{p}" if inner.settings.target == "s3" else f"the prefix {p or '/'}" for p in prefixes]
+    if kind == "above":
+        return f"it is inside the repository at {urls[0]}; give that location instead"
+    if len(urls) > 1:  # several machines' repositories: none is picked
+        return f"the repositories at {', '.join(urls)} are below it; give the one to read"
+    return f"the repository is at {urls[0]}, below it; give that location instead"
+
+
+def _other_branches(backend: Backend) -> str | None:
+    """The fix when a Git remote lacks the branch named (`#BRANCH`): the branches it has."""
+    from phoenix_backup.storage.git import GitBackend
+    from phoenix_backup.storage.wrappers import WrappedBackend
+
+    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    if not isinstance(inner, GitBackend):
+        return None
+    branches = inner.other_branches()
+    if branches is None:
+        return None
+    if not branches:
+        return "the remote is an empty Git repository; check the URL, or start a new repository there with `phx init`"
+    listed = ", ".join(f"`#{b}`" for b in branches[:5])
+    return (
+        f"the remote has no branch {inner.branch}; its branches: {listed}; add the one that holds the backups "
+        "to the URL"
+    )
 
 
 def _adopt_from_replica(cfg: Config, envx: Environment, backend: Backend, replicas: list[str]) -> bool:
@@ -781,17 +980,51 @@ def require_workspace(cfg: Config) -> None:
         )
 
 
-def check_restore(cfg: Config, *, to: Path | None, delete: bool, to_database: str | None) -> None:
+def check_restore(
+    cfg: Config, *, to: Path | None, delete: bool, to_database: str | None, home: Path | None = None
+) -> None:
     """UsageError for a restore's options that do not go together: checked before its key is
-    derived (`unlock_ahead`), so that a mistake costs no scrypt."""
+    derived (`unlock_ahead`), so that a mistake costs no scrypt. `home`: this machine's home."""
     if delete and to is not None:
         raise UsageError("--delete applies to in-place restores only; --to DIR restores into a folder of its own")
     if to_database is not None and to is not None:
         raise UsageError("--to-database restores into a PostgreSQL server; it cannot be combined with --to DIR")
     if to is None:
         require_config_file(cfg, "a restore in place")
+        refuse_workspace_of_another_machine(cfg, home)
     else:
         refuse_plain_copies_in_repository(cfg, to, "--to")
+
+
+def refuse_workspace_of_another_machine(cfg: Config, home: Path | None = None) -> None:
+    """UsageError when the workspace and the folder above it are both missing: the config is
+    likely the old machine's (a restore's copy, `/home/olduser/argent`), and a restore in place
+    would make that whole path here rather than put the agent where it belongs. Not in this
+    machine's `home` (the same user's `~/agents/argent`, `~/agents` not made yet: this machine's
+    own folder). A link on the way that points where nothing is (a disk not mounted) is named."""
+    workspace = cfg.workspace
+    parent = workspace.parent
+    if os.path.lexists(workspace) or os.path.isdir(parent):
+        return
+    there = next((p for p in workspace.parents if os.path.lexists(p)), None)
+    if there is not None and os.path.islink(there) and not os.path.isdir(there):
+        raise UsageError(
+            f"the workspace {workspace} is not there: {there} is a link to {os.readlink(there)}, which is not "
+            "there (a disk not mounted?); mount it and run again, or set `workspace` in "
+            f"{cfg.source or 'the config'} to where the agent belongs on this machine"
+        )
+    if home is not None and home != Path("/") and os.path.isdir(home) and in_home(workspace, home):
+        return
+    raise UsageError(
+        f"the workspace {cfg.workspace} does not exist, nor the folder above it ({parent}): "
+        f"{cfg.source or 'the config'} may come from another machine; set `workspace` there to where the agent "
+        f"belongs on this machine, or create {parent} to restore there"
+    )
+
+
+def in_home(path: Path, home: Path) -> bool:
+    """Whether `path` lies in `home`, `..` resolved (`~/../olduser/argent` is another's)."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(home))
 
 
 def refuse_plain_copies_in_repository(cfg: Config, folder: Path, what: str) -> None:

@@ -39,7 +39,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.dirs import make_dirs, remove_tree, write_private
 from phoenix_backup.errors import CorruptObject, ExitStatus, NoSpace, PhoenixError, shown
 from phoenix_backup.notify import secrets_of
-from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.context import Environment, find_snapshot, open_repository, require_identity
 from phoenix_backup.ops.watch import remove_stale_cache_folders, temp_cache_prefix
 from phoenix_backup.redaction import without_secrets, without_secrets_in
 from phoenix_backup.repo import checks
@@ -379,7 +379,7 @@ def drill(
     require_identity(repo)
     with repo.lock(exclusive=False, command="drill"):
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = find_snapshot(cfg, envx, repo, ref, target)
         result = DrillResult(
             snapshot=snap.id,
             name=snap.name,

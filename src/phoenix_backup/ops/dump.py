@@ -9,7 +9,7 @@ from typing import Any, BinaryIO, cast
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import OutputFailed, UsageError
-from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.context import Environment, find_snapshot, open_repository, require_identity
 from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.snapshot import unchecked_copy_note
 from phoenix_backup.repo.walker import node_at
@@ -62,7 +62,7 @@ def dump(
     require_identity(repo)
     with repo.lock(exclusive=False, command="dump"):
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = find_snapshot(cfg, envx, repo, ref)
         logical = logical_path(snap.sources, path)
         if not logical:
             raise UsageError("name a file to dump (see `phx ls ID`); use `phx archive` for the whole snapshot")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from phoenix_backup.config import Config
 from phoenix_backup.dirs import env_path
-from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, UsageError
+from phoenix_backup.errors import KeyChanged, MissingCredentials, RepositoryError, RepositoryNotFound, UsageError
 from phoenix_backup.ops.context import Environment, as_passphrase, enabled_targets, open_repository, target_backend
 from phoenix_backup.repo import keys as keyslots
 from phoenix_backup.repo.repository import Repository
@@ -102,18 +102,20 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
     key with this fingerprint, after the user checked it (a rotation on another machine, a
     repository re-created on purpose, or ahead of a first use on a new machine). Opens the
     repository without the pin, and pins only when its key has exactly this fingerprint."""
-    from phoenix_backup.ops.context import open_as_given, pins
+    from phoenix_backup.ops.context import no_repository, open_as_given, pins
 
     try:
         wanted = keyslots.format_fingerprint(fingerprint)
     except ValueError as exc:
         raise UsageError(f"{exc}; copy it from `phx key list` or `phx key rotate` on a machine you trust") from None
-    name = envx.target or enabled_targets(cfg)[0]
+    names = enabled_targets(cfg)
+    name = envx.target or names[0]
     backend = target_backend(cfg, envx, name)
     try:
-        config = Repository.read_config(backend)
+        if not backend.exists():  # the first command on a new machine: where the repository is, if near
+            Repository.refuse_lost_config(backend)
+            raise RepositoryNotFound(no_repository(backend, name, first=name == names[0]))
         store = pins(envx)
-        previous = store.get(config.id)
         try:
             # Checked as if `wanted` were pinned: a slot of any other key is refused as always.
             repo = open_as_given(cfg, envx, backend, store=store, expect=wanted)
@@ -122,6 +124,10 @@ def key_trust(cfg: Config, envx: Environment, fingerprint: str) -> TrustResult:
                 f"the repository at {backend.location} does not have the key {wanted}; nothing was trusted "
                 "(check the fingerprint again on the machine that created or rotated it)"
             ) from None
+        # The id of the config the key authenticated, not of one read before (a store that answers
+        # two reads differently must not move the pin of another repository).
+        config = repo.config
+        previous = store.get(config.id)
         store.record(
             config.id,
             backend.location,

@@ -75,4 +75,9 @@ def list_snapshots(cfg: Config, envx: Environment, *, target: str | None = None)
         for sid, where in holders.items():
             if sid in held:
                 where.append(other)
+        if held and not snaps:  # a new machine's `phx init` continued a replica: the first target starts empty
+            envx.notice(
+                f"target {names[0]} holds no snapshots yet, but target {other} holds {len(held)}: "
+                f"`phx list --target {other}`, and read them with `--target {other}`"
+            )
     return [SnapshotSummary(s, tuple(holders[s.id])) for s in snaps]

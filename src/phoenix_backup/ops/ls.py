@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phoenix_backup.config import Config
-from phoenix_backup.ops.context import Environment, open_repository, require_identity
+from phoenix_backup.ops.context import Environment, find_snapshot, open_repository, require_identity
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
 from phoenix_backup.repo.walker import node_at, walk_tree
@@ -89,7 +89,7 @@ def ls(
     require_identity(repo)
     with repo.lock(exclusive=False, command="ls"):
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = find_snapshot(cfg, envx, repo, ref)
         logical = logical_path(snap.sources, path)
         node = node_at(repo, snap, logical)
         entries: list[LsEntry] = []

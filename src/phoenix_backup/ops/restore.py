@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import resource
 import stat
@@ -53,6 +54,8 @@ from phoenix_backup.ops.context import (
     cache_for,
     check_restore,
     enabled_targets,
+    find_snapshot,
+    in_home,
     open_repository,
     require_identity,
     target_backend,
@@ -65,7 +68,7 @@ from phoenix_backup.repo.reader import PackSchedule, check_data, damage_text, re
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
 from phoenix_backup.repo.tree import Node
-from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.repo.walker import find_node, walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep
 from phoenix_backup.sinks import leftovers, sqlite_folder, sqlite_live
@@ -216,7 +219,7 @@ def restore(
     when the restore leaves it inconsistent. `conflict_mode` and `keyless` say how agent-scoped
     PostgreSQL rows and Redis keys are merged (sinks/postgres_agent.py, sinks/databases.py).
     """
-    check_restore(cfg, to=to, delete=delete, to_database=to_database)
+    check_restore(cfg, to=to, delete=delete, to_database=to_database, home=envx.home)
     repo = open_repository(cfg, envx)
     try:
         require_identity(repo, "the snapshot's data")
@@ -224,7 +227,7 @@ def restore(
             repo.load_index()
             # `latest` never picks a safety snapshot (its scope is its own): restoring one is an
             # undo, named by its id.
-            snap = repo.find_snapshot(ref, latest=envx.latest)
+            snap = find_snapshot(cfg, envx, repo, ref)
             job = _Restore(
                 cfg, envx, repo, snap, scope=scope, paths=paths, to=to, delete=delete, realign=realign, yes=yes
             )
@@ -232,6 +235,70 @@ def restore(
             return job.run(dry_run=dry_run, safety_snapshot=safety_snapshot)
     finally:
         repo.close()
+
+
+def _paths_not_here(config: Path, home: Path) -> list[str]:
+    """What a config restored on a new machine (`--repo`, no config file here) names that this
+    machine lacks: the local repository's folder, and a workspace whose folder above is missing
+    too; each to set before the copy becomes this machine's config. A config that does not parse
+    is left to `phx` to judge once it is in place."""
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+        local = (doc.get("targets") or {}).get("local") or {}
+        fields = [("`workspace`", doc.get("workspace")), ("`backupDir`", local.get("path") or doc.get("backupDir"))]
+    except (OSError, ValueError, AttributeError):
+        return []
+    out = []
+    for name, value in fields:
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(str(home) + value[1:]) if value == "~" or value.startswith("~/") else Path(value)
+        # A workspace in this home is this machine's own, as for an in-place restore (context.py).
+        mine = name == "`workspace`" and home != Path("/") and in_home(path, home)
+        missing = not mine and (not os.path.isdir(path.parent) if name == "`workspace`" else not os.path.isdir(path))
+        if path.is_absolute() and missing:
+            out.append(
+                f"the restored config names {name} {value}, which is not on this machine: set it in {config} "
+                "before copying it to ~/.argentos/backup.json"
+            )
+    return out
+
+
+def _older_snapshots(repo: Repository, snap: Snapshot, *, same_scope: bool) -> list[Snapshot]:
+    """The snapshots of `snap`'s host not newer than it, newest first (of its scope with
+    `same_scope`; else any but safety snapshots): where an older copy of what it lacks may be."""
+    return [
+        s
+        for s in reversed(repo.list_snapshots())
+        if s.id != snap.id
+        and s.datetime <= snap.datetime
+        and s.host == snap.host
+        and (s.scope == snap.scope if same_scope else s.scope != "pre-restore")
+    ]
+
+
+def _unreadable_tree(repo: Repository, snap: Snapshot, exc: PhoenixError) -> RestoreError:
+    """The restore of `snap`, whose folders (trees) this copy of the repository cannot read (a copy
+    or sync that stopped before its data, or lost data), refused with the newest older snapshot
+    of its host and scope whose trees all read (at most 5 looked at), to restore instead."""
+    whole = None
+    for other in _older_snapshots(repo, snap, same_scope=True)[:5]:
+        with contextlib.suppress(ObjectNotFound, CorruptObject):
+            for _ in walk_tree(repo, other.tree):
+                pass
+            whole = other
+            break
+    instead = (
+        f"restore {whole.name} ({whole.id[:8]}), the newest older snapshot whose folders read, with "
+        f"`--backup {whole.id[:8]}`, or this one from another copy"
+        if whole is not None
+        else "restore it from another copy of the repository"
+    )
+    return RestoreError(
+        f"snapshot {snap.name} ({snap.id[:8]}) cannot be restored from {repo.backend.location}: its folders "
+        f"(trees) cannot be read ({exc}), as in a copy or sync that stopped before its data; {instead}; "
+        "`phx verify --read-data` checks every snapshot"
+    )
 
 
 @dataclass
@@ -280,7 +347,10 @@ class _Restore:
         self.yes = yes
         self.in_place = to is None
         self.layout = Layout(cfg.workspace, envx.home)
-        self.tree = list(walk_tree(repo, snap.tree))
+        try:
+            self.tree = list(walk_tree(repo, snap.tree))
+        except (ObjectNotFound, CorruptObject) as exc:
+            raise _unreadable_tree(repo, snap, exc) from exc
         self.filter = ScopeFilter(cfg, self.layout, scope, paths, snap.sources)
         self.selected = select_nodes(snap, self.tree, cfg, self.layout, scope, paths)
         if paths and not self.selected and not delete:
@@ -298,6 +368,8 @@ class _Restore:
         self.keyless: KeylessMode = "add"
         self.warnings: list[str] = []
         self.undo_hint = ""
+        self._packs_here: set[str] | None = None  # the data packs this repository lists (older_copy)
+        self._older: list[Snapshot] | None = None  # the snapshots older_copy looks in, listed once
         self.before: dict[str, LiveState] | None = None  # FileWriter.before
         self.db_before: dict[str, str] = {}  # FileWriter.db_before
         self.damaged: dict[str, str] = {}  # logical -> why its data could not be read (not restored)
@@ -362,14 +434,45 @@ class _Restore:
             )
             packs = {pack_name(loc.pack_id) for node in needs for b in node.blobs() if (loc := self.repo.index.get(b))}
             holders = [name for name, held in others.items() if packs <= held]
+            older = None if holders or logical not in nodes else self.older_copy(logical, nodes[logical])
             hint = (
                 f"; target {' or '.join(holders)} may hold it intact: `phx restore --target {holders[0]} "
                 f"--backup {self.snap.id[:8]} --path '{logical}'`"
                 if holders
+                else f"; no other target holds its data, but snapshot {older.name} ({older.id[:8]}) holds an older "
+                f"version whose data is all here: `phx restore --backup {older.id[:8]} --path '{logical}'`"
+                if older is not None
                 else "; no other target holds its data"
             )
             result.errors.append({"path": logical, "error": f"{why}{hint}"})
             result.damaged.append({"path": logical, "error": why, "otherTargets": holders})
+
+    def older_copy(self, logical: str, node: Node) -> Snapshot | None:
+        """The newest of (at most 3) older snapshots of this host that hold `logical` as a file of
+        other content (the same content is the same damaged data) whose packs are all in this
+        repository and whose data reads (a pack listed may be damaged too): a copy that lags
+        behind (a copy or sync stopped midway) has the older version. The snapshots are listed
+        once per restore, not once per file (a repository may hold thousands)."""
+        if node.type != "file":
+            return None
+        if self._packs_here is None:
+            self._packs_here = {info.name for info in self.repo.backend.list("data/")}
+        if self._older is None:
+            self._older = _older_snapshots(self.repo, self.snap, same_scope=False)[:3]
+        damaged = set(node.blobs())
+        for other in self._older:
+            try:
+                found = find_node(self.repo, other, logical)
+            except (ObjectNotFound, CorruptObject):
+                continue
+            if found is None or found.type != "file" or set(found.blobs()) == damaged:
+                continue
+            locs = [self.repo.index.get(b) for b in found.blobs()]
+            if all(loc is not None and pack_name(loc.pack_id) in self._packs_here for loc in locs) and not check_data(
+                self.repo, [(logical, found)]
+            ):
+                return other
+        return None
 
     def other_targets(self) -> dict[str, set[str]]:
         """The other enabled targets that hold this snapshot, each with the data packs it holds."""
@@ -488,6 +591,8 @@ class _Restore:
             except OSError as exc:  # what the writer does not name itself, as in place below
                 raise os_error(exc, f"restoring to {self.to}", destination=self.to) from exc
             result.phoenix_config = self.restored_config(plan, result)
+            if result.phoenix_config is not None and self.cfg.source is None:
+                self.warnings.extend(_paths_not_here(Path(result.phoenix_config), self.envx.home))
             return result
         stop = self.gateway("stop")
         if stop is not None:

@@ -43,6 +43,7 @@ from phoenix_backup.errors import (
     CorruptObject,
     KdfBudgetExceeded,
     MissingCredentials,
+    NoSlotOfMethod,
     ToolMissing,
     UnsupportedFormat,
     UsageError,
@@ -838,9 +839,12 @@ def load_age_identities(path: Path) -> tuple[str, ...]:
             path, "age identity file", "point encryption.identityFile (or --identity) at the file age-keygen wrote"
         ).decode("utf-8")
     except FileNotFoundError:
+        # Never "create it with age-keygen": a new identity opens no backup made for the old one
+        # (a restored config on a new machine names the old machine's path).
         raise UsageError(
-            f"age identity file {path} does not exist; create it with `age-keygen -o {path}` or "
-            "fix encryption.identityFile"
+            f"age identity file {path} does not exist; copy the identity that opens the repository there (the file "
+            "age-keygen wrote when it was set up: its public key is among encryption.recipients), or point "
+            "encryption.identityFile, --identity or PHX_IDENTITY_FILE at it; a new identity opens no existing backup"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -1187,12 +1191,14 @@ def open_slots(slots: Sequence[KeySlot], creds: Credentials) -> Iterator[tuple[K
     allowed = creds.allowed()
     usable = [s for s in slots if s.type in allowed]
     if not usable:
-        kinds = ", ".join(sorted({s.type for s in slots}, key=lambda t: _TRY_ORDER.get(t, 99)))
+        found = tuple(sorted({s.type for s in slots}, key=lambda t: _TRY_ORDER.get(t, 99)))
+        kinds = ", ".join(found)
         wanted = ", ".join(sorted(allowed, key=lambda t: _TRY_ORDER.get(t, 99)))
-        raise WrongPassphrase(
+        raise NoSlotOfMethod(
             f"the repository has no key slot of the configured encryption ({wanted}), only {kinds}; "
             "fix encryption.enabled/encryption.method in the config (a slot of another kind must never "
-            "open the repository: anyone who can write the storage can add one)"
+            "open the repository: anyone who can write the storage can add one)",
+            found,
         )
     supplied = {
         "passphrase": creds.passphrase is not None,

@@ -1761,9 +1761,12 @@ class Repository:
         if found is None:
             newest = snaps[-1]
             what = "partial " if newest.incomplete else ""
+            # A new machine reading a repository several hosts back up to: which names --host takes.
+            hosts = sorted({s.host for s in snaps if s.host != host and rule.matches(s, s.host)})
+            others = f"; hosts that have one: {', '.join(hosts[:10])} (--host NAME)" if hosts else ""
             raise SnapshotNotFound(
                 f"no {rule.describe(host)} for `latest` (the newest snapshot, {newest.name} {newest.id[:8]}, "
-                f"is a {what}{newest.scope} snapshot of host {newest.host}); name one with --backup ID, "
+                f"is a {what}{newest.scope} snapshot of host {newest.host}{others}); name one with --backup ID, "
                 "or select with --scope, --tag or --host"
             )
         if host != this_host and rule.host is None:

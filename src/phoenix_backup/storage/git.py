@@ -359,6 +359,17 @@ class GitBackend(Backend):
     def location(self) -> str:
         return f"{redact_url(self.url, path=True)} (branch {self.branch}, clone {self.workdir})"
 
+    def other_branches(self) -> list[str] | None:
+        """The remote's branches when it lacks this backend's branch (a `#BRANCH` misspelt, or
+        `main` for a remote whose branch is `master`); None when it has it or cannot be asked."""
+        self._ensure()
+        try:
+            heads = self._git("ls-remote", "--heads", "origin", network=True).stdout
+        except StorageError:
+            return None
+        names = [line.split("refs/heads/", 1)[1] for line in heads.splitlines() if "refs/heads/" in line]
+        return None if self.branch in names else names
+
     # -- running git ------------------------------------------------------------------------
 
     def _git(

@@ -92,10 +92,26 @@ def repository_above(folder: Path) -> Path | None:
     target a command reads: a folder holding a `config` file and the folders `data`, `index` and
     `snapshots` (what `phx init` makes), `folder` itself or a folder above it."""
     real = real_path(folder)
-    for above in (real, *real.parents):
-        if (above / "config").is_file() and all((above / f).is_dir() for f in ("data", "index", "snapshots")):
-            return above
-    return None
+    return next((above for above in (real, *real.parents) if _holds_repository(above)), None)
+
+
+def repositories_below(folder: Path, *, looks: int = 1000) -> list[Path]:
+    """The local Phoenix repositories in the folders right below `folder` (a `--repo` that names
+    the folder the repository was copied into; a disk may hold the repositories of several
+    machines: each is named, none picked), sorted, looking at `looks` entries at most."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for n, entry in enumerate(entries):
+            if n >= looks:
+                break
+            if entry.is_dir(follow_symlinks=False) and _holds_repository(Path(entry.path)):
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _holds_repository(folder: Path) -> bool:
+    """A `config` file and the folders `data`, `index` and `snapshots` (what `phx init` makes)."""
+    return (folder / "config").is_file() and all((folder / f).is_dir() for f in ("data", "index", "snapshots"))
 
 
 def _destination_error(exc: OSError, what: str, destination: Path, need: int, repository: Path | None) -> StorageError:

@@ -315,6 +315,35 @@ class S3Backend(Backend):
     def exists(self) -> bool:
         return self._head("config") is not None
 
+    def repository_near(self, looks: int = 20) -> tuple[str, list[str]] | None:
+        """Where a repository is when this prefix holds none: ("above", [PREFIX]) when a prefix
+        this one is inside holds its `config` (`s3://BUCKET/argent/snapshots`), ("below",
+        PREFIXES) for each prefix right below that holds one (`s3://BUCKET` for
+        `s3://BUCKET/argent`; a bucket may hold several machines' repositories); None when
+        neither (at most `looks` prefixes looked at, a failure to look counts as none)."""
+        parts = self.prefix.rstrip("/").split("/") if self.prefix else []
+        try:
+            for i in range(len(parts) - 1, -1, -1):
+                above = "".join(f"{part}/" for part in parts[:i])
+                if self._head_key(f"{above}config"):
+                    return "above", [above]
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/", MaxKeys=looks)
+            below = [str(c.get("Prefix", "")) for c in page.get("CommonPrefixes", [])[:looks]]
+            found = [p for p in below if p and self._head_key(f"{p}config")]
+        except (bex.BotoCoreError, bex.ClientError, ConnectionError, TimeoutError):
+            return None
+        return ("below", sorted(found)) if found else None
+
+    def _head_key(self, key: str) -> bool:
+        """Whether the bucket holds `key` (any prefix): a 404 is no, other errors are raised."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except bex.ClientError as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     def _head(self, name: str) -> dict[str, Any] | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
