@@ -421,3 +421,36 @@ def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbo
     # record written after the last success says a rotation may have renamed it: a warning.
     status = sb.phx_here("status", "--json", code=0).json()
     assert any("a key rotation ran since" in w for w in status["warnings"]), status
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_rotation_before_the_last_backup_hides_no_lost_snapshot_on_a_git_first_target(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A Git first target once key-rotated, then backed up; the last backup's snapshot is deleted
+    on the storage (a commit on the remote). `phx status` on a clone made since (a new clone of the
+    remote) took every rotation record for one written after the backup (a file's time in a clone
+    is when it was checked out) and turned the loss into a warning, exit 0. The Git listing dates
+    each rotation record by the commit that added it: the rotation ran before the backup, so the
+    loss is an alert, exit 1."""
+    from moto_support import bare_repo, git
+
+    from phoenix_backup.storage.git import clone_dir
+
+    sb: Sandbox = make_sandbox()
+    remote = bare_repo(sb.root / "remote.git")
+    sb.reinit(targets={"local": {"enabled": False}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("backup", "--json")
+    sb.phx_here("key", "rotate")
+    sid = sb.phx_here("backup", "--json").json()["id"]
+    scratch = tmp_path / "elsewhere"
+    git("clone", "-q", "--branch", "main", str(remote), str(scratch))
+    assert any(p.name for p in (scratch / "retired").iterdir()), "the rotation's record is on the remote"
+    git("rm", "-q", f"snapshots/{sid}", cwd=scratch)
+    git("commit", "-q", "-m", "lost", cwd=scratch)
+    git("push", "-q", "origin", "HEAD:main", cwd=scratch)
+    shutil.rmtree(clone_dir(sb.env, str(remote), "main"))  # the next command clones the remote anew
+    status = sb.phx_here("status", "--json", code=1).json()
+    said = f"snapshot {sid[:8]}, the last a successful backup wrote to target git, is no longer in it"
+    assert status["ok"] is False and said in (status["alert"] or ""), status
+    assert not any("a key rotation ran since" in w for w in status["warnings"]), status["warnings"]

@@ -33,6 +33,7 @@ and `publish` pushes when `autoCommit` is on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import ipaddress
@@ -44,7 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -96,6 +97,9 @@ GITIGNORE = """\
 /locks/
 .tmp-*
 """
+# The folders whose listing gives each object's commit time as its write time (`_commit_times`):
+# the rotation records, which `phx status` dates against the last backup (repo/retired.py).
+DATED = ("retired/",)
 _OURS = {".git", ".gitattributes", ".gitignore", *FOLDERS, "config"}
 
 
@@ -643,7 +647,31 @@ class GitBackend(Backend):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._ensure()
+        if prefix.startswith(DATED):
+            return self._commit_times([*self.files.list(prefix)], prefix)
         return self.files.list(prefix)
+
+    def _commit_times(self, infos: Sequence[ObjectInfo], prefix: str) -> Iterator[ObjectInfo]:
+        """`infos` (the clone's listing of `prefix`), each committed one with the time of the commit
+        that added it as its write time: a file's time in the clone is when it was checked out (a
+        new clone, a merge of another machine's commits), later than any write. One `git log` for
+        the folder. A file not committed yet was written here: its own time is its write time."""
+        if not infos:
+            return iter(infos)
+        log = self._git(
+            "log", "--format=%x00%ct", "--name-only", "--diff-filter=A", "--no-renames", "HEAD", "--",
+            prefix.rstrip("/"), check=False,
+        )  # fmt: skip
+        if log.returncode != 0:  # an unborn branch: nothing committed yet
+            return iter(infos)
+        added: dict[str, float] = {}
+        when: float | None = None
+        for line in log.stdout.splitlines():
+            if line.startswith("\0"):
+                when = float(line[1:])
+            elif line and when is not None:
+                added.setdefault(line, when)  # newest first: the last time it was added
+        return iter([dataclasses.replace(i, modified=added.get(i.name, i.modified)) for i in infos])
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
         self._ensure()
