@@ -9,7 +9,9 @@ reached only some targets) and lastFull ({timestamp, date, success, partial, fai
 the last full-scope run, kept through narrower ones) and integrityChecks ({logical path: {time,
 checkedAt, result, snapshotId, by}}: the last full `PRAGMA integrity_check` of each SQLite database,
 by a backup or a drill; `time` is when the checked state was captured, which the cadence counts
-from, see docs/integrity-cadence.md).
+from, see docs/integrity-cadence.md) and forgotten ({target: {snapshotId, timestamp, date, command}}:
+this machine's `phx forget`, or a backup's retention, removed the snapshot `targetsLastSuccess`
+names for that target; doctor and status then warn instead of calling it lost).
 
 A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
 Redis database, a file; or a database was saved damaged, its integrity check failed) has
@@ -25,6 +27,7 @@ import fcntl
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +142,19 @@ _FIELDS: dict[str, _Check] = {
     },
     "targetsLastSuccess": _dict_of_dicts,
     "integrityChecks": lambda v: isinstance(v, dict),
+    "forgotten": lambda v: isinstance(v, dict) and all(_forgetting(r) for r in v.values()),
 }
+
+
+def _forgetting(v: object) -> bool:
+    """A `forgotten` record: the snapshot id, when and by which command."""
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("snapshotId"), str)
+        and _timestamp(v.get("timestamp"))
+        and isinstance(v.get("command"), str)
+        and _opt_str(v.get("date"))
+    )
 
 
 def _checked(data: dict[str, Any], fields: dict[str, _Check], at: str, bad: list[str]) -> dict[str, Any]:
@@ -203,6 +218,51 @@ def last_snapshot_on(state: dict[str, Any], target: str) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
+def _forgot(record: object, forgotten: object) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(forgotten, dict)
+        and record.get("snapshotId") == forgotten.get("snapshotId")
+    )
+
+
+def forgotten_here(state: dict[str, Any], target: str) -> dict[str, Any] | None:
+    """The record of this machine's forget that removed the last snapshot a successful backup wrote
+    to `target` (`record_forgotten`), or None: that snapshot gone from the target is then no loss."""
+    record = (state.get("forgotten") or {}).get(target)
+    sid = last_snapshot_on(state, target)
+    return record if isinstance(record, dict) and sid is not None and record.get("snapshotId") == sid else None
+
+
+def forgotten_text(record: dict[str, Any]) -> str:
+    """When and by which command this machine removed it, for doctor and status."""
+    return f"this machine's `{record.get('command')}` removed it on {record.get('date')}"
+
+
+def record_forgotten(target: str, removed: list[str], command: str, path: Path | None = None) -> None:
+    """Record that this machine's `command` (`phx forget`, a backup's retention) removed the last
+    snapshot a successful backup wrote to `target`, when `removed` holds it: doctor and status then
+    say so as a warning, not as a lost backup. Nothing else is recorded."""
+    from datetime import UTC, datetime
+
+    where = path or state_path()
+    with _locked(where):
+        doc = read_state(where)
+        sid = last_snapshot_on(doc, target) if doc is not None else None
+        if doc is None or sid is None or sid not in removed:
+            return
+        now = time.time()
+        forgotten = dict(doc.get("forgotten") or {})
+        forgotten[target] = {
+            "snapshotId": sid,
+            "timestamp": int(now),
+            "date": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            "command": command,
+        }
+        doc["forgotten"] = forgotten
+        _write(where, doc)
+
+
 def full_backup_problem(state: dict[str, Any]) -> str | None:
     """What the last full backup missed, when a narrower one ran since (its own outcome is the
     state's): a successful `--identity-only` run never makes a partial full backup look done."""
@@ -264,6 +324,10 @@ def write_state(
             if outcome.ok and snapshot_id:
                 per_target[name] = {"timestamp": doc["timestamp"], "date": doc["date"], "snapshotId": snapshot_id}
         doc["targetsLastSuccess"] = per_target
+        # A forget's record holds while the target's last snapshot is still the one it removed.
+        kept = {n: r for n, r in (previous.get("forgotten") or {}).items() if _forgot(per_target.get(n), r)}
+        if kept:
+            doc["forgotten"] = kept
         if not success or any(not t.ok for t in targets.values()):
             doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
         elif "lastFailure" in previous:

@@ -423,6 +423,47 @@ def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbo
     assert any("a key rotation ran since" in w for w in status["warnings"]), status
 
 
+def test_this_machines_forget_of_the_last_snapshot_is_a_warning_another_loss_is_not(backed_up: Sandbox) -> None:
+    """`phx forget ID` of the last backup's snapshot, run here on purpose: doctor failed ("the last
+    backup's snapshot is gone") and `phx status` alerted (exit 1) until the next backup, a false
+    alarm users learn to ignore. The forget is recorded in the state file: both say it as a warning
+    naming the command and when. The same snapshot gone otherwise (another machine's forget, here
+    the state file as it was before the forget) stays a failure and an alert."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    before = path.read_bytes()
+    sid = json.loads(before)["lastSuccess"]["snapshotId"]
+    sb.phx_here("forget", sid[:12])
+    state = json.loads(path.read_text())
+    assert state["forgotten"]["local"]["snapshotId"] == sid and state["forgotten"]["local"]["command"] == "phx forget"
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    [line] = checks(doc, "last backup")
+    assert line["status"] == "warn" and sid[:8] in line["message"], line
+    assert "this machine's `phx forget` removed it on" in line["message"] and "`phx backup`" in line["fix"], line
+    status = sb.phx_here("status", "--json", code=0).json()
+    assert status["ok"] is True and status["alert"] is None, status
+    assert any("this machine's `phx forget` removed it" in w for w in status["warnings"]), status["warnings"]
+
+    path.write_bytes(before)  # as on a machine that did not run the forget
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "(forgotten, pruned or lost)" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert status["ok"] is False and "is no longer in it" in status["alert"], status
+
+    # A record of the forget naming another snapshot (an older one) excuses nothing; a record of
+    # the wrong shape is ignored and said, like every field of the state file.
+    state = json.loads(before)
+    state["forgotten"] = {"local": {"snapshotId": "0" * 64, "timestamp": 1, "date": "x", "command": "phx forget"}}
+    path.write_text(json.dumps(state))
+    assert sb.phx_here("status", "--json", code=1).json()["alert"], "an old forget excuses no other snapshot"
+    state["forgotten"] = {"local": {"snapshotId": sid, "timestamp": "yesterday", "command": "phx forget"}}
+    path.write_text(json.dumps(state))
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    warned = [c["message"] for c in checks(doc, "last backup") if c["status"] == "warn"]
+    assert any("wrong type" in m and "forgotten" in m for m in warned), doc["checks"]
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_a_rotation_before_the_last_backup_hides_no_lost_snapshot_on_a_git_first_target(
     make_sandbox: Any, tmp_path: Path

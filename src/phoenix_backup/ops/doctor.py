@@ -55,6 +55,8 @@ from phoenix_backup.sources.scope import configured_databases, default_databases
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
 from phoenix_backup.state import (
     failed_parts_text,
+    forgotten_here,
+    forgotten_text,
     full_backup_problem,
     future_success_problem,
     last_snapshot_on,
@@ -802,11 +804,27 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     first = cfg.targets.enabled_names()[0] if cfg.targets.enabled_names() else None
     record = ((state or {}).get("targetsLastSuccess") or {}).get(first) or last
     sid = last_snapshot_on(state, first) if state is not None and first else None
-    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])))
+    forgot = forgotten_here(state, first) if state is not None and first else None
+    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])), forgot)
     ahead = future_success_problem(float(last["timestamp"]), time.time())
     if ahead is not None:
         message, _, fix = ahead.partition("; ")
         result.add("last backup", "fail", message, fix)
+    elif isinstance(lost, Forgotten):
+        # This machine's own forget removed it: no loss, but the newest backup there is older.
+        result.add(
+            "last backup",
+            "warn",
+            f"{what}, but its snapshot {str(sid)[:8]} is no longer in the first target: {lost.text}",
+            "run `phx backup` for a current snapshot; `phx list` shows what the repository still holds",
+        )
+        if age > limit:
+            result.add(
+                "last backup",
+                "fail",
+                f"{what}, overdue for a {every} schedule",
+                "run `phx backup`, and check the schedule (`phx schedule status`)",
+            )
     elif lost is not None:
         result.add(
             "last backup",
@@ -843,11 +861,23 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
 
 
-def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float) -> str | None:
+@dataclass(frozen=True)
+class Forgotten:
+    """The last success's snapshot is gone because this machine's `phx forget` (or a backup's
+    retention) removed it (state.record_forgotten): `text` says when and by which command."""
+
+    text: str
+
+
+def _snapshot_lost(
+    repo: Repository | None, snapshot_id: object, written: float, forgot: dict[str, Any] | None = None
+) -> str | Forgotten | None:
     """Why the snapshot the state file records as the last success there (written at `written`) is
     not in the first target's repository (forgotten, pruned, or lost with the store; or the
     repository was made anew since, and never held it), or None: the state file alone would
-    call the machine protected by a backup that can no longer be restored."""
+    call the machine protected by a backup that can no longer be restored. `forgot`: this
+    machine's record of forgetting it (state.forgotten_here): then it is `Forgotten`, no loss;
+    a snapshot that went otherwise (deleted on the storage, another machine's forget) is lost."""
     if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
         return None
     try:
@@ -870,6 +900,8 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float)
                 f"the repository now at {repo.backend.location} was made after that backup "
                 f"({made.astimezone().isoformat(timespec='minutes')}): it never held snapshot {snapshot_id[:8]}"
             )
+    if forgot is not None:
+        return Forgotten(forgotten_text(forgot))
     return (
         f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
         "(forgotten, pruned or lost)"

@@ -30,6 +30,7 @@ from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import WATCH_SCOPES, Snapshot
+from phoenix_backup.state import record_forgotten, state_path
 from phoenix_backup.storage.targets import refuse_append_only
 
 # -- results ------------------------------------------------------------------------------
@@ -208,6 +209,8 @@ def forget(
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
+        if report.removed:  # doctor and status then say the last backup's snapshot was forgotten here, not lost
+            record_forgotten(name, report.removed, "phx forget", state_path(envx.home))
         result.targets[name] = report
     if ids and not any(t.named for t in result.targets.values()) and all(t.ok for t in result.targets.values()):
         raise missing  # no target holds what was named: the caller's mistake, said once

@@ -26,6 +26,8 @@ from phoenix_backup.schedule.spec import ScheduleSpec
 from phoenix_backup.state import (
     IntegrityCheck,
     failed_parts_text,
+    forgotten_here,
+    forgotten_text,
     full_backup_problem,
     future_success_problem,
     integrity_checks,
@@ -216,6 +218,14 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     first = result.targets.get(names[0]) if names else None
     sid = last_snapshot_on(result.state, first.name) if result.state and first is not None else None
     if sid is None or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
+        return
+    forgot = forgotten_here(result.state, first.name) if result.state else None
+    if forgot is not None:
+        # This machine's own `phx forget` removed it: no loss, but the newest backup there is older.
+        result.warnings.append(
+            f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it: "
+            f"{forgotten_text(forgot)}; run `phx backup` for a current snapshot (`phx list` shows what it holds)"
+        )
         return
     written = first.last_success or result.last_success
     if written is not None and retired.rotated_after(first.retired, written):
