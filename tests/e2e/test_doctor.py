@@ -10,18 +10,22 @@ failed drill.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import Sandbox
 
+from hostile import cpu_seconds
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.locks import LOCK_AAD
@@ -421,6 +425,81 @@ def test_a_key_rotation_on_another_machine_is_no_lost_snapshot(backed_up: Sandbo
     # record written after the last success says a rotation may have renamed it: a warning.
     status = sb.phx_here("status", "--json", code=0).json()
     assert any("a key rotation ran since" in w for w in status["warnings"]), status
+
+
+@contextlib.contextmanager
+def _silent_port() -> Iterator[int]:
+    """A loopback port that accepts every connection and never answers (a blackhole: a network
+    that is down past a proxy, a firewall that holds the connection)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < 64:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
+    """`fn()` in a daemon thread; the test fails if it has not ended after `seconds`."""
+    out: list[Any] = [None, None]
+
+    def run() -> None:
+        try:
+            out[0] = fn()
+        except BaseException as exc:  # handed back to the test
+            out[1] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s")
+    if out[1] is not None:
+        raise out[1]
+    return out[0]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_targets_that_never_answer_are_said_in_seconds_each_by_name(backed_up: Sandbox) -> None:
+    """Three remote targets (Git over HTTP, S3, R2) whose endpoint accepts the connection and never
+    answers: doctor waited a backup's 60 s per target, one after the other (3 minutes here, more
+    with the first target's second opening), and the user thought it hung. It checks them at the
+    same time, each with a diagnosis's deadline (DIAGNOSIS_SECONDS, 5 s), names each one "no answer
+    in 5 s" with the fix, and fails; `phx status` reads them the same way."""
+    sb = backed_up
+    with _silent_port() as port:
+        hang = f"http://127.0.0.1:{port}"
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
+        sb.write_config(
+            targets={
+                "local": {"enabled": True},
+                "git": {"enabled": True, "repo": f"{hang}/remote.git"},
+                "s3": {"enabled": True, "bucket": "hang-s3", "endpoint": hang},
+                "r2": {"enabled": True, "bucket": "hang-r2", "endpoint": hang},
+            }
+        )
+        cpu = cpu_seconds()
+        # The bound of the test (it took minutes): the deadline is 5 s a target, all at once.
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+        status = _bounded(lambda: sb.phx_here("status", "--json", code=0).json(), 40)
+        spent = cpu_seconds() - cpu
+    assert checks(doc, "target local")[0]["status"] == "ok", doc["checks"]
+    for name, fix in (("git", "targets.git.repo"), ("s3", "targets.s3.endpoint"), ("r2", "targets.r2.endpoint")):
+        [line] = checks(doc, f"target {name}")
+        assert line["status"] == "fail" and "no answer from" in line["message"], line
+        assert "in 5 s" in line["message"] and fix in line["fix"], line
+        said = [w for w in status["warnings"] if w.startswith(f"target {name}: ")]
+        assert len(said) == 1 and "no answer from" in said[0] and "in 5 s" in said[0], status["warnings"]
+    assert spent < 8, f"{spent:.1f} CPU-s"
 
 
 def test_this_machines_forget_of_the_last_snapshot_is_a_warning_another_loss_is_not(backed_up: Sandbox) -> None:

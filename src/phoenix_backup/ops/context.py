@@ -111,6 +111,10 @@ class Environment:
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
+    # A diagnosis's deadline (`phx doctor`, `phx status`): seconds a remote target may take to connect
+    # and to send each answer's first byte before it is said not to answer (no retry). None: a
+    # backup's own timeouts and retries.
+    answer_seconds: float | None = None
     # The key-derivation work `unlock_ahead` spent: the command's next opening goes on from it.
     kdf_ahead: keyslots.KdfBudget | None = None
     # The passphrase as given (`GivenPassphrase.exact`) when that form opened the repository
@@ -121,6 +125,11 @@ class Environment:
     def home(self) -> Path:
         return Path(self.env.get("HOME") or Path.home())
 
+
+# A diagnosis's deadline (`phx doctor`, `phx status`; `Environment.answer_seconds`): a remote target
+# that takes longer to connect, or to send an answer's first byte, is said not to answer. A backup
+# keeps its own patience (60 s a request, retried). Long enough for a slow link's round trips.
+DIAGNOSIS_SECONDS = 5.0
 
 _PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
 # Seconds `encryption.passphraseCommand` may run before it is stopped (an internal knob: tests set it).
@@ -517,7 +526,9 @@ def target_backend(cfg: Config, envx: Environment, name: str) -> Backend:
     retries and a concurrency limit. Building it never touches the network."""
     from phoenix_backup.storage.targets import backend_for
 
-    return backend_for(cfg, name, envx.env, notice=envx.notice, thaw_timeout=envx.thaw_timeout)
+    return backend_for(
+        cfg, name, envx.env, notice=envx.notice, thaw_timeout=envx.thaw_timeout, answer_seconds=envx.answer_seconds
+    )
 
 
 def enabled_backends(cfg: Config, envx: Environment) -> list[tuple[str, Backend]]:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +43,7 @@ from phoenix_backup.errors import (
     ToolMissing,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
+from phoenix_backup.ops.context import DIAGNOSIS_SECONDS, Environment, given_passphrase, load, open_repository
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
@@ -133,9 +134,11 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     _disk(cfg, envx, result)
     _file_size_limit(result)
     _tools(cfg, envx, result)
-    repo, envx = _credentials(cfg, envx, result)
+    # A remote target that does not answer is said in seconds, not after a backup's patience
+    # (60 s a request, retried), and the targets are checked at the same time.
+    envx = _credentials(cfg, dataclasses.replace(envx, answer_seconds=DIAGNOSIS_SECONDS), result)
+    repo = _targets(cfg, envx, result)
     try:
-        _targets(cfg, envx, result, repo)
         _locks(repo, result)
         _last_backup(cfg, envx, result, repo)
     finally:
@@ -517,9 +520,9 @@ def _tools(cfg: Config, envx: Environment, result: DoctorResult) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[Repository | None, Environment]:
-    """Credential sources present, then the proof: the first target's repository opens. Returns
-    the repository and the environment to open other targets with (a passphrase typed at the
+def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> Environment:
+    """Credential sources present (the proof, the first target's repository opening, is
+    `_open_first`). Returns the environment to open the targets with (a passphrase typed at the
     prompt is asked once)."""
     enc = cfg.encryption
     if enc.enabled and enc.method == "passphrase":
@@ -558,25 +561,30 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
     ):
         if name in cfg.targets.enabled_names():
             _cloud_credentials(name, key_id, secret, envx, result)
-    if not cfg.targets.enabled_names():
-        result.add("targets", "fail", "no target is enabled", f"enable targets.local (or another) in {_where(cfg)}")
-        return None, envx
+    return envx
+
+
+def _open_first(
+    cfg: Config, envx: Environment, result: DoctorResult, said: bool
+) -> tuple[Repository | None, PhoenixError | None]:
+    """The proof of the credentials: the first target's repository opens. Returns it, or the
+    error its target check reports (`said`: a credentials failure was reported already)."""
     first = cfg.targets.enabled_names()[0]
     try:
         repo = open_repository(cfg, envx, target=first)
-    except RepositoryNotFound:
-        return None, envx  # the target check says so, with the fix
+    except RepositoryNotFound as exc:
+        return None, exc  # the target check says so, with the fix
     except (MissingCredentials, WrongPassphrase) as exc:
         message, _, fix = str(exc).partition("; ")
-        if not any(c.name == "credentials" and c.status == "fail" for c in result.checks):
+        if not said:
             result.add("credentials", "fail", message, fix or None)
-        return None, envx
+        return None, exc
     except (KeyChanged, ConfigNotAuthenticated) as exc:
         message, _, fix = str(exc).partition("; ")
         result.add("key", "fail", message, fix or None)
-        return None, envx
-    except PhoenixError:
-        return None, envx  # reported by the target check
+        return None, exc
+    except PhoenixError as exc:
+        return None, exc  # reported by the target check
     if not repo.can_read:
         result.add(
             "credentials",
@@ -585,11 +593,11 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
             "read it (its identity is on another machine)",
         )
         result.add("key", "ok", f"repository {repo.config.id[:8]} is authenticated by this machine's write key")
-        return repo, envx
+        return repo, None
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
     result.add("key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.fingerprint}")
-    return repo, envx
+    return repo, None
 
 
 def _cloud_credentials(
@@ -617,35 +625,78 @@ def _cloud_credentials(
     result.add(f"credentials {name}", "ok", f"credentials for targets.{name} from {source}")
 
 
-def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: Repository | None) -> None:
+def _targets(cfg: Config, envx: Environment, result: DoctorResult) -> Repository | None:
+    """Each target reachable and writable, all at the same time (one that does not answer costs
+    DIAGNOSIS_SECONDS, not that times the targets); the first one's opening is the proof of the
+    credentials. Returns the first target's repository (the caller closes it), or None."""
     names = cfg.targets.enabled_names()
-    for i, name in enumerate(names):
-        check = f"target {name}"
-        repo = first_repo if i == 0 else None
-        if repo is None:
-            try:
-                repo = open_repository(cfg, envx, target=name)
-            except RepositoryNotFound as exc:
-                # Its fix names the disk that may not be mounted: only `phx init` creates it.
-                message, _, fix = str(exc).partition("; ")
-                result.add(check, "fail", message, f"{fix}, or fix the target's path")
-                continue
-            except (MissingCredentials, WrongPassphrase):
-                result.add(
-                    check, "warn", "not probed: the repository cannot be opened without its key (see credentials)"
-                )
-                continue
-            except PhoenixError as exc:
-                message, _, fix = str(exc).partition("; ")
-                result.add(check, "fail", message, fix or "check the target's settings")
-                continue
+    if not names:
+        result.add("targets", "fail", "no target is enabled", f"enable targets.local (or another) in {_where(cfg)}")
+        return None
+    said = any(c.name == "credentials" and c.status == "fail" for c in result.checks)
+    parts = [DoctorResult() for _ in names]
+    first: list[Repository | None] = [None]
+
+    def check(i: int, name: str) -> None:
+        if i == 0:  # a prompt (an age identity) may be asked here, once
+            own = dataclasses.replace(envx)
+            first[0], failure = _open_first(cfg, own, parts[0], said)
+            _target(cfg, own, parts[0], name, first[0], failure)
+        else:  # never asks: a passphrase typed was asked once, before
+            _target(cfg, dataclasses.replace(envx, interactive=False, prompt=None), parts[i], name, None)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="doctor-target") as pool:
+            for done in [pool.submit(check, i, name) for i, name in enumerate(names)]:
+                done.result()
+    except BaseException:
+        if first[0] is not None:
+            first[0].backend.close()
+        raise
+    for part in parts:
+        result.checks += part.checks
+    return first[0]
+
+
+def _target(
+    cfg: Config,
+    envx: Environment,
+    result: DoctorResult,
+    name: str,
+    repo: Repository | None,
+    failure: PhoenixError | None = None,
+) -> None:
+    """One target: its repository opens (`repo`, opened already; `failure`, why it did not), a
+    probe object is written, read back and deleted, and an append-only target's protection."""
+    check = f"target {name}"
+    opened = repo is None
+    if repo is None:
         try:
-            probe(repo, check, result)
-            if repo.backend.append_only:
-                _protection(repo, check, result)
-        finally:
-            if i > 0:
-                repo.backend.close()
+            if failure is not None:
+                raise failure
+            repo = open_repository(cfg, envx, target=name)
+        except RepositoryNotFound as exc:
+            # Its fix names the disk that may not be mounted: only `phx init` creates it.
+            message, _, fix = str(exc).partition("; ")
+            result.add(check, "fail", message, f"{fix}, or fix the target's path")
+            return
+        except (MissingCredentials, WrongPassphrase):
+            result.add(check, "warn", "not probed: the repository cannot be opened without its key (see credentials)")
+            return
+        except PhoenixError as exc:
+            message, _, fix = str(exc).partition("; ")
+            result.add(check, "fail", message, fix or "check the target's settings")
+            return
+    try:
+        probe(repo, check, result)
+        if repo.backend.append_only:
+            _protection(repo, check, result)
+    except PhoenixError as exc:  # a target that stops answering half-way
+        message, _, fix = str(exc).partition("; ")
+        result.add(check, "fail", message, fix or "check the target's settings")
+    finally:
+        if opened:
+            repo.backend.close()
 
 
 def _protection(repo: Repository, check: str, result: DoctorResult) -> None:

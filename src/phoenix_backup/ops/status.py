@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Any
 from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
+from phoenix_backup.ops.context import (
+    DIAGNOSIS_SECONDS,
+    Environment,
+    enabled_targets,
+    no_repository,
+    open_repository,
+    target_backend,
+)
 from phoenix_backup.repo import retired
 from phoenix_backup.repo.repository import CAPTURES_PREFIX, CHECKS_PREFIX, RETIRED_PREFIX
 from phoenix_backup.schedule.spec import ScheduleSpec
@@ -201,11 +209,19 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         else:
             result.warnings.append(damaged)
     per_target = (state or {}).get("targetsLastSuccess") or {}
-    quiet = dataclasses.replace(envx, interactive=False, prompt=None)  # status never asks
-    for name in enabled_targets(cfg):
-        target = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
-        _inspect_target(cfg, quiet, target)
-        result.targets[name] = target
+    # Status never asks, and a remote target that does not answer is said in seconds (not after a
+    # backup's patience, 60 s a request, retried), all targets read at the same time.
+    quiet = dataclasses.replace(envx, interactive=False, prompt=None, answer_seconds=DIAGNOSIS_SECONDS)
+    names = enabled_targets(cfg)
+    for name in names:
+        result.targets[name] = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
+    if names:
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="status-target") as pool:
+            for done in [
+                pool.submit(_inspect_target, cfg, dataclasses.replace(quiet), t) for t in result.targets.values()
+            ]:
+                done.result()
+    for name, target in result.targets.items():
         if target.error:
             result.warnings.append(f"target {name}: {target.error}")
     _check_last_snapshot(result, enabled_targets(cfg))

@@ -37,6 +37,7 @@ import dataclasses
 import errno
 import fcntl
 import ipaddress
+import math
 import os
 import posixpath
 import re
@@ -340,8 +341,12 @@ class GitBackend(Backend):
         env: Mapping[str, str],
         notice: Callable[[str], None] | None = None,
         append_only: bool = False,
+        answer_seconds: float | None = None,
     ) -> None:
         self.url = url
+        # A diagnosis's deadline (`phx doctor`): an HTTP(S) remote that sends nothing for this long
+        # is not answering (git's stall limit), whatever a backup would wait. None: a backup's.
+        self.answer_seconds = answer_seconds
         self.guarded = append_only  # an append-only target: its remote refuses force pushes
         # What git sees: the URL without credentials; they travel in its environment only.
         self.remote, credentials = split_credentials(url)
@@ -351,7 +356,7 @@ class GitBackend(Backend):
         self.files = LocalBackend(self.workdir)
         self.notice = notice or (lambda _m: None)
         self._env = {**_git_env(env), **credentials}
-        _stall_limit(self._env, self.remote)
+        _stall_limit(self._env, self.remote, answer_seconds)
         _ssh_command(self._env, self.remote)
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
@@ -437,6 +442,11 @@ class GitBackend(Backend):
             "failed to connect",
             "operation too slow",  # the HTTP stall limit (GIT_HTTP_LOW_SPEED_TIME)
         )
+        if self.answer_seconds is not None and "operation too slow" in low:
+            return TargetUnreachable(
+                f"no answer from the Git remote {where} in {self.answer_seconds:g} s; check the network and the URL "
+                "in targets.git.repo"
+            )
         if any(m in low for m in unreachable_markers):
             return TargetUnreachable(f"cannot reach the Git remote {where} ({_reason(text)}); check the network")
         if "does not appear to be a git repository" in low or "repository not found" in low or "not found" in low:
@@ -782,12 +792,15 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _stall_limit(env: dict[str, str], remote: str) -> None:
+def _stall_limit(env: dict[str, str], remote: str, answer_seconds: float | None = None) -> None:
     """An HTTP(S) remote that accepts the connection and then sends nothing (or drips) ends the
     transfer after a minute below 1 byte/s, instead of hanging until NETWORK_TIMEOUT: set in `env`
     unless the user chose a limit, in the environment or in git's configuration
     (http.lowSpeedLimit/lowSpeedTime, for every URL or this one), which the environment would
-    override."""
+    override. A diagnosis (`answer_seconds`) sets its own deadline whatever was chosen."""
+    if answer_seconds is not None and remote.lower().startswith(("http://", "https://")):
+        env.update(dict(zip(_GIT_LOW_SPEED, ("1", str(max(1, math.ceil(answer_seconds)))), strict=True)))
+        return
     if not remote.lower().startswith(("http://", "https://")) or all(k in env for k in _GIT_LOW_SPEED):
         return
     # No git (said at its first use) or no answer: Phoenix's limit.

@@ -171,6 +171,10 @@ class S3Settings:
     part_size: int = PART_SIZE
     object_lock_mode: str | None = None  # "governance" or "compliance": retention on every object but locks
     object_lock_days: int = 0
+    # A diagnosis's deadline (`phx doctor`, `phx status`): seconds to connect and for each answer's
+    # first byte, and such a wait is no transient error but the target not answering. None: a
+    # backup's own timeouts (3 s to connect, 60 s a read, retried).
+    answer_seconds: float | None = None
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -220,8 +224,8 @@ class S3Backend(Backend):
             # The retry wrapper is the only retry layer: botocore's own retries would multiply
             # its attempts and blow the 10 s budget for a refused connection.
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=3,
-            read_timeout=60,
+            connect_timeout=settings.answer_seconds or 3,
+            read_timeout=settings.answer_seconds or 60,
             max_pool_connections=max(4, settings.max_connections + 2),
             s3={"addressing_style": "path" if settings.endpoint else "auto"},
             user_agent_extra="phoenix-backup",
@@ -248,6 +252,12 @@ class S3Backend(Backend):
         cut, _RESPONSE.cut = _RESPONSE.cut, ""
         if cut:
             return TransientStorageError(_cut_message(cut, where, what))
+        waited = self.settings.answer_seconds
+        if waited is not None and isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
+            return TargetUnreachable(
+                f"no answer from {where} in {waited:g} s ({what}); check {self.field}.endpoint, the network and that "
+                "the service is up"
+            )
         if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
             return TargetUnreachable(
                 f"cannot connect to {where} while {what}; check {self.field}.endpoint and that the service is up"
