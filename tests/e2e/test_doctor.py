@@ -574,3 +574,31 @@ def test_a_rotation_before_the_last_backup_hides_no_lost_snapshot_on_a_git_first
     said = f"snapshot {sid[:8]}, the last a successful backup wrote to target git, is no longer in it"
     assert status["ok"] is False and said in (status["alert"] or ""), status
     assert not any("a key rotation ran since" in w for w in status["warnings"]), status["warnings"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_targets_checked_at_once_derive_the_key_once(backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor opens its targets at the same time: each opening of the same repository (the same
+    key slots) must not derive the passphrase's key again at the same moment (the CPU and scrypt's
+    memory once per target), as the one-after-the-other openings never did."""
+    from moto_support import bare_repo
+
+    from phoenix_backup.repo import keys
+
+    sb = backed_up
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("sync")
+    derived: list[bytes] = []
+    real = keys._derive_kek
+
+    def slow(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+        derived.append(salt)
+        time.sleep(0.5)  # the other target's opening reaches the same slot meanwhile
+        return real(passphrase, salt, n, r, p)
+
+    monkeypatch.setattr(keys, "_derive_kek", slow)
+    keys._slot_keys.clear()  # the commands run in this process before derived it already
+    doc = sb.phx_here("doctor", "--json").json()
+    assert [c["status"] for c in doc["checks"] if c["name"].startswith("target ")] == ["ok", "ok"], doc["checks"]
+    assert len(derived) == 1, derived
