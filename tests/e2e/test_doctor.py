@@ -448,6 +448,33 @@ def _silent_port() -> Iterator[int]:
             conn.close()
 
 
+@contextlib.contextmanager
+def _dripping_port() -> Iterator[int]:
+    """A loopback HTTP service that answers every request with a status line and then a header a
+    byte a second, never ending it: each byte inside any read timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(1):
+                conn.sendall(b"a")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        server.close()
+
+
 def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
     """`fn()` in a daemon thread; the test fails if it has not ended after `seconds`."""
     out: list[Any] = [None, None]
@@ -602,3 +629,23 @@ def test_targets_checked_at_once_derive_the_key_once(backed_up: Sandbox, monkeyp
     doc = sb.phx_here("doctor", "--json").json()
     assert [c["status"] for c in doc["checks"] if c["name"].startswith("target ")] == ["ok", "ok"], doc["checks"]
     assert len(derived) == 1, derived
+
+
+def test_an_s3_target_that_drips_its_answer_is_said_not_to_answer_at_the_deadline(backed_up: Sandbox) -> None:
+    """An S3 endpoint that sends a status line and then a header a byte a second (each inside the
+    5 s read timeout): doctor waited a backup's 120 s for the headers of each request (three
+    requests, 6 minutes). Its deadline bounds a response's headers as a whole too: "no answer
+    in 5 s", the target failed."""
+    sb = backed_up
+    with _dripping_port() as port:
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIADRIP", AWS_SECRET_ACCESS_KEY="drip-secret")
+        sb.write_config(
+            targets={
+                "local": {"enabled": True},
+                "s3": {"enabled": True, "bucket": "drip", "endpoint": f"http://127.0.0.1:{port}"},
+            }
+        )
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+    [line] = checks(doc, "target s3")
+    assert line["status"] == "fail" and "no answer from" in line["message"] and "in 5 s" in line["message"], line
+    assert "targets.s3.endpoint" in line["fix"], line

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import http.client
 import io
 import itertools
 import os
@@ -232,6 +233,8 @@ class S3Backend(Backend):
         )
         self.client: S3Client = session.client("s3", endpoint_url=settings.endpoint, config=config)
         _bound_response_headers(self.client)
+        if settings.answer_seconds is not None:
+            _answer_within(self.client, settings.answer_seconds)
 
     # -- naming ----------------------------------------------------------------------------
 
@@ -250,9 +253,14 @@ class S3Backend(Backend):
     def _error(self, exc: Exception, what: str) -> StorageError:
         where = self.location
         cut, _RESPONSE.cut = _RESPONSE.cut, ""
+        waited = self.settings.answer_seconds
+        if waited is not None and cut == "headers":
+            return TargetUnreachable(
+                f"no answer from {where} in {waited:g} s ({what}: its response did not come whole); check "
+                f"{self.field}.endpoint, the network and that the service is up"
+            )
         if cut:
             return TransientStorageError(_cut_message(cut, where, what))
-        waited = self.settings.answer_seconds
         if waited is not None and isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
             return TargetUnreachable(
                 f"no answer from {where} in {waited:g} s ({what}); check {self.field}.endpoint, the network and that "
@@ -878,6 +886,7 @@ class _HeadersBound:
 
     sock: socket.socket | None
     response_class: Any
+    _phx_response_seconds: float | None = None  # a diagnosis's: its deadline (`_answering_within`)
     _phx_guard: _StallGuard | None = None
     _phx_send_guard: _StallGuard | None = None
 
@@ -892,7 +901,7 @@ class _HeadersBound:
             self._phx_sent()
 
     def _phx_arm(self) -> None:
-        self._phx_guard = _StallGuard(self._phx_stop, RESPONSE_SECONDS).__enter__()
+        self._phx_guard = _StallGuard(self._phx_stop, self._phx_response_seconds or RESPONSE_SECONDS).__enter__()
 
     def _phx_disarm(self) -> None:
         guard, self._phx_guard = self._phx_guard, None
@@ -911,9 +920,16 @@ class _HeadersBound:
         self._phx_sent()  # sent by now, whatever path sent it (a proxy's CONNECT, say)
         self._phx_arm()
         try:
-            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+            response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._phx_disarm()
+        if _RESPONSE.cut == "headers":
+            # Cut after the status line: http.client takes the end of the stream for the end of the
+            # headers and hands on a response that lacks some (a HEAD that found the object, a GET
+            # of an empty one). It is the cut's error instead.
+            response.close()
+            raise http.client.RemoteDisconnected("the response's headers were cut")
+        return response
 
     def _handle_expect_response(self, message_body: Any) -> None:
         self._phx_sent()
@@ -1098,6 +1114,19 @@ class _BoundHTTPSConnectionPool(AWSHTTPSConnectionPool):
     ConnectionCls = _BoundHTTPSConnection
 
 
+@functools.cache
+def _answering_within(seconds: float) -> dict[str, type]:
+    """The pool classes of a diagnosis's client (`S3Settings.answer_seconds`): a response's status
+    line and headers in within `seconds` of its request, not RESPONSE_SECONDS: a service that
+    drips them a byte at a time, each inside the read timeout, is said not to answer then."""
+    http = type("_AnsweringHTTPConnection", (_BoundHTTPConnection,), {"_phx_response_seconds": seconds})
+    https = type("_AnsweringHTTPSConnection", (_BoundHTTPSConnection,), {"_phx_response_seconds": seconds})
+    return {
+        "http": type("_AnsweringHTTPConnectionPool", (_BoundHTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("_AnsweringHTTPSConnectionPool", (_BoundHTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+
+
 def _bound_response_headers(client: Any) -> None:
     """Have every request of `client` read its response headers within RESPONSE_SECONDS. botocore
     has no such bound (its read_timeout is the socket's, per read) and no public way to choose
@@ -1112,6 +1141,14 @@ def _bound_response_headers(client: Any) -> None:
     pools = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_pool_classes_by_scheme", None)
     if isinstance(pools, dict) and set(pools) == {"http", "https"}:
         pools.update({"http": _BoundHTTPConnectionPool, "https": _BoundHTTPSConnectionPool})
+
+
+def _answer_within(client: Any, seconds: float) -> None:
+    """A diagnosis's `client` (bound by `_bound_response_headers`): each response's headers in
+    within `seconds` of its request (`_answering_within`)."""
+    pools = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_pool_classes_by_scheme", None)
+    if isinstance(pools, dict) and pools.get("http") is _BoundHTTPConnectionPool:
+        pools.update(_answering_within(seconds))
 
 
 def _restored(head: dict[str, Any]) -> bool:
