@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,7 @@ def _forgetting(v: object) -> bool:
         and _timestamp(v.get("timestamp"))
         and isinstance(v.get("command"), str)
         and _opt_str(v.get("date"))
+        and _opt_str(v.get("left"))
     )
 
 
@@ -239,17 +240,44 @@ def forgotten_text(record: dict[str, Any]) -> str:
     return f"this machine's `{record.get('command')}` removed it on {record.get('date')}"
 
 
-def record_forgotten(target: str, removed: list[str], command: str, path: Path | None = None) -> None:
+def forgotten_loss(record: dict[str, Any], holds: Callable[[str], bool], where: str) -> str | None:
+    """Why the forget `record` (`forgotten_here`) excuses nothing: it left no snapshot of this
+    machine in the target (no backup to restore), or the one it left is gone since (`holds`: the
+    target holds that snapshot id; it may raise). None: the newest backup there is the one it
+    left. A record written before it named what it left (no `left`) excuses as it did."""
+    if "left" not in record:
+        return None
+    left = record.get("left")
+    if not isinstance(left, str):
+        return f"{forgotten_text(record)}, and {where} holds no other snapshot of this machine: no backup to restore"
+    if holds(left):
+        return None
+    return (
+        f"snapshot {left[:8]}, the newest one {forgotten_text(record).replace(' removed it ', ' left ')}, is no "
+        f"longer in {where} (forgotten, pruned or lost)"
+    )
+
+
+def record_forgotten(target: str, left: Mapping[str, str | None], command: str, path: Path | None = None) -> None:
     """Record that this machine's `command` (`phx forget`, a backup's retention) removed the last
-    snapshot a successful backup wrote to `target`, when `removed` holds it: doctor and status then
-    say so as a warning, not as a lost backup. Nothing else is recorded."""
+    snapshot a successful backup wrote to `target`, when `left` (each removed id: the newest
+    snapshot of its host the target still holds, or None) holds it: doctor and status then say so
+    as a warning, not as a lost backup, while the snapshot the forget left (`left` in the record)
+    is there. A later forget of that one names the next. Nothing else is recorded."""
     from datetime import UTC, datetime
 
     where = path or state_path()
     with _locked(where):
         doc = read_state(where)
         sid = last_snapshot_on(doc, target) if doc is not None else None
-        if doc is None or sid is None or sid not in removed:
+        if doc is None or sid is None:
+            return
+        record = (doc.get("forgotten") or {}).get(target)
+        if sid in left:
+            kept = left[sid]
+        elif isinstance(record, dict) and record.get("snapshotId") == sid and record.get("left") in left:
+            kept = left[record["left"]]  # what the earlier forget left is gone now too, deliberately
+        else:
             return
         now = time.time()
         forgotten = dict(doc.get("forgotten") or {})
@@ -258,6 +286,7 @@ def record_forgotten(target: str, removed: list[str], command: str, path: Path |
             "timestamp": int(now),
             "date": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
             "command": command,
+            "left": kept,
         }
         doc["forgotten"] = forgotten
         _write(where, doc)

@@ -537,6 +537,7 @@ def test_this_machines_forget_of_the_last_snapshot_is_a_warning_another_loss_is_
     the state file as it was before the forget) stays a failure and an alert."""
     sb = backed_up
     path = sb.home / ".argentos" / "backup" / ".last-backup"
+    sb.phx_here("backup")  # the forget leaves the older backup (one that leaves none: the next test)
     before = path.read_bytes()
     sid = json.loads(before)["lastSuccess"]["snapshotId"]
     sb.phx_here("forget", sid[:12])
@@ -649,3 +650,35 @@ def test_an_s3_target_that_drips_its_answer_is_said_not_to_answer_at_the_deadlin
     [line] = checks(doc, "target s3")
     assert line["status"] == "fail" and "no answer from" in line["message"] and "in 5 s" in line["message"], line
     assert "targets.s3.endpoint" in line["fix"], line
+
+
+def test_a_forget_here_excuses_no_later_loss_of_what_it_left(backed_up: Sandbox) -> None:
+    """This machine's `phx forget` of the last backup's snapshot is a warning; but the record of it
+    excused every later loss too: the snapshot the forget left as the newest (the older backup) was
+    then deleted on the storage, the repository held no backup of this machine, and doctor (exit 0)
+    and status (exit 0) still said only "this machine's `phx forget` removed it". The record names
+    what the forget left: that one gone is a loss, and a forget that left nothing is no backup."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    older = json.loads(path.read_bytes())["lastSuccess"]["snapshotId"]
+    sid = sb.phx_here("backup", "--json").json()["id"]
+    sb.phx_here("forget", sid[:12])
+    assert json.loads(path.read_text())["forgotten"]["local"]["left"] == older
+    assert [c["status"] for c in checks(sb.phx_here("doctor", "--json", code=0).json(), "last backup")] == ["warn"]
+
+    (sb.repo / "snapshots" / older).unlink()  # lost on the storage since
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and older[:8] in bad["message"], bad
+    assert "(forgotten, pruned or lost)" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert older[:8] in (status["alert"] or "") and "is no longer in it" in status["alert"], status
+
+    # A forget that leaves no snapshot of this machine: no backup to restore, whatever the record says.
+    state = json.loads(path.read_text())
+    state["forgotten"]["local"]["left"] = None
+    path.write_text(json.dumps(state))
+    [bad] = failed(sb.phx_here("doctor", "--json", code=1).json())
+    assert bad["name"] == "last backup" and "holds no other snapshot" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert "holds no other snapshot" in (status["alert"] or ""), status

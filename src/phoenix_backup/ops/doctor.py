@@ -57,6 +57,7 @@ from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
 from phoenix_backup.state import (
     failed_parts_text,
     forgotten_here,
+    forgotten_loss,
     forgotten_text,
     full_backup_problem,
     future_success_problem,
@@ -943,6 +944,7 @@ def _snapshot_lost(
             return None  # a write-only machine cannot open the record: renamed by that rotation, not lost
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
+    where = repo.backend.location
     with contextlib.suppress(ValueError):
         made = datetime.fromisoformat(repo.config.created)
         # Both to the second: `phx init && phx backup` may share one, and that repository held the backup.
@@ -952,11 +954,23 @@ def _snapshot_lost(
                 f"({made.astimezone().isoformat(timespec='minutes')}): it never held snapshot {snapshot_id[:8]}"
             )
     if forgot is not None:
-        return Forgotten(forgotten_text(forgot))
+        try:
+            gone = forgotten_loss(forgot, lambda left: _holds(repo, left), where)
+        except PhoenixError as exc:
+            return f"whether the snapshot the forget left is still in {where} cannot be read ({exc})"
+        return Forgotten(forgotten_text(forgot)) if gone is None else f"snapshot {snapshot_id[:8]} is gone: {gone}"
     return (
         f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
         "(forgotten, pruned or lost)"
     )
+
+
+def _holds(repo: Repository, snapshot_id: str) -> bool:
+    """Whether `repo` holds the snapshot, under its id or, after a key rotation, its successor's."""
+    if repo.backend.stat(f"snapshots/{snapshot_id}") is not None:
+        return True
+    successor = retired.load(repo).moved.get(f"snapshots/{snapshot_id}") if repo.can_read else None
+    return successor is not None and repo.backend.stat(successor) is not None
 
 
 def _partial_fix(state: dict[str, Any]) -> str:

@@ -173,7 +173,7 @@ def retention_after_backup(
                     )
                     out.forgotten[name] = len(report.removed)
                     if report.removed:
-                        record_forgotten(name, report.removed, "phx backup (retention)", state_path(envx.home))
+                        record_forgotten(name, report.left, "phx backup (retention)", state_path(envx.home))
                     out.removed[name] = [
                         {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
                         for snap, why in report.removals()

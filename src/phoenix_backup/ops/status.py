@@ -35,6 +35,7 @@ from phoenix_backup.state import (
     IntegrityCheck,
     failed_parts_text,
     forgotten_here,
+    forgotten_loss,
     forgotten_text,
     full_backup_problem,
     future_success_problem,
@@ -236,7 +237,9 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     if sid is None or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
         return
     forgot = forgotten_here(result.state, first.name) if result.state else None
-    if forgot is not None:
+    ids = first.snapshot_ids
+    gone = forgotten_loss(forgot, ids.__contains__, f"target {first.name}") if forgot is not None else None
+    if forgot is not None and gone is None:
         # This machine's own `phx forget` removed it: no loss, but the newest backup there is older.
         result.warnings.append(
             f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it: "
@@ -256,6 +259,9 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     result.lost = (
         f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it "
         "(forgotten, pruned or lost); run `phx backup` now, and `phx list` to see what the repository holds"
+        if gone is None
+        else f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it: "
+        f"{gone}; run `phx backup` now, and `phx list` to see what the repository holds"
     )
     if result.alert is None:
         result.alert = result.lost
