@@ -682,3 +682,28 @@ def test_a_forget_here_excuses_no_later_loss_of_what_it_left(backed_up: Sandbox)
     assert bad["name"] == "last backup" and "holds no other snapshot" in bad["message"], bad
     status = sb.phx_here("status", "--json", code=1).json()
     assert "holds no other snapshot" in (status["alert"] or ""), status
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_status_runs_the_passphrase_command_once_for_all_its_targets(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`phx status` reads its targets at the same time, and each opening ran
+    `encryption.passphraseCommand` again, all at once: two prompts on one terminal (a `pass`, a
+    pinentry), their answers mixed, and each saved and put back the terminal's settings over the
+    other's (echo left off). Status asks the command once, before the targets, as doctor does."""
+    from moto_support import bare_repo
+
+    sb = backed_up
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("sync")
+    secret, runs = tmp_path / "passphrase", tmp_path / "runs"
+    secret.write_text(sb.env["PHX_PASSPHRASE"])
+    secret.chmod(0o600)
+    command = tmp_path / "ask"
+    command.write_text(f"#!/bin/sh\necho run >> {runs}\ncat {secret}\n")
+    command.chmod(0o700)
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": str(command)})
+    del sb.env["PHX_PASSPHRASE"]
+    status = sb.phx_here("status", "--json").json()
+    assert [t.get("notice") for t in status["targets"].values()] == [None, None], status["targets"]
+    assert runs.read_text().splitlines() == ["run"], "the command ran once"

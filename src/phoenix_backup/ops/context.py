@@ -230,6 +230,15 @@ def given_passphrase(
     return None
 
 
+def with_given(envx: Environment, given: GivenPassphrase) -> Environment:
+    """`envx` with the passphrase `given` as PHX_PASSPHRASE, as given (`exact`: a repository whose
+    passphrase an earlier Phoenix set with the line break or byte-order mark of its source opens as
+    it does for other commands): a command that opens several targets, at the same time
+    (`phx doctor`, `phx status`), asks its source (a prompt, passphraseCommand) once, not once per
+    target, several at a time on one terminal."""
+    return replace(envx, env={**envx.env, "PHX_PASSPHRASE": given.exact if given.exact is not None else given.secret})
+
+
 def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
     """PHX_PASSPHRASE, PHX_PASSPHRASE_FILE, passphraseEnv, passphraseCommand, then a prompt
     (`given_passphrase`)."""

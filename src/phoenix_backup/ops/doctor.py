@@ -43,7 +43,14 @@ from phoenix_backup.errors import (
     ToolMissing,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import DIAGNOSIS_SECONDS, Environment, given_passphrase, load, open_repository
+from phoenix_backup.ops.context import (
+    DIAGNOSIS_SECONDS,
+    Environment,
+    given_passphrase,
+    load,
+    open_repository,
+    with_given,
+)
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
@@ -530,10 +537,7 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> Enviro
         try:
             given = given_passphrase(cfg, envx)
             if given is not None:
-                # As given (`exact`): a repository whose passphrase an earlier Phoenix set with the
-                # line break or byte-order mark of its source opens as it does for other commands.
-                as_given = given.exact if given.exact is not None else given.secret
-                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": as_given})
+                envx = with_given(envx, given)
             else:
                 result.add(
                     "credentials",

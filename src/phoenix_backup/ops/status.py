@@ -24,9 +24,11 @@ from phoenix_backup.ops.context import (
     DIAGNOSIS_SECONDS,
     Environment,
     enabled_targets,
+    given_passphrase,
     no_repository,
     open_repository,
     target_backend,
+    with_given,
 )
 from phoenix_backup.repo import retired
 from phoenix_backup.repo.repository import CAPTURES_PREFIX, CHECKS_PREFIX, RETIRED_PREFIX
@@ -213,6 +215,7 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
     # Status never asks, and a remote target that does not answer is said in seconds (not after a
     # backup's patience, 60 s a request, retried), all targets read at the same time.
     quiet = dataclasses.replace(envx, interactive=False, prompt=None, answer_seconds=DIAGNOSIS_SECONDS)
+    quiet = _asked_once(cfg, quiet)
     names = enabled_targets(cfg)
     for name in names:
         result.targets[name] = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
@@ -227,6 +230,19 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             result.warnings.append(f"target {name}: {target.error}")
     _check_last_snapshot(result, enabled_targets(cfg))
     return result
+
+
+def _asked_once(cfg: Config, envx: Environment) -> Environment:
+    """`envx` with the passphrase read once (`with_given`): the targets, opened at the same time,
+    never run passphraseCommand once each, all at once. Unchanged when none is given or its source
+    fails (each target's opening then says why)."""
+    if not (cfg.encryption.enabled and cfg.encryption.method == "passphrase"):
+        return envx
+    try:
+        given = given_passphrase(cfg, envx)
+    except PhoenixError:
+        return envx
+    return envx if given is None else with_given(envx, given)
 
 
 def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
