@@ -707,3 +707,33 @@ def test_status_runs_the_passphrase_command_once_for_all_its_targets(backed_up: 
     status = sb.phx_here("status", "--json").json()
     assert [t.get("notice") for t in status["targets"].values()] == [None, None], status["targets"]
     assert runs.read_text().splitlines() == ["run"], "the command ran once"
+
+
+@pytest.mark.skipif(shutil.which("git") is None or shutil.which("ssh") is None, reason="git or ssh is not installed")
+def test_a_git_ssh_remote_that_stalls_after_its_banner_is_said_in_seconds(backed_up: Sandbox) -> None:
+    """A Git target over ssh whose server sends its banner and then nothing (a stuck sshd, a
+    middlebox): ssh's connect timeout ends with the banner, and doctor waited the keepalives'
+    minute (15 s x 4) for the key exchange, Ctrl-C included (ssh runs in its own group), while
+    Git over HTTP was said in 5 s. A diagnosis gives ssh its deadline too, and names the target."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < 16:
+                held.append(server.accept()[0])
+                held[-1].sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=accept, daemon=True).start()
+    sb = backed_up
+    repo = f"ssh://git@127.0.0.1:{server.getsockname()[1]}/remote.git"
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": repo}})
+    try:
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    [line] = checks(doc, "target git")
+    assert line["status"] == "fail" and "no answer from the Git remote" in line["message"], line
+    assert "in 5 s" in line["message"] and "targets.git.repo" in line["fix"], line

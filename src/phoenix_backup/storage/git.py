@@ -357,7 +357,7 @@ class GitBackend(Backend):
         self.notice = notice or (lambda _m: None)
         self._env = {**_git_env(env), **credentials}
         _stall_limit(self._env, self.remote, answer_seconds)
-        _ssh_command(self._env, self.remote)
+        _ssh_command(self._env, self.remote, answer_seconds)
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
@@ -442,7 +442,12 @@ class GitBackend(Backend):
             "failed to connect",
             "operation too slow",  # the HTTP stall limit (GIT_HTTP_LOW_SPEED_TIME)
         )
-        if self.answer_seconds is not None and "operation too slow" in low:
+        # The HTTP stall limit, or ssh's ("connection to HOST port N timed out": its connect
+        # timeout for the banner, the keepalives' end in the key exchange; "timeout, server": later).
+        stalled = any(m in low for m in ("operation too slow", "timeout, server")) or re.search(
+            r"^connection to .* timed out", low, re.MULTILINE
+        )
+        if self.answer_seconds is not None and stalled:
             return TargetUnreachable(
                 f"no answer from the Git remote {where} in {self.answer_seconds:g} s; check the network and the URL "
                 "in targets.git.repo"
@@ -811,17 +816,24 @@ def _stall_limit(env: dict[str, str], remote: str, answer_seconds: float | None 
             env.setdefault(name, default)
 
 
-def _ssh_command(env: dict[str, str], remote: str) -> None:
+def _ssh_command(env: dict[str, str], remote: str, answer_seconds: float | None = None) -> None:
     """For an ssh remote, Phoenix's ssh command in `env` (GIT_SSH_COMMAND: no prompt, a 10 s
     connect timeout, and keepalives: SSH_ALIVE_SECONDS x SSH_ALIVE_COUNT of silence ends it)
     unless the user chose one: GIT_SSH_COMMAND or GIT_SSH in the environment, or core.sshCommand
     in git's configuration (which the environment would override). The keepalives are left out
     where the user's ssh configuration sets its own for this host (`ssh -G`: the command line's
-    options would override it)."""
+    options would override it). A diagnosis (`answer_seconds`) sets its own deadline, to connect,
+    for the banner and for the keepalives (which bound the key exchange too), whatever the ssh
+    configuration says, unless the user chose an ssh command."""
     if env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH"):
         return
     destination = _ssh_destination(remote)
     if destination is None:
+        return
+    if answer_seconds is not None:
+        wait = max(1, math.ceil(answer_seconds))
+        command = f"ssh -o BatchMode=yes -o ConnectTimeout={wait} -o ServerAliveInterval={wait}"
+        env["GIT_SSH_COMMAND"] = f"{command} -o ServerAliveCountMax=1"
         return
     # With this remote as a remote's URL, as in the clone: a core.sshCommand the user's config
     # includes for it alone (`includeIf "hasconfig:remote.*.url:..."`) is the user's choice too.
