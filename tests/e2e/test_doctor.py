@@ -737,3 +737,22 @@ def test_a_git_ssh_remote_that_stalls_after_its_banner_is_said_in_seconds(backed
     [line] = checks(doc, "target git")
     assert line["status"] == "fail" and "no answer from the Git remote" in line["message"], line
     assert "in 5 s" in line["message"] and "targets.git.repo" in line["fix"], line
+
+
+def test_a_slow_link_that_works_can_be_given_its_own_deadline(backed_up: Sandbox) -> None:
+    """A target that works but answers in 6 s (a satellite link, a far region): a backup (60 s a
+    read) succeeds, and doctor failed it "no answer ... in 5 s" every time, with no way to allow
+    more (status warned the same): monitoring on `phx doctor` had to be turned off. Both take
+    `--answer-timeout SECONDS`, and the fix says so."""
+    sb = backed_up
+    with _silent_port() as port:
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
+        hang = f"http://127.0.0.1:{port}"
+        s3 = {"enabled": True, "bucket": "slow-s3", "endpoint": hang}
+        sb.write_config(targets={"local": {"enabled": True}, "s3": s3})
+        doc = _bounded(lambda: sb.phx_here("doctor", "--answer-timeout", "1", "--json", code=1).json(), 40)
+        status = _bounded(lambda: sb.phx_here("status", "--answer-timeout", "1", "--json").json(), 40)
+    [line] = checks(doc, "target s3")
+    assert line["status"] == "fail" and "in 1 s" in line["message"], line
+    assert "--answer-timeout SECONDS" in line["fix"], line
+    assert any(w.startswith("target s3: ") and "in 1 s" in w for w in status["warnings"]), status["warnings"]

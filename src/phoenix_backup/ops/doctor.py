@@ -144,7 +144,9 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     _tools(cfg, envx, result)
     # A remote target that does not answer is said in seconds, not after a backup's patience
     # (60 s a request, retried), and the targets are checked at the same time.
-    envx = _credentials(cfg, dataclasses.replace(envx, answer_seconds=DIAGNOSIS_SECONDS), result)
+    # (`--answer-timeout`: a slow link's own deadline.)
+    answer = envx.answer_seconds or DIAGNOSIS_SECONDS
+    envx = _credentials(cfg, dataclasses.replace(envx, answer_seconds=answer), result)
     repo = _targets(cfg, envx, result)
     try:
         _locks(repo, result)

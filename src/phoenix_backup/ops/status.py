@@ -214,7 +214,8 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
     per_target = (state or {}).get("targetsLastSuccess") or {}
     # Status never asks, and a remote target that does not answer is said in seconds (not after a
     # backup's patience, 60 s a request, retried), all targets read at the same time.
-    quiet = dataclasses.replace(envx, interactive=False, prompt=None, answer_seconds=DIAGNOSIS_SECONDS)
+    answer = envx.answer_seconds or DIAGNOSIS_SECONDS  # `--answer-timeout`: a slow link's own
+    quiet = dataclasses.replace(envx, interactive=False, prompt=None, answer_seconds=answer)
     quiet = _asked_once(cfg, quiet)
     names = enabled_targets(cfg)
     for name in names:

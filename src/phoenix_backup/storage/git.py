@@ -61,7 +61,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.redaction import redact, redact_url
 from phoenix_backup.shell import kill_with_descendants
-from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection, is_slot_of
+from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, SLOW_LINK, Backend, ObjectInfo, Protection, is_slot_of
 from phoenix_backup.storage.local import LocalBackend
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
@@ -450,7 +450,7 @@ class GitBackend(Backend):
         if self.answer_seconds is not None and stalled:
             return TargetUnreachable(
                 f"no answer from the Git remote {where} in {self.answer_seconds:g} s; check the network and the URL "
-                "in targets.git.repo"
+                f"in targets.git.repo ({SLOW_LINK})"
             )
         if any(m in low for m in unreachable_markers):
             return TargetUnreachable(f"cannot reach the Git remote {where} ({_reason(text)}); check the network")

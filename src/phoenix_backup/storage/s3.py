@@ -66,6 +66,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.redaction import redact_url
 from phoenix_backup.storage.base import (
+    SLOW_LINK,
     Backend,
     ObjectInfo,
     Protection,
@@ -257,14 +258,14 @@ class S3Backend(Backend):
         if waited is not None and cut == "headers":
             return TargetUnreachable(
                 f"no answer from {where} in {waited:g} s ({what}: its response did not come whole); check "
-                f"{self.field}.endpoint, the network and that the service is up"
+                f"{self.field}.endpoint, the network and that the service is up ({SLOW_LINK})"
             )
         if cut:
             return TransientStorageError(_cut_message(cut, where, what))
         if waited is not None and isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
             return TargetUnreachable(
                 f"no answer from {where} in {waited:g} s ({what}); check {self.field}.endpoint, the network and that "
-                "the service is up"
+                f"the service is up ({SLOW_LINK})"
             )
         if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
             return TargetUnreachable(
