@@ -756,3 +756,26 @@ def test_a_slow_link_that_works_can_be_given_its_own_deadline(backed_up: Sandbox
     assert line["status"] == "fail" and "in 1 s" in line["message"], line
     assert "--answer-timeout SECONDS" in line["fix"], line
     assert any(w.startswith("target s3: ") and "in 1 s" in w for w in status["warnings"]), status["warnings"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_target_the_passphrase_does_not_open_fails(backed_up: Sandbox, make_sandbox: Any) -> None:
+    """A second target that holds another repository, under another passphrase (another machine's,
+    a copy-pasted URL): the passphrase opened the first target, and doctor said the second "not
+    probed: ... (see credentials)" as a warning next to credentials ✓, exit 0, while every backup
+    failed on it ("holds another repository"). The first target's opening proved the passphrase:
+    the second one's refusal is that target's failure, with the fix."""
+    from moto_support import bare_repo
+
+    other = make_sandbox()
+    other.env["PHX_PASSPHRASE"] = "another machine's passphrase"
+    remote = bare_repo(other.root / "remote.git")
+    other.reinit(targets={"local": {"enabled": False}, "git": {"enabled": True, "repo": str(remote)}})
+    other.phx_here("backup")  # pushes it
+    sb = backed_up
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    assert [c["status"] for c in checks(doc, "credentials")] == ["ok"], doc["checks"]
+    [line] = checks(doc, "target git")
+    assert line["status"] == "fail" and "does not open the repository on target git" in line["message"], line
+    assert "targets.git" in line["fix"], line

@@ -643,6 +643,7 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult) -> Repository
     said = any(c.name == "credentials" and c.status == "fail" for c in result.checks)
     parts = [DoctorResult() for _ in names]
     first: list[Repository | None] = [None]
+    refused = [False for _ in names]  # a target whose repository the passphrase did not open
 
     def check(i: int, name: str) -> None:
         if i == 0:  # a prompt (an age identity) may be asked here, once
@@ -650,7 +651,8 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult) -> Repository
             first[0], failure = _open_first(cfg, own, parts[0], said)
             _target(cfg, own, parts[0], name, first[0], failure)
         else:  # never asks: a passphrase typed was asked once, before
-            _target(cfg, dataclasses.replace(envx, interactive=False, prompt=None), parts[i], name, None)
+            quiet = dataclasses.replace(envx, interactive=False, prompt=None)
+            refused[i] = _target(cfg, quiet, parts[i], name, None, said_after=True)
 
     try:
         with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="doctor-target") as pool:
@@ -660,9 +662,25 @@ def _targets(cfg: Config, envx: Environment, result: DoctorResult) -> Repository
         if first[0] is not None:
             first[0].backend.close()
         raise
-    for part in parts:
-        result.checks += part.checks
+    for i, name in enumerate(names):
+        if refused[i] and first[0] is not None:
+            # The passphrase opened the first target: this one holds another repository (another
+            # machine's, or under another passphrase), and every backup fails on it.
+            parts[i].add(
+                f"target {name}",
+                "fail",
+                f"the passphrase that opens target {names[0]} does not open the repository on target {name}: it "
+                "holds another repository, or one with another passphrase",
+                f"point targets.{name} at this machine's repository (an empty place: the next backup or `phx sync` "
+                "copies it there), or add this passphrase to that repository (`phx key add`)",
+            )
+        elif refused[i]:
+            parts[i].add(f"target {name}", "warn", _NOT_PROBED)
+        result.checks += parts[i].checks
     return first[0]
+
+
+_NOT_PROBED = "not probed: the repository cannot be opened without its key (see credentials)"
 
 
 def _target(
@@ -672,9 +690,11 @@ def _target(
     name: str,
     repo: Repository | None,
     failure: PhoenixError | None = None,
-) -> None:
+    said_after: bool = False,
+) -> bool:
     """One target: its repository opens (`repo`, opened already; `failure`, why it did not), a
-    probe object is written, read back and deleted, and an append-only target's protection."""
+    probe object is written, read back and deleted, and an append-only target's protection.
+    True when a wrong passphrase refused it, said by the caller then when `said_after`."""
     check = f"target {name}"
     opened = repo is None
     if repo is None:
@@ -686,14 +706,18 @@ def _target(
             # Its fix names the disk that may not be mounted: only `phx init` creates it.
             message, _, fix = str(exc).partition("; ")
             result.add(check, "fail", message, f"{fix}, or fix the target's path")
-            return
-        except (MissingCredentials, WrongPassphrase):
-            result.add(check, "warn", "not probed: the repository cannot be opened without its key (see credentials)")
-            return
+            return False
+        except WrongPassphrase:
+            if not said_after:
+                result.add(check, "warn", _NOT_PROBED)
+            return True
+        except MissingCredentials:
+            result.add(check, "warn", _NOT_PROBED)
+            return False
         except PhoenixError as exc:
             message, _, fix = str(exc).partition("; ")
             result.add(check, "fail", message, fix or "check the target's settings")
-            return
+            return False
     try:
         probe(repo, check, result)
         if repo.backend.append_only:
@@ -704,6 +728,7 @@ def _target(
     finally:
         if opened:
             repo.backend.close()
+    return False
 
 
 def _protection(repo: Repository, check: str, result: DoctorResult) -> None:
