@@ -9,7 +9,9 @@ reached only some targets) and lastFull ({timestamp, date, success, partial, fai
 the last full-scope run, kept through narrower ones) and integrityChecks ({logical path: {time,
 checkedAt, result, snapshotId, by}}: the last full `PRAGMA integrity_check` of each SQLite database,
 by a backup or a drill; `time` is when the checked state was captured, which the cadence counts
-from, see docs/integrity-cadence.md).
+from, see docs/integrity-cadence.md) and forgotten ({target: {snapshotId, timestamp, date, command}}:
+this machine's `phx forget`, or a backup's retention, removed the snapshot `targetsLastSuccess`
+names for that target; doctor and status then warn instead of calling it lost).
 
 A partial backup (a snapshot was made, but some of its parts could not be saved: a PostgreSQL or
 Redis database, a file; or a database was saved damaged, its integrity check failed) has
@@ -25,7 +27,8 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +142,20 @@ _FIELDS: dict[str, _Check] = {
     },
     "targetsLastSuccess": _dict_of_dicts,
     "integrityChecks": lambda v: isinstance(v, dict),
+    "forgotten": lambda v: isinstance(v, dict) and all(_forgetting(r) for r in v.values()),
 }
+
+
+def _forgetting(v: object) -> bool:
+    """A `forgotten` record: the snapshot id, when and by which command."""
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("snapshotId"), str)
+        and _timestamp(v.get("timestamp"))
+        and isinstance(v.get("command"), str)
+        and _opt_str(v.get("date"))
+        and _opt_str(v.get("left"))
+    )
 
 
 def _checked(data: dict[str, Any], fields: dict[str, _Check], at: str, bad: list[str]) -> dict[str, Any]:
@@ -203,6 +219,79 @@ def last_snapshot_on(state: dict[str, Any], target: str) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
+def _forgot(record: object, forgotten: object) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(forgotten, dict)
+        and record.get("snapshotId") == forgotten.get("snapshotId")
+    )
+
+
+def forgotten_here(state: dict[str, Any], target: str) -> dict[str, Any] | None:
+    """The record of this machine's forget that removed the last snapshot a successful backup wrote
+    to `target` (`record_forgotten`), or None: that snapshot gone from the target is then no loss."""
+    record = (state.get("forgotten") or {}).get(target)
+    sid = last_snapshot_on(state, target)
+    return record if isinstance(record, dict) and sid is not None and record.get("snapshotId") == sid else None
+
+
+def forgotten_text(record: dict[str, Any]) -> str:
+    """When and by which command this machine removed it, for doctor and status."""
+    return f"this machine's `{record.get('command')}` removed it on {record.get('date')}"
+
+
+def forgotten_loss(record: dict[str, Any], holds: Callable[[str], bool], where: str) -> str | None:
+    """Why the forget `record` (`forgotten_here`) excuses nothing: it left no snapshot of this
+    machine in the target (no backup to restore), or the one it left is gone since (`holds`: the
+    target holds that snapshot id; it may raise). None: the newest backup there is the one it
+    left. A record written before it named what it left (no `left`) excuses as it did."""
+    if "left" not in record:
+        return None
+    left = record.get("left")
+    if not isinstance(left, str):
+        return f"{forgotten_text(record)}, and {where} holds no other snapshot of this machine: no backup to restore"
+    if holds(left):
+        return None
+    return (
+        f"snapshot {left[:8]}, the newest one {forgotten_text(record).replace(' removed it ', ' left ')}, is no "
+        f"longer in {where} (forgotten, pruned or lost)"
+    )
+
+
+def record_forgotten(target: str, left: Mapping[str, str | None], command: str, path: Path | None = None) -> None:
+    """Record that this machine's `command` (`phx forget`, a backup's retention) removed the last
+    snapshot a successful backup wrote to `target`, when `left` (each removed id: the newest
+    snapshot of its host the target still holds, or None) holds it: doctor and status then say so
+    as a warning, not as a lost backup, while the snapshot the forget left (`left` in the record)
+    is there. A later forget of that one names the next. Nothing else is recorded."""
+    from datetime import UTC, datetime
+
+    where = path or state_path()
+    with _locked(where):
+        doc = read_state(where)
+        sid = last_snapshot_on(doc, target) if doc is not None else None
+        if doc is None or sid is None:
+            return
+        record = (doc.get("forgotten") or {}).get(target)
+        if sid in left:
+            kept = left[sid]
+        elif isinstance(record, dict) and record.get("snapshotId") == sid and record.get("left") in left:
+            kept = left[record["left"]]  # what the earlier forget left is gone now too, deliberately
+        else:
+            return
+        now = time.time()
+        forgotten = dict(doc.get("forgotten") or {})
+        forgotten[target] = {
+            "snapshotId": sid,
+            "timestamp": int(now),
+            "date": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            "command": command,
+            "left": kept,
+        }
+        doc["forgotten"] = forgotten
+        _write(where, doc)
+
+
 def full_backup_problem(state: dict[str, Any]) -> str | None:
     """What the last full backup missed, when a narrower one ran since (its own outcome is the
     state's): a successful `--identity-only` run never makes a partial full backup look done."""
@@ -264,6 +353,10 @@ def write_state(
             if outcome.ok and snapshot_id:
                 per_target[name] = {"timestamp": doc["timestamp"], "date": doc["date"], "snapshotId": snapshot_id}
         doc["targetsLastSuccess"] = per_target
+        # A forget's record holds while the target's last snapshot is still the one it removed.
+        kept = {n: r for n, r in (previous.get("forgotten") or {}).items() if _forgot(per_target.get(n), r)}
+        if kept:
+            doc["forgotten"] = kept
         if not success or any(not t.ok for t in targets.values()):
             doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
         elif "lastFailure" in previous:

@@ -10,18 +10,22 @@ failed drill.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import Sandbox
 
+from hostile import cpu_seconds
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.locks import LOCK_AAD
@@ -497,3 +501,357 @@ def test_doctor_never_advises_dropping_a_killed_restores_database_that_may_be_wh
     [one] = checks(sb.phx_here("doctor", "--json").json(), "postgres leftovers")
     assert 'DROP DATABASE "copy";' in one["fix"], one
     assert "if that restore's pg_restore had committed, copy is restored: keep it while you use it" in one["fix"], one
+
+
+@contextlib.contextmanager
+def _silent_port() -> Iterator[int]:
+    """A loopback port that accepts every connection and never answers (a blackhole: a network
+    that is down past a proxy, a firewall that holds the connection)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < 64:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _dripping_port() -> Iterator[int]:
+    """A loopback HTTP service that answers every request with a status line and then a header a
+    byte a second, never ending it: each byte inside any read timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(1):
+                conn.sendall(b"a")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        server.close()
+
+
+def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
+    """`fn()` in a daemon thread; the test fails if it has not ended after `seconds`."""
+    out: list[Any] = [None, None]
+
+    def run() -> None:
+        try:
+            out[0] = fn()
+        except BaseException as exc:  # handed back to the test
+            out[1] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s")
+    if out[1] is not None:
+        raise out[1]
+    return out[0]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_targets_that_never_answer_are_said_in_seconds_each_by_name(backed_up: Sandbox) -> None:
+    """Three remote targets (Git over HTTP, S3, R2) whose endpoint accepts the connection and never
+    answers: doctor waited a backup's 60 s per target, one after the other (3 minutes here, more
+    with the first target's second opening), and the user thought it hung. It checks them at the
+    same time, each with a diagnosis's deadline (DIAGNOSIS_SECONDS, 5 s), names each one "no answer
+    in 5 s" with the fix, and fails; `phx status` reads them the same way."""
+    sb = backed_up
+    with _silent_port() as port:
+        hang = f"http://127.0.0.1:{port}"
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
+        sb.write_config(
+            targets={
+                "local": {"enabled": True},
+                "git": {"enabled": True, "repo": f"{hang}/remote.git"},
+                "s3": {"enabled": True, "bucket": "hang-s3", "endpoint": hang},
+                "r2": {"enabled": True, "bucket": "hang-r2", "endpoint": hang},
+            }
+        )
+        cpu = cpu_seconds()
+        # The bound of the test (it took minutes): the deadline is 5 s a target, all at once.
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+        status = _bounded(lambda: sb.phx_here("status", "--json", code=0).json(), 40)
+        spent = cpu_seconds() - cpu
+    assert checks(doc, "target local")[0]["status"] == "ok", doc["checks"]
+    for name, fix in (("git", "targets.git.repo"), ("s3", "targets.s3.endpoint"), ("r2", "targets.r2.endpoint")):
+        [line] = checks(doc, f"target {name}")
+        assert line["status"] == "fail" and "no answer from" in line["message"], line
+        assert "in 5 s" in line["message"] and fix in line["fix"], line
+        said = [w for w in status["warnings"] if w.startswith(f"target {name}: ")]
+        assert len(said) == 1 and "no answer from" in said[0] and "in 5 s" in said[0], status["warnings"]
+    assert spent < 8, f"{spent:.1f} CPU-s"
+
+
+def test_this_machines_forget_of_the_last_snapshot_is_a_warning_another_loss_is_not(backed_up: Sandbox) -> None:
+    """`phx forget ID` of the last backup's snapshot, run here on purpose: doctor failed ("the last
+    backup's snapshot is gone") and `phx status` alerted (exit 1) until the next backup, a false
+    alarm users learn to ignore. The forget is recorded in the state file: both say it as a warning
+    naming the command and when. The same snapshot gone otherwise (another machine's forget, here
+    the state file as it was before the forget) stays a failure and an alert."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    sb.phx_here("backup")  # the forget leaves the older backup (one that leaves none: the next test)
+    before = path.read_bytes()
+    sid = json.loads(before)["lastSuccess"]["snapshotId"]
+    sb.phx_here("forget", sid[:12])
+    state = json.loads(path.read_text())
+    assert state["forgotten"]["local"]["snapshotId"] == sid and state["forgotten"]["local"]["command"] == "phx forget"
+    doc = sb.phx_here("doctor", "--json", code=0).json()
+    [line] = checks(doc, "last backup")
+    assert line["status"] == "warn" and sid[:8] in line["message"], line
+    assert "this machine's `phx forget` removed it on" in line["message"] and "`phx backup`" in line["fix"], line
+    status = sb.phx_here("status", "--json", code=0).json()
+    assert status["ok"] is True and status["alert"] is None, status
+    assert any("this machine's `phx forget` removed it" in w for w in status["warnings"]), status["warnings"]
+
+    path.write_bytes(before)  # as on a machine that did not run the forget
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and "(forgotten, pruned or lost)" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert status["ok"] is False and "is no longer in it" in status["alert"], status
+
+    # A record of the forget naming another snapshot (an older one) excuses nothing; a record of
+    # the wrong shape is ignored and said, like every field of the state file.
+    state = json.loads(before)
+    state["forgotten"] = {"local": {"snapshotId": "0" * 64, "timestamp": 1, "date": "x", "command": "phx forget"}}
+    path.write_text(json.dumps(state))
+    assert sb.phx_here("status", "--json", code=1).json()["alert"], "an old forget excuses no other snapshot"
+    state["forgotten"] = {"local": {"snapshotId": sid, "timestamp": "yesterday", "command": "phx forget"}}
+    path.write_text(json.dumps(state))
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    warned = [c["message"] for c in checks(doc, "last backup") if c["status"] == "warn"]
+    assert any("wrong type" in m and "forgotten" in m for m in warned), doc["checks"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_rotation_before_the_last_backup_hides_no_lost_snapshot_on_a_git_first_target(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A Git first target once key-rotated, then backed up; the last backup's snapshot is deleted
+    on the storage (a commit on the remote). `phx status` on a clone made since (a new clone of the
+    remote) took every rotation record for one written after the backup (a file's time in a clone
+    is when it was checked out) and turned the loss into a warning, exit 0. The Git listing dates
+    each rotation record by the commit that added it: the rotation ran before the backup, so the
+    loss is an alert, exit 1."""
+    from moto_support import bare_repo, git
+
+    from phoenix_backup.storage.git import clone_dir
+
+    sb: Sandbox = make_sandbox()
+    remote = bare_repo(sb.root / "remote.git")
+    sb.reinit(targets={"local": {"enabled": False}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("backup", "--json")
+    sb.phx_here("key", "rotate")
+    sid = sb.phx_here("backup", "--json").json()["id"]
+    scratch = tmp_path / "elsewhere"
+    git("clone", "-q", "--branch", "main", str(remote), str(scratch))
+    assert any(p.name for p in (scratch / "retired").iterdir()), "the rotation's record is on the remote"
+    git("rm", "-q", f"snapshots/{sid}", cwd=scratch)
+    git("commit", "-q", "-m", "lost", cwd=scratch)
+    git("push", "-q", "origin", "HEAD:main", cwd=scratch)
+    shutil.rmtree(clone_dir(sb.env, str(remote), "main"))  # the next command clones the remote anew
+    status = sb.phx_here("status", "--json", code=1).json()
+    said = f"snapshot {sid[:8]}, the last a successful backup wrote to target git, is no longer in it"
+    assert status["ok"] is False and said in (status["alert"] or ""), status
+    assert not any("a key rotation ran since" in w for w in status["warnings"]), status["warnings"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_targets_checked_at_once_derive_the_key_once(backed_up: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor opens its targets at the same time: each opening of the same repository (the same
+    key slots) must not derive the passphrase's key again at the same moment (the CPU and scrypt's
+    memory once per target), as the one-after-the-other openings never did."""
+    from moto_support import bare_repo
+
+    from phoenix_backup.repo import keys
+
+    sb = backed_up
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("sync")
+    derived: list[bytes] = []
+    real = keys._derive_kek
+
+    def slow(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+        derived.append(salt)
+        time.sleep(0.5)  # the other target's opening reaches the same slot meanwhile
+        return real(passphrase, salt, n, r, p)
+
+    monkeypatch.setattr(keys, "_derive_kek", slow)
+    keys._slot_keys.clear()  # the commands run in this process before derived it already
+    doc = sb.phx_here("doctor", "--json").json()
+    assert [c["status"] for c in doc["checks"] if c["name"].startswith("target ")] == ["ok", "ok"], doc["checks"]
+    assert len(derived) == 1, derived
+
+
+def test_an_s3_target_that_drips_its_answer_is_said_not_to_answer_at_the_deadline(backed_up: Sandbox) -> None:
+    """An S3 endpoint that sends a status line and then a header a byte a second (each inside the
+    5 s read timeout): doctor waited a backup's 120 s for the headers of each request (three
+    requests, 6 minutes). Its deadline bounds a response's headers as a whole too: "no answer
+    in 5 s", the target failed."""
+    sb = backed_up
+    with _dripping_port() as port:
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIADRIP", AWS_SECRET_ACCESS_KEY="drip-secret")
+        sb.write_config(
+            targets={
+                "local": {"enabled": True},
+                "s3": {"enabled": True, "bucket": "drip", "endpoint": f"http://127.0.0.1:{port}"},
+            }
+        )
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+    [line] = checks(doc, "target s3")
+    assert line["status"] == "fail" and "no answer from" in line["message"] and "in 5 s" in line["message"], line
+    assert "targets.s3.endpoint" in line["fix"], line
+
+
+def test_a_forget_here_excuses_no_later_loss_of_what_it_left(backed_up: Sandbox) -> None:
+    """This machine's `phx forget` of the last backup's snapshot is a warning; but the record of it
+    excused every later loss too: the snapshot the forget left as the newest (the older backup) was
+    then deleted on the storage, the repository held no backup of this machine, and doctor (exit 0)
+    and status (exit 0) still said only "this machine's `phx forget` removed it". The record names
+    what the forget left: that one gone is a loss, and a forget that left nothing is no backup."""
+    sb = backed_up
+    path = sb.home / ".argentos" / "backup" / ".last-backup"
+    older = json.loads(path.read_bytes())["lastSuccess"]["snapshotId"]
+    sid = sb.phx_here("backup", "--json").json()["id"]
+    sb.phx_here("forget", sid[:12])
+    assert json.loads(path.read_text())["forgotten"]["local"]["left"] == older
+    assert [c["status"] for c in checks(sb.phx_here("doctor", "--json", code=0).json(), "last backup")] == ["warn"]
+
+    (sb.repo / "snapshots" / older).unlink()  # lost on the storage since
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    [bad] = failed(doc)
+    assert bad["name"] == "last backup" and older[:8] in bad["message"], bad
+    assert "(forgotten, pruned or lost)" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert older[:8] in (status["alert"] or "") and "is no longer in it" in status["alert"], status
+
+    # A forget that leaves no snapshot of this machine: no backup to restore, whatever the record says.
+    state = json.loads(path.read_text())
+    state["forgotten"]["local"]["left"] = None
+    path.write_text(json.dumps(state))
+    [bad] = failed(sb.phx_here("doctor", "--json", code=1).json())
+    assert bad["name"] == "last backup" and "holds no other snapshot" in bad["message"], bad
+    status = sb.phx_here("status", "--json", code=1).json()
+    assert "holds no other snapshot" in (status["alert"] or ""), status
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_status_runs_the_passphrase_command_once_for_all_its_targets(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`phx status` reads its targets at the same time, and each opening ran
+    `encryption.passphraseCommand` again, all at once: two prompts on one terminal (a `pass`, a
+    pinentry), their answers mixed, and each saved and put back the terminal's settings over the
+    other's (echo left off). Status asks the command once, before the targets, as doctor does."""
+    from moto_support import bare_repo
+
+    sb = backed_up
+    remote = bare_repo(sb.root / "remote.git")
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    sb.phx_here("sync")
+    secret, runs = tmp_path / "passphrase", tmp_path / "runs"
+    secret.write_text(sb.env["PHX_PASSPHRASE"])
+    secret.chmod(0o600)
+    command = tmp_path / "ask"
+    command.write_text(f"#!/bin/sh\necho run >> {runs}\ncat {secret}\n")
+    command.chmod(0o700)
+    sb.write_config(encryption={"enabled": True, "method": "passphrase", "passphraseCommand": str(command)})
+    del sb.env["PHX_PASSPHRASE"]
+    status = sb.phx_here("status", "--json").json()
+    assert [t.get("notice") for t in status["targets"].values()] == [None, None], status["targets"]
+    assert runs.read_text().splitlines() == ["run"], "the command ran once"
+
+
+@pytest.mark.skipif(shutil.which("git") is None or shutil.which("ssh") is None, reason="git or ssh is not installed")
+def test_a_git_ssh_remote_that_stalls_after_its_banner_is_said_in_seconds(backed_up: Sandbox) -> None:
+    """A Git target over ssh whose server sends its banner and then nothing (a stuck sshd, a
+    middlebox): ssh's connect timeout ends with the banner, and doctor waited the keepalives'
+    minute (15 s x 4) for the key exchange, Ctrl-C included (ssh runs in its own group), while
+    Git over HTTP was said in 5 s. A diagnosis gives ssh its deadline too, and names the target."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < 16:
+                held.append(server.accept()[0])
+                held[-1].sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=accept, daemon=True).start()
+    sb = backed_up
+    repo = f"ssh://git@127.0.0.1:{server.getsockname()[1]}/remote.git"
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": repo}})
+    try:
+        doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    [line] = checks(doc, "target git")
+    assert line["status"] == "fail" and "no answer from the Git remote" in line["message"], line
+    assert "in 5 s" in line["message"] and "targets.git.repo" in line["fix"], line
+
+
+def test_a_slow_link_that_works_can_be_given_its_own_deadline(backed_up: Sandbox) -> None:
+    """A target that works but answers in 6 s (a satellite link, a far region): a backup (60 s a
+    read) succeeds, and doctor failed it "no answer ... in 5 s" every time, with no way to allow
+    more (status warned the same): monitoring on `phx doctor` had to be turned off. Both take
+    `--answer-timeout SECONDS`, and the fix says so."""
+    sb = backed_up
+    with _silent_port() as port:
+        sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
+        hang = f"http://127.0.0.1:{port}"
+        s3 = {"enabled": True, "bucket": "slow-s3", "endpoint": hang}
+        sb.write_config(targets={"local": {"enabled": True}, "s3": s3})
+        doc = _bounded(lambda: sb.phx_here("doctor", "--answer-timeout", "1", "--json", code=1).json(), 40)
+        status = _bounded(lambda: sb.phx_here("status", "--answer-timeout", "1", "--json").json(), 40)
+    [line] = checks(doc, "target s3")
+    assert line["status"] == "fail" and "in 1 s" in line["message"], line
+    assert "--answer-timeout SECONDS" in line["fix"], line
+    assert any(w.startswith("target s3: ") and "in 1 s" in w for w in status["warnings"]), status["warnings"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_target_the_passphrase_does_not_open_fails(backed_up: Sandbox, make_sandbox: Any) -> None:
+    """A second target that holds another repository, under another passphrase (another machine's,
+    a copy-pasted URL): the passphrase opened the first target, and doctor said the second "not
+    probed: ... (see credentials)" as a warning next to credentials ✓, exit 0, while every backup
+    failed on it ("holds another repository"). The first target's opening proved the passphrase:
+    the second one's refusal is that target's failure, with the fix."""
+    from moto_support import bare_repo
+
+    other = make_sandbox()
+    other.env["PHX_PASSPHRASE"] = "another machine's passphrase"
+    remote = bare_repo(other.root / "remote.git")
+    other.reinit(targets={"local": {"enabled": False}, "git": {"enabled": True, "repo": str(remote)}})
+    other.phx_here("backup")  # pushes it
+    sb = backed_up
+    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": str(remote)}})
+    doc = sb.phx_here("doctor", "--json", code=1).json()
+    assert [c["status"] for c in checks(doc, "credentials")] == ["ok"], doc["checks"]
+    [line] = checks(doc, "target git")
+    assert line["status"] == "fail" and "does not open the repository on target git" in line["message"], line
+    assert "targets.git" in line["fix"], line

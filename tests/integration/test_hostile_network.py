@@ -444,6 +444,27 @@ def test_s3_response_headers_that_drip_are_cut_at_the_response_limit(
     assert len(served) == 1, served
 
 
+@pytest.mark.parametrize("operation", ["read", "stat"])
+def test_s3_headers_cut_after_the_status_line_are_an_error_not_a_response(
+    operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response limit cuts a service dripping its headers after the whole status line is in
+    (here at 2.5 s, the line in after 1.7 s): http.client took the end of the stream for the end of
+    the headers, and the cut request came back as a response: `stat` found an object that the
+    service never said it holds, `read` gave an empty object (doctor then called the repository
+    config malformed and sent the user to restore it). The cut is the transient error it is."""
+    monkeypatch.setattr(s3_storage, "RESPONSE_SECONDS", 2.5)
+    served: list[str] = []
+    handler = type("Handler", (_HeaderDrip,), {"served": served})
+    name = "snapshots/" + "a" * 64
+    with _s3_behind(handler) as backend:
+        inner = backend.unwrap()
+        call = {"read": lambda: inner.read(name), "stat": lambda: inner.stat(name)}[operation]
+        result, error, _ = bounded(call, 8.0)
+    assert isinstance(error, TransientStorageError), (result, error)
+    assert "sent no complete response headers in 2.5 s" in str(error), error
+
+
 def _mapped(inner: S3Backend, call: Callable[[], object]) -> Callable[[], object]:
     """`call`, its botocore error mapped as the backend maps every one (`S3Backend._do`)."""
     return lambda: inner._do("writing the test object", call)

@@ -815,6 +815,22 @@ def target_option(f: F) -> F:
     )(f)
 
 
+def answer_option(f: F) -> F:
+    """`--answer-timeout SECONDS` for the diagnoses (doctor, status): a remote target's deadline."""
+    from phoenix_backup.ops.context import DIAGNOSIS_SECONDS
+
+    return click.option(
+        "--answer-timeout",
+        "answer_timeout",
+        type=click.FloatRange(min=1, max=600),
+        default=DIAGNOSIS_SECONDS,
+        show_default=True,
+        metavar="SECONDS",
+        help="A remote target that takes longer to connect or to start an answer is said not to answer "
+        "(raise it for a slow link; a backup waits longer).",
+    )(f)
+
+
 def thaw_option(f: F) -> F:
     """`--thaw-timeout SECONDS` for commands that read pack data (restore, verify --read-data, ...)."""
     return click.option(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from phoenix_backup.cli.app import Out, cli, common
+from phoenix_backup.cli.app import Out, answer_option, cli, common
 from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import doctor as doctor_op
 from phoenix_backup.ops.context import Environment
@@ -12,7 +12,8 @@ SYMBOLS = {"ok": "✓", "fail": "✗", "warn": "!"}
 
 @cli.command()
 @common
-def doctor(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+@answer_option
+def doctor(out: Out, envx: Environment, config_path: str | None, answer_timeout: float) -> ExitStatus:
     """Check that backups and restores can work here: config, paths, disk space, tools,
     credentials, targets (write, read back, delete a probe), locks, last backup and last drill.
 
@@ -20,6 +21,7 @@ def doctor(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
 
     Example: phx doctor
     """
+    envx.answer_seconds = answer_timeout
     result = doctor_op.doctor(envx, config_path)
     out.result(result.to_json(), render(result), data=True)
     return result.exit_status

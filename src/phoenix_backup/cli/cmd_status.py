@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from phoenix_backup.cli.app import Out, cli, common, load_config
+from phoenix_backup.cli.app import Out, answer_option, cli, common, load_config
 from phoenix_backup.errors import ExitStatus, shown, shown_each
 from phoenix_backup.ops import status as status_op
 from phoenix_backup.ops.context import Environment
@@ -13,7 +13,8 @@ from phoenix_backup.units import human_size
 
 @cli.command()
 @common
-def status(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
+@answer_option
+def status(out: Out, envx: Environment, config_path: str | None, answer_timeout: float) -> ExitStatus:
     """Show the last backup, its age, the next one due and each target's health.
 
     Exits 1 when the last backup failed or was partial (something it should hold was not saved,
@@ -23,6 +24,7 @@ def status(out: Out, envx: Environment, config_path: str | None) -> ExitStatus:
     Example: phx status --json
     """
     cfg = load_config(out, envx, config_path)
+    envx.answer_seconds = answer_timeout
     result = status_op.status(cfg, envx)
     out.result(result.to_json(), render(result), data=True)
     return result.exit_status

@@ -113,6 +113,10 @@ class Environment:
     # Seconds a read may wait for packs in a cold S3 storage class to thaw (`--thaw-timeout`);
     # 0 requests the thaw and fails at once, saying to run again later.
     thaw_timeout: float = 0.0
+    # A diagnosis's deadline (`phx doctor`, `phx status`): seconds a remote target may take to connect
+    # and to send each answer's first byte before it is said not to answer (no retry). None: a
+    # backup's own timeouts and retries.
+    answer_seconds: float | None = None
     # The key-derivation work `unlock_ahead` spent: the command's next opening goes on from it.
     kdf_ahead: keyslots.KdfBudget | None = None
     # The passphrase as given (`GivenPassphrase.exact`) when that form opened the repository
@@ -123,6 +127,11 @@ class Environment:
     def home(self) -> Path:
         return Path(self.env.get("HOME") or Path.home())
 
+
+# A diagnosis's deadline (`phx doctor`, `phx status`; `Environment.answer_seconds`): a remote target
+# that takes longer to connect, or to send an answer's first byte, is said not to answer. A backup
+# keeps its own patience (60 s a request, retried). Long enough for a slow link's round trips.
+DIAGNOSIS_SECONDS = 5.0
 
 _PASSPHRASE_FILE_FIX = "point PHX_PASSPHRASE_FILE at the file that holds the passphrase alone"
 # Seconds `encryption.passphraseCommand` may run before it is stopped (an internal knob: tests set it).
@@ -221,6 +230,15 @@ def given_passphrase(
     if envx.interactive and envx.prompt is not None:
         return GivenPassphrase(envx.prompt(f"Passphrase for the {purpose}: "), source="the passphrase typed")
     return None
+
+
+def with_given(envx: Environment, given: GivenPassphrase) -> Environment:
+    """`envx` with the passphrase `given` as PHX_PASSPHRASE, as given (`exact`: a repository whose
+    passphrase an earlier Phoenix set with the line break or byte-order mark of its source opens as
+    it does for other commands): a command that opens several targets, at the same time
+    (`phx doctor`, `phx status`), asks its source (a prompt, passphraseCommand) once, not once per
+    target, several at a time on one terminal."""
+    return replace(envx, env={**envx.env, "PHX_PASSPHRASE": given.exact if given.exact is not None else given.secret})
 
 
 def passphrase(cfg: Config | None, envx: Environment, *, purpose: str = "repository") -> str | None:
@@ -519,7 +537,9 @@ def target_backend(cfg: Config, envx: Environment, name: str) -> Backend:
     retries and a concurrency limit. Building it never touches the network."""
     from phoenix_backup.storage.targets import backend_for
 
-    return backend_for(cfg, name, envx.env, notice=envx.notice, thaw_timeout=envx.thaw_timeout)
+    return backend_for(
+        cfg, name, envx.env, notice=envx.notice, thaw_timeout=envx.thaw_timeout, answer_seconds=envx.answer_seconds
+    )
 
 
 def enabled_backends(cfg: Config, envx: Environment) -> list[tuple[str, Backend]]:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +43,14 @@ from phoenix_backup.errors import (
     ToolMissing,
     WrongPassphrase,
 )
-from phoenix_backup.ops.context import Environment, given_passphrase, load, open_repository
+from phoenix_backup.ops.context import (
+    DIAGNOSIS_SECONDS,
+    Environment,
+    given_passphrase,
+    load,
+    open_repository,
+    with_given,
+)
 from phoenix_backup.ops.drill import drills_dir, latest_reports
 from phoenix_backup.ops.safety import SAFETY_SCOPE
 from phoenix_backup.ops.selection import key_files_in_workspace, repository_in_workspace, workspace_in_own_folder
@@ -56,6 +64,9 @@ from phoenix_backup.sources.scope import configured_databases, default_databases
 from phoenix_backup.sources.sqlite import FREE_SPACE_MARGIN, planted_companion
 from phoenix_backup.state import (
     failed_parts_text,
+    forgotten_here,
+    forgotten_loss,
+    forgotten_text,
     full_backup_problem,
     future_success_problem,
     last_snapshot_on,
@@ -132,9 +143,13 @@ def doctor(envx: Environment, config_path: str | None = None) -> DoctorResult:
     _disk(cfg, envx, result)
     _file_size_limit(result)
     _tools(cfg, envx, result)
-    repo, envx = _credentials(cfg, envx, result)
+    # A remote target that does not answer is said in seconds, not after a backup's patience
+    # (60 s a request, retried), and the targets are checked at the same time.
+    # (`--answer-timeout`: a slow link's own deadline.)
+    answer = envx.answer_seconds or DIAGNOSIS_SECONDS
+    envx = _credentials(cfg, dataclasses.replace(envx, answer_seconds=answer), result)
+    repo = _targets(cfg, envx, result)
     try:
-        _targets(cfg, envx, result, repo)
         _locks(repo, result)
         _last_backup(cfg, envx, result, repo)
     finally:
@@ -517,19 +532,16 @@ def _tools(cfg: Config, envx: Environment, result: DoctorResult) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[Repository | None, Environment]:
-    """Credential sources present, then the proof: the first target's repository opens. Returns
-    the repository and the environment to open other targets with (a passphrase typed at the
+def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> Environment:
+    """Credential sources present (the proof, the first target's repository opening, is
+    `_open_first`). Returns the environment to open the targets with (a passphrase typed at the
     prompt is asked once)."""
     enc = cfg.encryption
     if enc.enabled and enc.method == "passphrase":
         try:
             given = given_passphrase(cfg, envx)
             if given is not None:
-                # As given (`exact`): a repository whose passphrase an earlier Phoenix set with the
-                # line break or byte-order mark of its source opens as it does for other commands.
-                as_given = given.exact if given.exact is not None else given.secret
-                envx = dataclasses.replace(envx, env={**envx.env, "PHX_PASSPHRASE": as_given})
+                envx = with_given(envx, given)
             else:
                 result.add(
                     "credentials",
@@ -558,25 +570,30 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
     ):
         if name in cfg.targets.enabled_names():
             _cloud_credentials(name, key_id, secret, envx, result)
-    if not cfg.targets.enabled_names():
-        result.add("targets", "fail", "no target is enabled", f"enable targets.local (or another) in {_where(cfg)}")
-        return None, envx
+    return envx
+
+
+def _open_first(
+    cfg: Config, envx: Environment, result: DoctorResult, said: bool
+) -> tuple[Repository | None, PhoenixError | None]:
+    """The proof of the credentials: the first target's repository opens. Returns it, or the
+    error its target check reports (`said`: a credentials failure was reported already)."""
     first = cfg.targets.enabled_names()[0]
     try:
         repo = open_repository(cfg, envx, target=first)
-    except RepositoryNotFound:
-        return None, envx  # the target check says so, with the fix
+    except RepositoryNotFound as exc:
+        return None, exc  # the target check says so, with the fix
     except (MissingCredentials, WrongPassphrase) as exc:
         message, _, fix = str(exc).partition("; ")
-        if not any(c.name == "credentials" and c.status == "fail" for c in result.checks):
+        if not said:
             result.add("credentials", "fail", message, fix or None)
-        return None, envx
+        return None, exc
     except (KeyChanged, ConfigNotAuthenticated) as exc:
         message, _, fix = str(exc).partition("; ")
         result.add("key", "fail", message, fix or None)
-        return None, envx
-    except PhoenixError:
-        return None, envx  # reported by the target check
+        return None, exc
+    except PhoenixError as exc:
+        return None, exc  # reported by the target check
     if not repo.can_read:
         result.add(
             "credentials",
@@ -585,11 +602,11 @@ def _credentials(cfg: Config, envx: Environment, result: DoctorResult) -> tuple[
             "read it (its identity is on another machine)",
         )
         result.add("key", "ok", f"repository {repo.config.id[:8]} is authenticated by this machine's write key")
-        return repo, envx
+        return repo, None
     slot = repo.opened_with or "?"
     result.add("credentials", "ok", f"the repository of target {first} opens (key slot {slot[:8]})")
     result.add("key", "ok", f"repository {repo.config.id[:8]} has the key this machine trusts: {repo.fingerprint}")
-    return repo, envx
+    return repo, None
 
 
 def _cloud_credentials(
@@ -617,35 +634,103 @@ def _cloud_credentials(
     result.add(f"credentials {name}", "ok", f"credentials for targets.{name} from {source}")
 
 
-def _targets(cfg: Config, envx: Environment, result: DoctorResult, first_repo: Repository | None) -> None:
+def _targets(cfg: Config, envx: Environment, result: DoctorResult) -> Repository | None:
+    """Each target reachable and writable, all at the same time (one that does not answer costs
+    DIAGNOSIS_SECONDS, not that times the targets); the first one's opening is the proof of the
+    credentials. Returns the first target's repository (the caller closes it), or None."""
     names = cfg.targets.enabled_names()
+    if not names:
+        result.add("targets", "fail", "no target is enabled", f"enable targets.local (or another) in {_where(cfg)}")
+        return None
+    said = any(c.name == "credentials" and c.status == "fail" for c in result.checks)
+    parts = [DoctorResult() for _ in names]
+    first: list[Repository | None] = [None]
+    refused = [False for _ in names]  # a target whose repository the passphrase did not open
+
+    def check(i: int, name: str) -> None:
+        if i == 0:  # a prompt (an age identity) may be asked here, once
+            own = dataclasses.replace(envx)
+            first[0], failure = _open_first(cfg, own, parts[0], said)
+            _target(cfg, own, parts[0], name, first[0], failure)
+        else:  # never asks: a passphrase typed was asked once, before
+            quiet = dataclasses.replace(envx, interactive=False, prompt=None)
+            refused[i] = _target(cfg, quiet, parts[i], name, None, said_after=True)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="doctor-target") as pool:
+            for done in [pool.submit(check, i, name) for i, name in enumerate(names)]:
+                done.result()
+    except BaseException:
+        if first[0] is not None:
+            first[0].backend.close()
+        raise
     for i, name in enumerate(names):
-        check = f"target {name}"
-        repo = first_repo if i == 0 else None
-        if repo is None:
-            try:
-                repo = open_repository(cfg, envx, target=name)
-            except RepositoryNotFound as exc:
-                # Its fix names the disk that may not be mounted: only `phx init` creates it.
-                message, _, fix = str(exc).partition("; ")
-                result.add(check, "fail", message, f"{fix}, or fix the target's path")
-                continue
-            except (MissingCredentials, WrongPassphrase):
-                result.add(
-                    check, "warn", "not probed: the repository cannot be opened without its key (see credentials)"
-                )
-                continue
-            except PhoenixError as exc:
-                message, _, fix = str(exc).partition("; ")
-                result.add(check, "fail", message, fix or "check the target's settings")
-                continue
+        if refused[i] and first[0] is not None:
+            # The passphrase opened the first target: this one holds another repository (another
+            # machine's, or under another passphrase), and every backup fails on it.
+            parts[i].add(
+                f"target {name}",
+                "fail",
+                f"the passphrase that opens target {names[0]} does not open the repository on target {name}: it "
+                "holds another repository, or one with another passphrase",
+                f"point targets.{name} at this machine's repository (an empty place: the next backup or `phx sync` "
+                "copies it there), or add this passphrase to that repository (`phx key add`)",
+            )
+        elif refused[i]:
+            parts[i].add(f"target {name}", "warn", _NOT_PROBED)
+        result.checks += parts[i].checks
+    return first[0]
+
+
+_NOT_PROBED = "not probed: the repository cannot be opened without its key (see credentials)"
+
+
+def _target(
+    cfg: Config,
+    envx: Environment,
+    result: DoctorResult,
+    name: str,
+    repo: Repository | None,
+    failure: PhoenixError | None = None,
+    said_after: bool = False,
+) -> bool:
+    """One target: its repository opens (`repo`, opened already; `failure`, why it did not), a
+    probe object is written, read back and deleted, and an append-only target's protection.
+    True when a wrong passphrase refused it, said by the caller then when `said_after`."""
+    check = f"target {name}"
+    opened = repo is None
+    if repo is None:
         try:
-            probe(repo, check, result)
-            if repo.backend.append_only:
-                _protection(repo, check, result)
-        finally:
-            if i > 0:
-                repo.backend.close()
+            if failure is not None:
+                raise failure
+            repo = open_repository(cfg, envx, target=name)
+        except RepositoryNotFound as exc:
+            # Its fix names the disk that may not be mounted: only `phx init` creates it.
+            message, _, fix = str(exc).partition("; ")
+            result.add(check, "fail", message, f"{fix}, or fix the target's path")
+            return False
+        except WrongPassphrase:
+            if not said_after:
+                result.add(check, "warn", _NOT_PROBED)
+            return True
+        except MissingCredentials:
+            result.add(check, "warn", _NOT_PROBED)
+            return False
+        except PhoenixError as exc:
+            message, _, fix = str(exc).partition("; ")
+            result.add(check, "fail", message, fix or "check the target's settings")
+            return False
+    try:
+        probe(repo, check, result)
+        if repo.backend.append_only:
+            _protection(repo, check, result)
+    except PhoenixError as exc:  # a target that stops answering half-way
+        message, _, fix = str(exc).partition("; ")
+        result.add(check, "fail", message, fix or "check the target's settings")
+    finally:
+        if opened:
+            repo.backend.close()
+    return False
 
 
 def _protection(repo: Repository, check: str, result: DoctorResult) -> None:
@@ -804,11 +889,27 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
     first = cfg.targets.enabled_names()[0] if cfg.targets.enabled_names() else None
     record = ((state or {}).get("targetsLastSuccess") or {}).get(first) or last
     sid = last_snapshot_on(state, first) if state is not None and first else None
-    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])))
+    forgot = forgotten_here(state, first) if state is not None and first else None
+    lost = _snapshot_lost(repo, sid, float(record.get("timestamp", last["timestamp"])), forgot)
     ahead = future_success_problem(float(last["timestamp"]), time.time())
     if ahead is not None:
         message, _, fix = ahead.partition("; ")
         result.add("last backup", "fail", message, fix)
+    elif isinstance(lost, Forgotten):
+        # This machine's own forget removed it: no loss, but the newest backup there is older.
+        result.add(
+            "last backup",
+            "warn",
+            f"{what}, but its snapshot {str(sid)[:8]} is no longer in the first target: {lost.text}",
+            "run `phx backup` for a current snapshot; `phx list` shows what the repository still holds",
+        )
+        if age > limit:
+            result.add(
+                "last backup",
+                "fail",
+                f"{what}, overdue for a {every} schedule",
+                "run `phx backup`, and check the schedule (`phx schedule status`)",
+            )
     elif lost is not None:
         result.add(
             "last backup",
@@ -845,11 +946,23 @@ def _last_backup(cfg: Config, envx: Environment, result: DoctorResult, repo: Rep
         result.add("last backup", "warn", full, "make those paths readable, then run `phx backup`")
 
 
-def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float) -> str | None:
+@dataclass(frozen=True)
+class Forgotten:
+    """The last success's snapshot is gone because this machine's `phx forget` (or a backup's
+    retention) removed it (state.record_forgotten): `text` says when and by which command."""
+
+    text: str
+
+
+def _snapshot_lost(
+    repo: Repository | None, snapshot_id: object, written: float, forgot: dict[str, Any] | None = None
+) -> str | Forgotten | None:
     """Why the snapshot the state file records as the last success there (written at `written`) is
     not in the first target's repository (forgotten, pruned, or lost with the store; or the
     repository was made anew since, and never held it), or None: the state file alone would
-    call the machine protected by a backup that can no longer be restored."""
+    call the machine protected by a backup that can no longer be restored. `forgot`: this
+    machine's record of forgetting it (state.forgotten_here): then it is `Forgotten`, no loss;
+    a snapshot that went otherwise (deleted on the storage, another machine's forget) is lost."""
     if repo is None or not isinstance(snapshot_id, str) or not re.fullmatch(r"[0-9a-f]{64}", snapshot_id):
         return None
     try:
@@ -864,6 +977,7 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float)
             return None  # a write-only machine cannot open the record: renamed by that rotation, not lost
     except PhoenixError as exc:
         return f"whether its snapshot {snapshot_id[:8]} is still in {repo.backend.location} cannot be read ({exc})"
+    where = repo.backend.location
     with contextlib.suppress(ValueError):
         made = datetime.fromisoformat(repo.config.created)
         # Both to the second: `phx init && phx backup` may share one, and that repository held the backup.
@@ -872,10 +986,24 @@ def _snapshot_lost(repo: Repository | None, snapshot_id: object, written: float)
                 f"the repository now at {repo.backend.location} was made after that backup "
                 f"({made.astimezone().isoformat(timespec='minutes')}): it never held snapshot {snapshot_id[:8]}"
             )
+    if forgot is not None:
+        try:
+            gone = forgotten_loss(forgot, lambda left: _holds(repo, left), where)
+        except PhoenixError as exc:
+            return f"whether the snapshot the forget left is still in {where} cannot be read ({exc})"
+        return Forgotten(forgotten_text(forgot)) if gone is None else f"snapshot {snapshot_id[:8]} is gone: {gone}"
     return (
         f"snapshot {snapshot_id[:8]}, the last it wrote to the first target, is no longer in {repo.backend.location} "
         "(forgotten, pruned or lost)"
     )
+
+
+def _holds(repo: Repository, snapshot_id: str) -> bool:
+    """Whether `repo` holds the snapshot, under its id or, after a key rotation, its successor's."""
+    if repo.backend.stat(f"snapshots/{snapshot_id}") is not None:
+        return True
+    successor = retired.load(repo).moved.get(f"snapshots/{snapshot_id}") if repo.can_read else None
+    return successor is not None and repo.backend.stat(successor) is not None
 
 
 def _partial_fix(state: dict[str, Any]) -> str:

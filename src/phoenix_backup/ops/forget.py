@@ -30,6 +30,7 @@ from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy, parse_time
 from phoenix_backup.repo.snapshot import WATCH_SCOPES, Snapshot
+from phoenix_backup.state import record_forgotten, state_path
 from phoenix_backup.storage.targets import refuse_append_only
 
 # -- results ------------------------------------------------------------------------------
@@ -102,6 +103,9 @@ class TargetForget:
     locks_left: list[str] = field(default_factory=list)  # done, but the lock could not be removed
     plan: Plan | None = None
     removed: list[str] = field(default_factory=list)
+    # Each removed snapshot's id: the newest snapshot of its host the target still holds (None: none
+    # left), which the state's record of the forget names (`state.record_forgotten`).
+    left: dict[str, str | None] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     named: list[Snapshot] = field(default_factory=list)  # `phx forget ID...`: the snapshots named
     thinned: Thinned | None = None  # the capture segments, when there are any
@@ -208,6 +212,8 @@ def forget(
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
+        if report.removed:  # doctor and status then say the last backup's snapshot was forgotten here, not lost
+            record_forgotten(name, report.left, "phx forget", state_path(envx.home))
         result.targets[name] = report
     if ids and not any(t.named for t in result.targets.values()) and all(t.ok for t in result.targets.values()):
         raise missing  # no target holds what was named: the caller's mistake, said once
@@ -227,12 +233,26 @@ def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, 
         report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]
         if not dry_run:
             repo.refuse_if_rolled_back("forget")
-            for sid in chosen:
-                repo.delete_snapshot(sid)
-                report.removed.append(sid)
+            try:
+                for sid in chosen:
+                    repo.delete_snapshot(sid)
+                    report.removed.append(sid)
+            finally:  # those removed before a failure too
+                report.left = newest_left(snapshots, report.removed)
     if report.removed:
         repo.publish_changes(f"phoenix forget: {len(report.removed)} snapshot(s) removed")
     return report
+
+
+def newest_left(snapshots: list[Snapshot], removed: list[str]) -> dict[str, str | None]:
+    """Each of `removed` (ids among `snapshots`, oldest first): the newest snapshot of its host
+    not removed, or None when none is left."""
+    gone = set(removed)
+    return {
+        snap.id: next((s.id for s in reversed(snapshots) if s.id not in gone and s.host == snap.host), None)
+        for snap in snapshots
+        if snap.id in gone
+    }
 
 
 def forget_repository(
@@ -268,9 +288,12 @@ def forget_repository(
         report.notices += report.plan.notices
         if not dry_run:
             repo.refuse_if_rolled_back("forget")
-            for decision in report.plan.remove:
-                repo.delete_snapshot(decision.snapshot.id)
-                report.removed.append(decision.snapshot.id)
+            try:
+                for decision in report.plan.remove:
+                    repo.delete_snapshot(decision.snapshot.id)
+                    report.removed.append(decision.snapshot.id)
+            finally:  # those removed before a failure too
+                report.left = newest_left(snapshots, report.removed)
         if not policy.empty:
             try:
                 report.thinned = thin_captures(

@@ -21,6 +21,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.ops.context import Environment, open_repository, require_identity, target_names
 from phoenix_backup.repo.prune import PruneState, TargetPrune, prune_due, prune_repository
 from phoenix_backup.repo.repository import Repository
+from phoenix_backup.state import record_forgotten, state_path
 from phoenix_backup.storage.appendonly import refusal
 from phoenix_backup.storage.targets import refuse_append_only
 
@@ -171,6 +172,8 @@ def retention_after_backup(
                         locked=due,
                     )
                     out.forgotten[name] = len(report.removed)
+                    if report.removed:
+                        record_forgotten(name, report.left, "phx backup (retention)", state_path(envx.home))
                     out.removed[name] = [
                         {"id": snap.id, "name": snap.name, "time": snap.time, "why": why}
                         for snap, why in report.removals()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,13 +20,25 @@ from typing import Any
 from phoenix_backup import schedule
 from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus, PhoenixError
-from phoenix_backup.ops.context import Environment, enabled_targets, no_repository, open_repository, target_backend
+from phoenix_backup.ops.context import (
+    DIAGNOSIS_SECONDS,
+    Environment,
+    enabled_targets,
+    given_passphrase,
+    no_repository,
+    open_repository,
+    target_backend,
+    with_given,
+)
 from phoenix_backup.repo import retired
 from phoenix_backup.repo.repository import CAPTURES_PREFIX, CHECKS_PREFIX, RETIRED_PREFIX
 from phoenix_backup.schedule.spec import ScheduleSpec
 from phoenix_backup.state import (
     IntegrityCheck,
     failed_parts_text,
+    forgotten_here,
+    forgotten_loss,
+    forgotten_text,
     full_backup_problem,
     future_success_problem,
     integrity_checks,
@@ -199,15 +212,38 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         else:
             result.warnings.append(damaged)
     per_target = (state or {}).get("targetsLastSuccess") or {}
-    quiet = dataclasses.replace(envx, interactive=False, prompt=None)  # status never asks
-    for name in enabled_targets(cfg):
-        target = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
-        _inspect_target(cfg, quiet, target)
-        result.targets[name] = target
+    # Status never asks, and a remote target that does not answer is said in seconds (not after a
+    # backup's patience, 60 s a request, retried), all targets read at the same time.
+    answer = envx.answer_seconds or DIAGNOSIS_SECONDS  # `--answer-timeout`: a slow link's own
+    quiet = dataclasses.replace(envx, interactive=False, prompt=None, answer_seconds=answer)
+    quiet = _asked_once(cfg, quiet)
+    names = enabled_targets(cfg)
+    for name in names:
+        result.targets[name] = TargetStatus(name, last_success=_number((per_target.get(name) or {}).get("timestamp")))
+    if names:
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="status-target") as pool:
+            for done in [
+                pool.submit(_inspect_target, cfg, dataclasses.replace(quiet), t) for t in result.targets.values()
+            ]:
+                done.result()
+    for name, target in result.targets.items():
         if target.error:
             result.warnings.append(f"target {name}: {target.error}")
     _check_last_snapshot(result, enabled_targets(cfg))
     return result
+
+
+def _asked_once(cfg: Config, envx: Environment) -> Environment:
+    """`envx` with the passphrase read once (`with_given`): the targets, opened at the same time,
+    never run passphraseCommand once each, all at once. Unchanged when none is given or its source
+    fails (each target's opening then says why)."""
+    if not (cfg.encryption.enabled and cfg.encryption.method == "passphrase"):
+        return envx
+    try:
+        given = given_passphrase(cfg, envx)
+    except PhoenixError:
+        return envx
+    return envx if given is None else with_given(envx, given)
 
 
 def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
@@ -216,6 +252,16 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     first = result.targets.get(names[0]) if names else None
     sid = last_snapshot_on(result.state, first.name) if result.state and first is not None else None
     if sid is None or first is None or first.snapshot_ids is None or sid in first.snapshot_ids:
+        return
+    forgot = forgotten_here(result.state, first.name) if result.state else None
+    ids = first.snapshot_ids
+    gone = forgotten_loss(forgot, ids.__contains__, f"target {first.name}") if forgot is not None else None
+    if forgot is not None and gone is None:
+        # This machine's own `phx forget` removed it: no loss, but the newest backup there is older.
+        result.warnings.append(
+            f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it: "
+            f"{forgotten_text(forgot)}; run `phx backup` for a current snapshot (`phx list` shows what it holds)"
+        )
         return
     written = first.last_success or result.last_success
     if written is not None and retired.rotated_after(first.retired, written):
@@ -230,6 +276,9 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
     result.lost = (
         f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it "
         "(forgotten, pruned or lost); run `phx backup` now, and `phx list` to see what the repository holds"
+        if gone is None
+        else f"snapshot {sid[:8]}, the last a successful backup wrote to target {first.name}, is no longer in it: "
+        f"{gone}; run `phx backup` now, and `phx list` to see what the repository holds"
     )
     if result.alert is None:
         result.alert = result.lost

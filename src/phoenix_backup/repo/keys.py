@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -614,16 +615,21 @@ def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 # MAX_PASSPHRASE_SLOTS_TRIED (what one opening may derive): a process that opens again and again
 # (the Python API, hourly) keeps no more of the slots planted meanwhile, whose salts take up to 2 KiB.
 _slot_keys: dict[tuple[bytes, bytes, int, int, int], bytes] = {}
+# One derivation at a time in a process: threads opening the targets of one repository at once
+# (`phx doctor`, `phx status`) wait for the first one's key instead of each deriving it again (the
+# CPU and scrypt's 32 MiB once per target, all at the same moment).
+_slot_lock = threading.Lock()
 
 
 def _slot_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     """`_derive_kek`, run once per passphrase, salt and parameters in a process."""
     known = (_normalize_passphrase(passphrase), salt, n, r, p)
-    kek = _slot_keys.get(known)
-    if kek is None:
-        kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
-        for oldest in list(_slot_keys)[:-MAX_PASSPHRASE_SLOTS_TRIED]:  # a copy: another thread may open too
-            _slot_keys.pop(oldest, None)
+    with _slot_lock:
+        kek = _slot_keys.get(known)
+        if kek is None:
+            kek = _slot_keys[known] = _derive_kek(passphrase, salt, n, r, p)
+            for oldest in list(_slot_keys)[:-MAX_PASSPHRASE_SLOTS_TRIED]:
+                _slot_keys.pop(oldest, None)
     return kek
 
 

@@ -96,6 +96,11 @@ def is_slot_of(slots: Mapping[str, bytes] | None, name: str, read: Callable[[str
         return False  # gone meanwhile, or unreadable: nothing to keep
 
 
+# The fix's words for a diagnosis's "no answer" (`phx doctor`, `phx status`, `answer_seconds`): a
+# link that works, slowly, is given its own deadline.
+SLOW_LINK = "a slow link that works: raise the deadline with --answer-timeout SECONDS"
+
+
 @dataclass(frozen=True)
 class Protection:
     """What keeps the objects of a store from being deleted or overwritten by whoever holds the

@@ -33,9 +33,11 @@ and `publish` pushes when `autoCommit` is on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import ipaddress
+import math
 import os
 import posixpath
 import re
@@ -44,7 +46,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -59,7 +61,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.redaction import redact, redact_url
 from phoenix_backup.shell import kill_with_descendants
-from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, Backend, ObjectInfo, Protection, is_slot_of
+from phoenix_backup.storage.base import CONFIG_TEMP, FOLDERS, SLOW_LINK, Backend, ObjectInfo, Protection, is_slot_of
 from phoenix_backup.storage.local import LocalBackend
 
 # Git hosts warn above 50 MB per file and GitHub refuses above 100 MB.
@@ -96,6 +98,9 @@ GITIGNORE = """\
 /locks/
 .tmp-*
 """
+# The folders whose listing gives each object's commit time as its write time (`_commit_times`):
+# the rotation records, which `phx status` dates against the last backup (repo/retired.py).
+DATED = ("retired/",)
 _OURS = {".git", ".gitattributes", ".gitignore", *FOLDERS, "config"}
 
 
@@ -336,8 +341,12 @@ class GitBackend(Backend):
         env: Mapping[str, str],
         notice: Callable[[str], None] | None = None,
         append_only: bool = False,
+        answer_seconds: float | None = None,
     ) -> None:
         self.url = url
+        # A diagnosis's deadline (`phx doctor`): an HTTP(S) remote that sends nothing for this long
+        # is not answering (git's stall limit), whatever a backup would wait. None: a backup's.
+        self.answer_seconds = answer_seconds
         self.guarded = append_only  # an append-only target: its remote refuses force pushes
         # What git sees: the URL without credentials; they travel in its environment only.
         self.remote, credentials = split_credentials(url)
@@ -347,8 +356,8 @@ class GitBackend(Backend):
         self.files = LocalBackend(self.workdir)
         self.notice = notice or (lambda _m: None)
         self._env = {**_git_env(env), **credentials}
-        _stall_limit(self._env, self.remote)
-        _ssh_command(self._env, self.remote)
+        _stall_limit(self._env, self.remote, answer_seconds)
+        _ssh_command(self._env, self.remote, answer_seconds)
         self._secrets = [v for k, v in credentials.items() if k in ("PHX_GIT_USERNAME", "PHX_GIT_PASSWORD")]
         self._ready = False
         self._mutex = threading.RLock()
@@ -444,6 +453,16 @@ class GitBackend(Backend):
             "failed to connect",
             "operation too slow",  # the HTTP stall limit (GIT_HTTP_LOW_SPEED_TIME)
         )
+        # The HTTP stall limit, or ssh's ("connection to HOST port N timed out": its connect
+        # timeout for the banner, the keepalives' end in the key exchange; "timeout, server": later).
+        stalled = any(m in low for m in ("operation too slow", "timeout, server")) or re.search(
+            r"^connection to .* timed out", low, re.MULTILINE
+        )
+        if self.answer_seconds is not None and stalled:
+            return TargetUnreachable(
+                f"no answer from the Git remote {where} in {self.answer_seconds:g} s; check the network and the URL "
+                f"in targets.git.repo ({SLOW_LINK})"
+            )
         if any(m in low for m in unreachable_markers):
             return TargetUnreachable(f"cannot reach the Git remote {where} ({_reason(text)}); check the network")
         if "does not appear to be a git repository" in low or "repository not found" in low or "not found" in low:
@@ -654,7 +673,31 @@ class GitBackend(Backend):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._ensure()
+        if prefix.startswith(DATED):
+            return self._commit_times([*self.files.list(prefix)], prefix)
         return self.files.list(prefix)
+
+    def _commit_times(self, infos: Sequence[ObjectInfo], prefix: str) -> Iterator[ObjectInfo]:
+        """`infos` (the clone's listing of `prefix`), each committed one with the time of the commit
+        that added it as its write time: a file's time in the clone is when it was checked out (a
+        new clone, a merge of another machine's commits), later than any write. One `git log` for
+        the folder. A file not committed yet was written here: its own time is its write time."""
+        if not infos:
+            return iter(infos)
+        log = self._git(
+            "log", "--format=%x00%ct", "--name-only", "--diff-filter=A", "--no-renames", "HEAD", "--",
+            prefix.rstrip("/"), check=False,
+        )  # fmt: skip
+        if log.returncode != 0:  # an unborn branch: nothing committed yet
+            return iter(infos)
+        added: dict[str, float] = {}
+        when: float | None = None
+        for line in log.stdout.splitlines():
+            if line.startswith("\0"):
+                when = float(line[1:])
+            elif line and when is not None:
+                added.setdefault(line, when)  # newest first: the last time it was added
+        return iter([dataclasses.replace(i, modified=added.get(i.name, i.modified)) for i in infos])
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
         self._ensure()
@@ -765,12 +808,15 @@ def _git_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _stall_limit(env: dict[str, str], remote: str) -> None:
+def _stall_limit(env: dict[str, str], remote: str, answer_seconds: float | None = None) -> None:
     """An HTTP(S) remote that accepts the connection and then sends nothing (or drips) ends the
     transfer after a minute below 1 byte/s, instead of hanging until NETWORK_TIMEOUT: set in `env`
     unless the user chose a limit, in the environment or in git's configuration
     (http.lowSpeedLimit/lowSpeedTime, for every URL or this one), which the environment would
-    override."""
+    override. A diagnosis (`answer_seconds`) sets its own deadline whatever was chosen."""
+    if answer_seconds is not None and remote.lower().startswith(("http://", "https://")):
+        env.update(dict(zip(_GIT_LOW_SPEED, ("1", str(max(1, math.ceil(answer_seconds)))), strict=True)))
+        return
     if not remote.lower().startswith(("http://", "https://")) or all(k in env for k in _GIT_LOW_SPEED):
         return
     # No git (said at its first use) or no answer: Phoenix's limit.
@@ -781,17 +827,24 @@ def _stall_limit(env: dict[str, str], remote: str) -> None:
             env.setdefault(name, default)
 
 
-def _ssh_command(env: dict[str, str], remote: str) -> None:
+def _ssh_command(env: dict[str, str], remote: str, answer_seconds: float | None = None) -> None:
     """For an ssh remote, Phoenix's ssh command in `env` (GIT_SSH_COMMAND: no prompt, a 10 s
     connect timeout, and keepalives: SSH_ALIVE_SECONDS x SSH_ALIVE_COUNT of silence ends it)
     unless the user chose one: GIT_SSH_COMMAND or GIT_SSH in the environment, or core.sshCommand
     in git's configuration (which the environment would override). The keepalives are left out
     where the user's ssh configuration sets its own for this host (`ssh -G`: the command line's
-    options would override it)."""
+    options would override it). A diagnosis (`answer_seconds`) sets its own deadline, to connect,
+    for the banner and for the keepalives (which bound the key exchange too), whatever the ssh
+    configuration says, unless the user chose an ssh command."""
     if env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH"):
         return
     destination = _ssh_destination(remote)
     if destination is None:
+        return
+    if answer_seconds is not None:
+        wait = max(1, math.ceil(answer_seconds))
+        command = f"ssh -o BatchMode=yes -o ConnectTimeout={wait} -o ServerAliveInterval={wait}"
+        env["GIT_SSH_COMMAND"] = f"{command} -o ServerAliveCountMax=1"
         return
     # With this remote as a remote's URL, as in the clone: a core.sshCommand the user's config
     # includes for it alone (`includeIf "hasconfig:remote.*.url:..."`) is the user's choice too.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import http.client
 import io
 import itertools
 import os
@@ -65,6 +66,7 @@ from phoenix_backup.errors import (
 )
 from phoenix_backup.redaction import redact_url
 from phoenix_backup.storage.base import (
+    SLOW_LINK,
     Backend,
     ObjectInfo,
     Protection,
@@ -171,6 +173,10 @@ class S3Settings:
     part_size: int = PART_SIZE
     object_lock_mode: str | None = None  # "governance" or "compliance": retention on every object but locks
     object_lock_days: int = 0
+    # A diagnosis's deadline (`phx doctor`, `phx status`): seconds to connect and for each answer's
+    # first byte, and such a wait is no transient error but the target not answering. None: a
+    # backup's own timeouts (3 s to connect, 60 s a read, retried).
+    answer_seconds: float | None = None
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -220,14 +226,16 @@ class S3Backend(Backend):
             # The retry wrapper is the only retry layer: botocore's own retries would multiply
             # its attempts and blow the 10 s budget for a refused connection.
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=3,
-            read_timeout=60,
+            connect_timeout=settings.answer_seconds or 3,
+            read_timeout=settings.answer_seconds or 60,
             max_pool_connections=max(4, settings.max_connections + 2),
             s3={"addressing_style": "path" if settings.endpoint else "auto"},
             user_agent_extra="phoenix-backup",
         )
         self.client: S3Client = session.client("s3", endpoint_url=settings.endpoint, config=config)
         _bound_response_headers(self.client)
+        if settings.answer_seconds is not None:
+            _answer_within(self.client, settings.answer_seconds)
 
     # -- naming ----------------------------------------------------------------------------
 
@@ -246,8 +254,19 @@ class S3Backend(Backend):
     def _error(self, exc: Exception, what: str) -> StorageError:
         where = self.location
         cut, _RESPONSE.cut = _RESPONSE.cut, ""
+        waited = self.settings.answer_seconds
+        if waited is not None and cut == "headers":
+            return TargetUnreachable(
+                f"no answer from {where} in {waited:g} s ({what}: its response did not come whole); check "
+                f"{self.field}.endpoint, the network and that the service is up ({SLOW_LINK})"
+            )
         if cut:
             return TransientStorageError(_cut_message(cut, where, what))
+        if waited is not None and isinstance(exc, bex.ConnectTimeoutError | bex.ReadTimeoutError):
+            return TargetUnreachable(
+                f"no answer from {where} in {waited:g} s ({what}); check {self.field}.endpoint, the network and that "
+                f"the service is up ({SLOW_LINK})"
+            )
         if isinstance(exc, bex.ConnectTimeoutError | bex.EndpointConnectionError):
             return TargetUnreachable(
                 f"cannot connect to {where} while {what}; check {self.field}.endpoint and that the service is up"
@@ -897,6 +916,7 @@ class _HeadersBound:
 
     sock: socket.socket | None
     response_class: Any
+    _phx_response_seconds: float | None = None  # a diagnosis's: its deadline (`_answering_within`)
     _phx_guard: _StallGuard | None = None
     _phx_send_guard: _StallGuard | None = None
 
@@ -911,7 +931,7 @@ class _HeadersBound:
             self._phx_sent()
 
     def _phx_arm(self) -> None:
-        self._phx_guard = _StallGuard(self._phx_stop, RESPONSE_SECONDS).__enter__()
+        self._phx_guard = _StallGuard(self._phx_stop, self._phx_response_seconds or RESPONSE_SECONDS).__enter__()
 
     def _phx_disarm(self) -> None:
         guard, self._phx_guard = self._phx_guard, None
@@ -930,9 +950,16 @@ class _HeadersBound:
         self._phx_sent()  # sent by now, whatever path sent it (a proxy's CONNECT, say)
         self._phx_arm()
         try:
-            return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+            response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._phx_disarm()
+        if _RESPONSE.cut == "headers":
+            # Cut after the status line: http.client takes the end of the stream for the end of the
+            # headers and hands on a response that lacks some (a HEAD that found the object, a GET
+            # of an empty one). It is the cut's error instead.
+            response.close()
+            raise http.client.RemoteDisconnected("the response's headers were cut")
+        return response
 
     def _handle_expect_response(self, message_body: Any) -> None:
         self._phx_sent()
@@ -1117,6 +1144,19 @@ class _BoundHTTPSConnectionPool(AWSHTTPSConnectionPool):
     ConnectionCls = _BoundHTTPSConnection
 
 
+@functools.cache
+def _answering_within(seconds: float) -> dict[str, type]:
+    """The pool classes of a diagnosis's client (`S3Settings.answer_seconds`): a response's status
+    line and headers in within `seconds` of its request, not RESPONSE_SECONDS: a service that
+    drips them a byte at a time, each inside the read timeout, is said not to answer then."""
+    http = type("_AnsweringHTTPConnection", (_BoundHTTPConnection,), {"_phx_response_seconds": seconds})
+    https = type("_AnsweringHTTPSConnection", (_BoundHTTPSConnection,), {"_phx_response_seconds": seconds})
+    return {
+        "http": type("_AnsweringHTTPConnectionPool", (_BoundHTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("_AnsweringHTTPSConnectionPool", (_BoundHTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+
+
 def _bound_response_headers(client: Any) -> None:
     """Have every request of `client` read its response headers within RESPONSE_SECONDS. botocore
     has no such bound (its read_timeout is the socket's, per read) and no public way to choose
@@ -1131,6 +1171,14 @@ def _bound_response_headers(client: Any) -> None:
     pools = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_pool_classes_by_scheme", None)
     if isinstance(pools, dict) and set(pools) == {"http", "https"}:
         pools.update({"http": _BoundHTTPConnectionPool, "https": _BoundHTTPSConnectionPool})
+
+
+def _answer_within(client: Any, seconds: float) -> None:
+    """A diagnosis's `client` (bound by `_bound_response_headers`): each response's headers in
+    within `seconds` of its request (`_answering_within`)."""
+    pools = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_pool_classes_by_scheme", None)
+    if isinstance(pools, dict) and pools.get("http") is _BoundHTTPConnectionPool:
+        pools.update(_answering_within(seconds))
 
 
 def _restored(head: dict[str, Any]) -> bool:

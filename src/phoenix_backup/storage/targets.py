@@ -27,7 +27,7 @@ from phoenix_backup.errors import AppendOnlyRefused, ConfigError, UsageError
 from phoenix_backup.storage.appendonly import AppendOnlyBackend, refusal
 from phoenix_backup.storage.base import Backend
 from phoenix_backup.storage.local import LocalBackend, real_path
-from phoenix_backup.storage.wrappers import wrap
+from phoenix_backup.storage.wrappers import MAX_ATTEMPTS, wrap
 
 if TYPE_CHECKING:
     from phoenix_backup.storage.s3 import S3Settings
@@ -56,9 +56,12 @@ def backend_for(
     *,
     notice: Callable[[str], None] | None = None,
     thaw_timeout: float = 0.0,
+    answer_seconds: float | None = None,
 ) -> Backend:
     """The backend of target `name` (which must be enabled), wrapped for retries and a
-    concurrency limit."""
+    concurrency limit. `answer_seconds`: a diagnosis's deadline (`phx doctor`): a remote target
+    that does not answer within it fails at once, not retried; None: a backup's own timeouts."""
+    attempts = 1 if answer_seconds is not None else MAX_ATTEMPTS
     check_target_name(cfg, name)
     t = cfg.targets
     inner: Backend
@@ -70,8 +73,10 @@ def backend_for(
         from phoenix_backup.storage.git import GitBackend, clone_dir
 
         workdir = clone_dir(env, t.git.repo, t.git.branch)
-        inner = GitBackend(t.git.repo, t.git.branch, t.git.auto_commit, workdir, env, notice, t.git.append_only)
-        return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice)
+        inner = GitBackend(
+            t.git.repo, t.git.branch, t.git.auto_commit, workdir, env, notice, t.git.append_only, answer_seconds
+        )
+        return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice, attempts=attempts)
     from phoenix_backup.storage.s3 import S3Backend, S3Settings, r2_endpoint
 
     if name == "s3":
@@ -87,6 +92,7 @@ def backend_for(
             max_connections=REMOTE_CONNECTIONS,
             object_lock_mode=s3.object_lock.mode if s3.object_lock else None,
             object_lock_days=s3.object_lock.days if s3.object_lock else 0,
+            answer_seconds=answer_seconds,
         )
         _credentials(settings, s3.access_key_id, s3.secret_access_key, env, ())
     else:
@@ -100,10 +106,11 @@ def backend_for(
             region=r2.region or "auto",
             thaw_timeout=thaw_timeout,
             max_connections=REMOTE_CONNECTIONS,
+            answer_seconds=answer_seconds,
         )
         _credentials(settings, r2.access_key_id, r2.secret_access_key, env, ("R2_",))
     inner = S3Backend(settings, notice)
-    return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice)
+    return wrap(_restrained(cfg, name, inner), limit=REMOTE_CONNECTIONS, notice=notice, attempts=attempts)
 
 
 def _restrained(cfg: Config, name: str, backend: Backend) -> Backend:

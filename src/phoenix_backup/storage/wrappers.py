@@ -189,10 +189,13 @@ class LimitedBackend(WrappedBackend):
             return fn()
 
 
-def wrap(backend: Backend, *, limit: int, notice: Callable[[str], None] | None = None) -> Backend:
+def wrap(
+    backend: Backend, *, limit: int, notice: Callable[[str], None] | None = None, attempts: int = MAX_ATTEMPTS
+) -> Backend:
     """The standard stack: a concurrency limit outside, retries inside (a retry keeps its slot, so
-    backing off never lets more requests through than the limit)."""
-    return LimitedBackend(RetryingBackend(backend, notice=notice), limit)
+    backing off never lets more requests through than the limit). `attempts` 1: no retry (a
+    diagnosis, which says what failed at once)."""
+    return LimitedBackend(RetryingBackend(backend, notice=notice, attempts=attempts), limit)
 
 
 def unwrap(backend: Backend) -> Backend:
