@@ -3,13 +3,22 @@ URL as `redact_url` shows it: for many services even the host part is a token)."
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from phoenix_backup.config import Config
 from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
 from phoenix_backup.redaction import redact_url
+
+# The longest one URL may take to send, in seconds. Apprise's timeouts (4 s to connect, 4 s per
+# read) are each read's, not the message's: a webhook that accepts the connection and answers a
+# byte every few seconds, or a `?rto=` in the URL, held the run forever, and under systemd
+# (Type=oneshot, no start timeout) a run that never ends keeps its timer from starting the next
+# night's one. Past it the URL is a problem like an unreachable one and the run goes on.
+SEND_TIMEOUT = 60.0
 
 
 @dataclass
@@ -36,6 +45,7 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
     saved = (logger.level, logger.propagate)
     logger.setLevel(logging.CRITICAL + 1)
     logger.propagate = False
+    abandoned = False  # a send still going on in its thread: Apprise's logger stays silenced
     try:
         kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.SUCCESS
         for index, url in enumerate(urls):
@@ -48,16 +58,48 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
                 # Plain text, said as such: Apprise escapes it for a service that renders Markdown
                 # or HTML (Telegram, Discord, Slack, e-mail), so a file name's `![x](https://...)` or
                 # `<img>` in an error line is shown as written, never fetched nor made a link.
-                if ap.notify(title=title, body=body, notify_type=kind, body_format=apprise.NotifyFormat.TEXT):
+                sending = functools.partial(
+                    ap.notify, title=title, body=body, notify_type=kind, body_format=apprise.NotifyFormat.TEXT
+                )
+                answer = _within(SEND_TIMEOUT, sending)
+                if answer is None:
+                    abandoned = True
+                    late = f"{where} did not answer within {SEND_TIMEOUT:g} s; the message was dropped"
+                    outcome.problems.append(late)
+                elif answer:
                     outcome.sent += 1
                 else:
                     outcome.problems.append(f"{where} could not be reached or refused the message")
             except Exception as exc:  # a notifier bug must never fail the backup
                 outcome.problems.append(f"{where} failed: {type(exc).__name__}")
     finally:
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
+        if not abandoned:
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
     return outcome
+
+
+def _within(seconds: float, call: Callable[[], object]) -> bool | None:
+    """`call()`'s truth, or None when it has not returned within `seconds`: it goes on in a daemon
+    thread, which never holds the process's exit, while the run goes on without it."""
+    done = threading.Event()
+    answer: list[bool] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            answer.append(bool(call()))
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="phx-notify", daemon=True).start()
+    if not done.wait(seconds):
+        return None
+    if failure:
+        raise failure[0]
+    return answer[0]
 
 
 def notify_event(

@@ -1,0 +1,52 @@
+"""Sending a notification is bounded in time: a webhook that accepts the connection and answers a
+byte every half second (each read within Apprise's 4 s read timeout) would hold a scheduled run,
+and under systemd every later night's run, forever."""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+send_mod = importlib.import_module("phoenix_backup.notify.send")  # the module: `notify.send` is its function
+
+
+@pytest.fixture
+def trickling() -> Iterator[str]:
+    """A json:// URL whose server answers one byte of its status line every 0.5 s, until the test
+    ends (at most 40 bytes, 20 s: the old code, unbounded, returns then)."""
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 40:
+                if stop.wait(0.5):
+                    return
+                conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"json://127.0.0.1:{port}/hook"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_webhook_that_never_finishes_answering_is_given_up(trickling: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(send_mod, "SEND_TIMEOUT", 1.5)
+    outcome = send_mod.send([trickling], "title", "body", failure=True)
+    assert outcome.sent == 0
+    assert outcome.problems == [
+        "notifications.urls[0] (json://127.0.0.1) did not answer within 1.5 s; the message was dropped"
+    ]
