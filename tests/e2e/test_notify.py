@@ -153,3 +153,32 @@ def test_no_url_form_shows_its_token(make_sandbox: Callable[..., Sandbox]) -> No
         scheme = url.split("://")[0]
         assert f"notifications.urls[{i}] ({scheme}://***)" in problems[i], problems[i]
     assert "CANARY" not in res.out + res.err
+
+
+def test_status_says_when_the_last_notification_was_not_sent(
+    make_sandbox: Callable[..., Sandbox], receiver: Receiver
+) -> None:
+    """A channel that is down (the webhook gone) was only a warning in the run's log: `phx status`
+    said all was well, and the next failure's alert went nowhere unseen."""
+    sb = make_sandbox()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sb.write_config(
+        notifications={"enabled": True, "onSuccess": "notify", "urls": [f"json://127.0.0.1:{port}/x?token={TOKEN}"]}
+    )
+    sb.phx_here("backup", "--json")
+    doc = sb.phx_here("status", "--json").json()
+    assert doc["lastNotification"]["sent"] == 0
+    assert doc["lastNotification"]["problems"] == [
+        "notifications.urls[0] (json://127.0.0.1) could not be reached or refused the message"
+    ]
+    said = [w for w in doc["warnings"] if w.startswith("the last notification")]
+    assert len(said) == 1 and "could not be reached" in said[0] and "fix notifications.urls" in said[0], doc["warnings"]
+    assert TOKEN not in json.dumps(doc)
+    # The channel works again: the next message sent clears the warning.
+    notifying(sb, receiver, onSuccess="notify")
+    sb.phx_here("backup", "--json")
+    doc = sb.phx_here("status", "--json").json()
+    assert doc["lastNotification"]["sent"] == 1 and doc["lastNotification"]["problems"] == []
+    assert not [w for w in doc["warnings"] if w.startswith("the last notification")]

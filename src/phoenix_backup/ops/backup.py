@@ -74,7 +74,14 @@ from phoenix_backup.sources.scope import (
     plan_components,
 )
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
-from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
+from phoenix_backup.state import (
+    IntegrityCheck,
+    TargetOutcome,
+    integrity_checks,
+    record_integrity_checks,
+    record_notification,
+    write_state,
+)
 from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
@@ -280,6 +287,8 @@ def _notify(cfg: Config, envx: Environment, event: BackupEvent) -> NotifyOutcome
     outcome = notify_event(cfg, dict(envx.env), event)
     for problem in outcome.problems:
         envx.notice(f"warning: notification not sent: {problem}")
+    if outcome.skipped is None or outcome.problems:  # it was sent, or should have been
+        record_notification(time.time(), outcome.sent, outcome.problems, _state_file(envx))
     return outcome
 
 

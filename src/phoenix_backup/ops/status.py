@@ -31,6 +31,7 @@ from phoenix_backup.state import (
     integrity_checks,
     last_snapshot_on,
     load_state,
+    notification_problem,
     state_path,
 )
 from phoenix_backup.storage.base import ObjectInfo
@@ -146,6 +147,7 @@ class StatusResult:
                 "snapshotName": last_success.get("snapshotName"),
             },
             "lastFailure": state.get("lastFailure"),
+            "lastNotification": state.get("lastNotification"),
             "schedule": {
                 "installed": self.schedule_installed,
                 "scheduler": self.scheduler,
@@ -256,6 +258,9 @@ def _check_age(result: StatusResult, when: datetime) -> None:
     full = full_backup_problem(state)
     if full is not None:
         result.warnings.append(full)
+    unheard = notification_problem(state)
+    if unheard is not None:
+        result.warnings.append(unheard)
     if (state.get("success") or state.get("partial")) and failed_targets:
         result.warnings.append(f"the last backup reached only some targets: {'; '.join(failed_targets)}")
     last = result.last_success
