@@ -7,6 +7,7 @@ only warns. The state file records the failures."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -182,3 +183,27 @@ def test_status_says_when_the_last_notification_was_not_sent(
     doc = sb.phx_here("status", "--json").json()
     assert doc["lastNotification"]["sent"] == 1 and doc["lastNotification"]["problems"] == []
     assert not [w for w in doc["warnings"] if w.startswith("the last notification")]
+
+
+def test_an_empty_workspace_where_backups_succeeded_alerts_and_saves_nothing(
+    make_sandbox: Callable[..., Sandbox], receiver: Receiver
+) -> None:
+    """The workspace's disk not mounted at 02:00: its mount point is an empty folder. The backup of
+    it saved nothing, said ok (a warning in the run's log) and sent nothing under `onSuccess:
+    silent`, night after night, while retention aged the real snapshots out."""
+    sb = make_sandbox()
+    notifying(sb, receiver)
+    first = sb.phx_here("backup", "--json").json()
+    shutil.move(sb.workspace, sb.root / "unmounted")
+    sb.workspace.mkdir()  # the mount point, with the disk not mounted
+    res = sb.phx_here("backup", "--json", code=1)
+    assert f"the workspace {sb.workspace} is an empty folder" in res.err and "not mounted" in res.err
+    assert len(receiver.received) == 1
+    body = receiver.received[0]["body"]
+    assert body["type"] == "failure" and "No snapshot was saved" in body["message"]
+    assert "empty folder" in body["message"]
+    doc = sb.phx_here("status", "--json", code=1).json()
+    assert doc["lastBackup"]["success"] is False and "empty folder" in doc["lastBackup"]["error"]
+    assert doc["lastSuccess"]["snapshotId"] == first["id"]
+    listed = sb.phx_here("list", "--json").json()
+    assert [s["id"] for s in listed] == [first["id"]]

@@ -78,6 +78,7 @@ from phoenix_backup.state import (
     IntegrityCheck,
     TargetOutcome,
     integrity_checks,
+    read_state,
     record_integrity_checks,
     record_notification,
     write_state,
@@ -235,6 +236,7 @@ def backup(
         try:
             pre = hooks.before()
             envx.progress.phase("scanning")
+            _require_mounted_workspace(cfg, envx, scope)
             layout, sel = select_sources(cfg, scope, envx)
             result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
             # After the commit point: later steps (replication, retention, notification) report
@@ -257,6 +259,30 @@ def backup(
     result.notification = _notify(cfg, envx, _event(result))
     result.warnings += [f"notification: {p}" for p in result.notification.problems]
     return result
+
+
+def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> None:
+    """SourceError when the workspace is an empty folder where a backup succeeded before: the
+    mount point of a disk that is not mounted (at 02:00, after a reboot). Its snapshot saved
+    nothing and said ok (a warning in a log nobody reads, no alert under `onSuccess: silent`),
+    night after night, while retention aged the real snapshots out."""
+    if scope not in ("full", "identity"):
+        return
+    try:
+        with os.scandir(cfg.workspace) as entries:
+            if next(entries, None) is not None:
+                return
+    except OSError:
+        return  # not a folder: `select_sources` says so
+    last = (read_state(_state_file(envx)) or {}).get("lastSuccess")
+    if not isinstance(last, dict):
+        return  # no backup here yet: nothing says the folder held anything
+    raise SourceError(
+        f"the workspace {cfg.workspace} is an empty folder, but a backup succeeded here before "
+        f"({last.get('date')}, snapshot {last.get('snapshotName')}): if it is on a disk that is not mounted, "
+        "mount it and run `phx backup`; nothing was saved and no snapshot forgotten. If it is empty on "
+        f"purpose, put its identity files back (or fix `workspace` in {cfg.source or 'the config'})"
+    )
 
 
 def _status_word(r: BackupResult) -> str:
