@@ -126,3 +126,28 @@ def test_a_database_saved_damaged_makes_the_backup_partial(make_sandbox: Callabl
     assert [p["path"] for p in last["failedParts"]] == [path]
     assert doc["lastSuccess"]["snapshotId"] == good["id"]
     assert any(w.startswith("the last backup was partial") and path in w for w in doc["warnings"]), doc
+
+
+def test_status_names_a_scheduled_run_that_never_finished(make_sandbox: Callable[..., Sandbox]) -> None:
+    """A scheduled run killed mid-backup (the OOM killer, a reboot: SIGKILL) writes no end to its
+    log and no state file: `phx status` said the night before's backup was the last, all well."""
+    sb = make_sandbox()
+    sb.phx_here("backup", "--json")
+    folder = sb.home / ".argentos" / "backup"
+    (folder / "schedule.json").write_text(
+        json.dumps({"job": "backup", "scheduler": "cron", "every": "daily", "at": "02:00"})
+    )
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    done = (
+        "2026-01-01T02:00:00+00:00 scheduled backup starting (config x)\n"
+        "2026-01-01T02:01:00+00:00 scheduled backup finished: exit 0\n"
+    )
+    (logs / "backup.log").write_text(done)
+    doc = sb.phx_here("status", "--json", code=0).json()
+    assert not [w for w in doc["warnings"] if "has not finished" in w]
+    # The next night's run, killed: its start is the log's last word.
+    (logs / "backup.log").write_text(done + "2026-01-02T02:00:00+00:00 scheduled backup starting (config x)\n")
+    doc = sb.phx_here("status", "--json", code=0).json()  # perhaps still running: a warning
+    said = [w for w in doc["warnings"] if "has not finished" in w]
+    assert len(said) == 1 and "started at 2026-01-02T02:00" in said[0] and "killed" in said[0], doc["warnings"]

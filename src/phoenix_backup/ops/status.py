@@ -194,6 +194,12 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         result.warnings.append(
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
+    if sched is not None and sched.unfinished is not None:
+        result.warnings.append(
+            f"the scheduled backup that started at {sched.unfinished.isoformat(timespec='minutes')} has not finished: "
+            "still running, or killed (out of memory, a reboot) before it could record anything; "
+            "see ~/.argentos/backup/logs/backup.log and run `phx backup` if nothing runs"
+        )
     _check_age(result, when)
     if damaged is not None:
         if state is None:
