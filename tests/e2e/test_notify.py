@@ -207,3 +207,22 @@ def test_an_empty_workspace_where_backups_succeeded_alerts_and_saves_nothing(
     assert doc["lastSuccess"]["snapshotId"] == first["id"]
     listed = sb.phx_here("list", "--json").json()
     assert [s["id"] for s in listed] == [first["id"]]
+
+
+def test_turning_notifications_off_ends_the_unsent_warning(make_sandbox: Callable[..., Sandbox]) -> None:
+    """The webhook gone, the user turned notifications off (`enabled: false`): no run records a
+    notification any more, and `phx status` warned "fix notifications.urls" for ever after."""
+    sb = make_sandbox()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"json://127.0.0.1:{port}/x"
+    sb.write_config(notifications={"enabled": True, "onSuccess": "notify", "urls": [url]})
+    sb.phx_here("backup", "--json")
+    doc = sb.phx_here("status", "--json").json()
+    assert [w for w in doc["warnings"] if w.startswith("the last notification")], doc["warnings"]
+    sb.write_config(notifications={"enabled": False, "onSuccess": "notify", "urls": [url]})
+    sb.phx_here("backup", "--json")
+    doc = sb.phx_here("status", "--json").json()
+    assert not [w for w in doc["warnings"] if w.startswith("the last notification")], doc["warnings"]
+

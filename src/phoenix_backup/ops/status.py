@@ -200,7 +200,7 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             "still running, or killed (out of memory, a reboot) before it could record anything; "
             "see ~/.argentos/backup/logs/backup.log and run `phx backup` if nothing runs"
         )
-    _check_age(result, when)
+    _check_age(result, when, notifying=cfg.notifications.enabled)
     if damaged is not None:
         if state is None:
             result.alert = damaged
@@ -245,7 +245,7 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
         result.warnings.append(result.lost)
 
 
-def _check_age(result: StatusResult, when: datetime) -> None:
+def _check_age(result: StatusResult, when: datetime, *, notifying: bool = True) -> None:
     state = result.state
     if not state:
         result.overdue = True
@@ -264,7 +264,9 @@ def _check_age(result: StatusResult, when: datetime) -> None:
     full = full_backup_problem(state)
     if full is not None:
         result.warnings.append(full)
-    unheard = notification_problem(state)
+    # Notifications turned off since: no run records one any more, and "fix notifications.urls"
+    # would be said for ever after.
+    unheard = notification_problem(state) if notifying else None
     if unheard is not None:
         result.warnings.append(unheard)
     if (state.get("success") or state.get("partial")) and failed_targets:
