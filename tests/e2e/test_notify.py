@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from e2e_support import NOTIFY_TOKEN, PASSPHRASE, Receiver, Sandbox
 
 CANARY = "pw-CANARY-4711"
@@ -226,3 +227,24 @@ def test_turning_notifications_off_ends_the_unsent_warning(make_sandbox: Callabl
     doc = sb.phx_here("status", "--json").json()
     assert not [w for w in doc["warnings"] if w.startswith("the last notification")], doc["warnings"]
 
+
+@pytest.mark.parametrize("stray", [".DS_Store", "lost+found", "Thumbs.db"])
+def test_a_workspace_holding_only_a_stray_marker_is_empty(
+    make_sandbox: Callable[..., Sandbox], receiver: Receiver, stray: str
+) -> None:
+    """The unmounted mount point (or a fresh empty disk mounted in its place) holds a `.DS_Store`
+    Finder left, or an empty disk's `lost+found`: not "an empty folder", so its snapshot of nothing
+    said ok again, night after night."""
+    sb = make_sandbox()
+    notifying(sb, receiver)
+    first = sb.phx_here("backup", "--json").json()
+    shutil.move(sb.workspace, sb.root / "unmounted")
+    sb.workspace.mkdir()
+    if stray == "lost+found":
+        (sb.workspace / stray).mkdir()
+    else:
+        (sb.workspace / stray).write_bytes(b"\0\0\0\1Bud1")
+    res = sb.phx_here("backup", "--json", code=1)
+    assert f"the workspace {sb.workspace} is an empty folder" in res.err, res.err
+    assert len(receiver.received) == 1 and receiver.received[0]["body"]["type"] == "failure"
+    assert [s["id"] for s in sb.phx_here("list", "--json").json()] == [first["id"]]

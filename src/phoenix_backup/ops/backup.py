@@ -261,6 +261,12 @@ def backup(
     return result
 
 
+# Names that say nothing of a workspace's content: what Finder or Explorer leave in a folder they
+# showed (the mount point, browsed while its disk was not mounted) and the `lost+found` of a fresh
+# empty disk mounted in the workspace's place. A folder holding only these is empty.
+_NOT_CONTENT = frozenset({".DS_Store", "lost+found", "Thumbs.db", "desktop.ini", ".localized"})
+
+
 def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> None:
     """SourceError when the workspace is an empty folder where a backup succeeded before: the
     mount point of a disk that is not mounted (at 02:00, after a reboot). Its snapshot saved
@@ -270,7 +276,7 @@ def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> 
         return
     try:
         with os.scandir(cfg.workspace) as entries:
-            if next(entries, None) is not None:
+            if any(e.name not in _NOT_CONTENT for e in entries):
                 return
     except OSError:
         return  # not a folder: `select_sources` says so
