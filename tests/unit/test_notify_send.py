@@ -50,3 +50,22 @@ def test_a_webhook_that_never_finishes_answering_is_given_up(trickling: str, mon
     assert outcome.problems == [
         "notifications.urls[0] (json://127.0.0.1) did not answer within 1.5 s; the message was dropped"
     ]
+
+
+def test_many_hanging_urls_share_one_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each URL waited its own SEND_TIMEOUT after the one before: five webhooks that hang were five
+    minutes, twenty twenty, the scheduled run held again. The sends now go on side by side within
+    one limit. Shown without a clock: each send waits until all three are sending at once, which
+    one at a time (the next starting only when the one before is given up) two of them never see."""
+    apprise = pytest.importorskip("apprise")
+    together = threading.Barrier(3, timeout=20)
+
+    def notify(self: object, **_: object) -> bool:
+        together.wait()
+        return True
+
+    monkeypatch.setattr(apprise.Apprise, "notify", notify)
+    monkeypatch.setattr(send_mod, "SEND_TIMEOUT", 1.0)
+    urls = [f"json://127.0.0.1:{9}/hook{i}" for i in range(3)]
+    outcome = send_mod.send(urls, "title", "body", failure=True)
+    assert outcome.problems == [] and outcome.sent == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -13,8 +14,8 @@ from phoenix_backup.config import Config
 from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
 from phoenix_backup.redaction import redact_url
 
-# The longest one URL may take to send, in seconds. Apprise's timeouts (4 s to connect, 4 s per
-# read) are each read's, not the message's: a webhook that accepts the connection and answers a
+# The longest a message may take to send, to all its URLs at once, in seconds. Apprise's timeouts
+# (4 s to connect, 4 s per read) are each read's, not the message's: a webhook that accepts the connection and answers a
 # byte every few seconds, or a `?rto=` in the URL, held the run forever, and under systemd
 # (Type=oneshot, no start timeout) a run that never ends keeps its timer from starting the next
 # night's one. Past it the URL is a problem like an unreachable one and the run goes on.
@@ -48,12 +49,17 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
     abandoned = False  # a send still going on in its thread: Apprise's logger stays silenced
     try:
         kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.SUCCESS
+        # Every URL's send starts at once and all share one limit: one after the other, each with its
+        # own, five webhooks that hang held the run five times SEND_TIMEOUT.
+        deadline = time.monotonic() + SEND_TIMEOUT
+        going: list[tuple[int, str, _Sending]] = []
+        said: dict[int, str] = {}  # each URL's problem, said in the URLs' order
         for index, url in enumerate(urls):
             where = f"notifications.urls[{index}] ({redact_url(url)})"
             ap = apprise.Apprise()
             try:
                 if not ap.add(url):
-                    outcome.problems.append(f"{where} is not a URL Apprise understands; fix it")
+                    said[index] = f"{where} is not a URL Apprise understands; fix it"
                     continue
                 # Plain text, said as such: Apprise escapes it for a service that renders Markdown
                 # or HTML (Telegram, Discord, Slack, e-mail), so a file name's `![x](https://...)` or
@@ -61,17 +67,22 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
                 sending = functools.partial(
                     ap.notify, title=title, body=body, notify_type=kind, body_format=apprise.NotifyFormat.TEXT
                 )
-                answer = _within(SEND_TIMEOUT, sending)
+                going.append((index, where, _Sending(sending)))
+            except Exception as exc:  # a notifier bug must never fail the backup
+                said[index] = f"{where} failed: {type(exc).__name__}"
+        for index, where, started in going:
+            try:
+                answer = started.result(deadline)
                 if answer is None:
                     abandoned = True
-                    late = f"{where} did not answer within {SEND_TIMEOUT:g} s; the message was dropped"
-                    outcome.problems.append(late)
+                    said[index] = f"{where} did not answer within {SEND_TIMEOUT:g} s; the message was dropped"
                 elif answer:
                     outcome.sent += 1
                 else:
-                    outcome.problems.append(f"{where} could not be reached or refused the message")
+                    said[index] = f"{where} could not be reached or refused the message"
             except Exception as exc:  # a notifier bug must never fail the backup
-                outcome.problems.append(f"{where} failed: {type(exc).__name__}")
+                said[index] = f"{where} failed: {type(exc).__name__}"
+        outcome.problems = [said[index] for index in sorted(said)]
     finally:
         if not abandoned:
             logger.setLevel(saved[0])
@@ -79,27 +90,32 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
     return outcome
 
 
-def _within(seconds: float, call: Callable[[], object]) -> bool | None:
-    """`call()`'s truth, or None when it has not returned within `seconds`: it goes on in a daemon
-    thread, which never holds the process's exit, while the run goes on without it."""
-    done = threading.Event()
-    answer: list[bool] = []
-    failure: list[BaseException] = []
+class _Sending:
+    """`call()` going on in a daemon thread, which never holds the process's exit: the run goes on
+    without it when it has not returned by the deadline."""
 
-    def run() -> None:
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._done = threading.Event()
+        self._answer: list[bool] = []
+        self._failure: list[BaseException] = []
+        self._call = call
+        threading.Thread(target=self._run, name="phx-notify", daemon=True).start()
+
+    def _run(self) -> None:
         try:
-            answer.append(bool(call()))
+            self._answer.append(bool(self._call()))
         except Exception as exc:
-            failure.append(exc)
+            self._failure.append(exc)
         finally:
-            done.set()
+            self._done.set()
 
-    threading.Thread(target=run, name="phx-notify", daemon=True).start()
-    if not done.wait(seconds):
-        return None
-    if failure:
-        raise failure[0]
-    return answer[0]
+    def result(self, deadline: float) -> bool | None:
+        """`call()`'s truth, or None when it has not returned by `deadline` (time.monotonic)."""
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            return None
+        if self._failure:
+            raise self._failure[0]
+        return self._answer[0]
 
 
 def notify_event(
