@@ -139,6 +139,7 @@ _FIELDS: dict[str, _Check] = {
     },
     "targetsLastSuccess": _dict_of_dicts,
     "integrityChecks": lambda v: isinstance(v, dict),
+    "workspaces": lambda v: isinstance(v, dict) and all(isinstance(b, bool) for b in v.values()),
     "lastNotification": {
         "timestamp": _timestamp,
         "date": _opt_str,
@@ -274,7 +275,7 @@ def write_state(
             doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
         elif "lastFailure" in previous:
             doc["lastFailure"] = previous["lastFailure"]
-        for kept in ("integrityChecks", "lastNotification"):
+        for kept in ("integrityChecks", "lastNotification", "workspaces"):
             if isinstance(previous.get(kept), dict):
                 doc[kept] = previous[kept]
         # A narrower backup (--identity-only) proves nothing about what the last full one missed.
@@ -442,3 +443,19 @@ def notification_problem(state: dict[str, Any]) -> str | None:
         f"the last notification ({last.get('date')}) was not sent: {'; '.join(last['problems'])}; "
         "failures may go unheard: fix notifications.urls (a test: `phx backup` with onSuccess notify)"
     )
+
+
+def record_workspace(workspace: str, held: bool, path: Path | None = None) -> None:
+    """Record whether the workspace folder held anything when a backup of it succeeded
+    (`workspaces`, by the folder's path): only a folder that held something and is now empty
+    is the mount point of a disk that is not mounted; one empty from the start is a new agent's."""
+    target = path or state_path()
+    with _locked(target):
+        doc = read_state(target) or {}
+        seen = doc.get("workspaces")
+        seen = dict(seen) if isinstance(seen, dict) else {}
+        if seen.get(workspace) is held:
+            return
+        seen[workspace] = held
+        doc["workspaces"] = seen
+        _write(target, doc)

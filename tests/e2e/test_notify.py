@@ -248,3 +248,25 @@ def test_a_workspace_holding_only_a_stray_marker_is_empty(
     assert f"the workspace {sb.workspace} is an empty folder" in res.err, res.err
     assert len(receiver.received) == 1 and receiver.received[0]["body"]["type"] == "failure"
     assert [s["id"] for s in sb.phx_here("list", "--json").json()] == [first["id"]]
+
+
+def test_a_workspace_empty_from_the_start_is_backed_up_every_night(
+    make_sandbox: Callable[..., Sandbox], receiver: Receiver
+) -> None:
+    """A new agent's workspace, still empty: the first backup (its memory, its config) succeeded,
+    and every later one failed, "a backup succeeded here before", with nothing saved, not even
+    the databases outside the workspace, and an alert every night. Nothing says it held anything."""
+    sb = make_sandbox()
+    notifying(sb, receiver)
+    shutil.move(sb.workspace, sb.root / "elsewhere")
+    sb.workspace.mkdir()
+    first = sb.phx_here("backup", "--json").json()
+    second = sb.phx_here("backup", "--json").json()
+    assert second["id"] != first["id"]
+    assert receiver.received == []
+    # Once it held something, an empty folder is the disk not mounted again.
+    (sb.workspace / "SOUL.md").write_text("me\n")
+    sb.phx_here("backup", "--json")
+    (sb.workspace / "SOUL.md").unlink()
+    res = sb.phx_here("backup", "--json", code=1)
+    assert "is an empty folder" in res.err

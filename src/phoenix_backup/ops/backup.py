@@ -81,6 +81,7 @@ from phoenix_backup.state import (
     read_state,
     record_integrity_checks,
     record_notification,
+    record_workspace,
     write_state,
 )
 from phoenix_backup.units import human_size
@@ -236,7 +237,7 @@ def backup(
         try:
             pre = hooks.before()
             envx.progress.phase("scanning")
-            _require_mounted_workspace(cfg, envx, scope)
+            held = _require_mounted_workspace(cfg, envx, scope)
             layout, sel = select_sources(cfg, scope, envx)
             result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
             # After the commit point: later steps (replication, retention, notification) report
@@ -256,6 +257,8 @@ def backup(
         raise
     result.hooks = {s.label: s for s in (pre, hooks.after(_status_word(result), result.id)) if s is not None}
     _record_state(cfg, envx, started, scope, result, None)
+    if held is not None:
+        record_workspace(str(cfg.workspace), held, _state_file(envx))
     result.notification = _notify(cfg, envx, _event(result))
     result.warnings += [f"notification: {p}" for p in result.notification.problems]
     return result
@@ -267,22 +270,26 @@ def backup(
 _NOT_CONTENT = frozenset({".DS_Store", "lost+found", "Thumbs.db", "desktop.ini", ".localized"})
 
 
-def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> None:
-    """SourceError when the workspace is an empty folder where a backup succeeded before: the
-    mount point of a disk that is not mounted (at 02:00, after a reboot). Its snapshot saved
-    nothing and said ok (a warning in a log nobody reads, no alert under `onSuccess: silent`),
-    night after night, while retention aged the real snapshots out."""
+def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> bool | None:
+    """SourceError when the workspace is an empty folder where a backup succeeded before and it
+    held something then: the mount point of a disk that is not mounted (at 02:00, after a reboot).
+    Its snapshot saved nothing and said ok (a warning in a log nobody reads, no alert under
+    `onSuccess: silent`), night after night, while retention aged the real snapshots out.
+    Otherwise whether the folder holds anything (None: a scope without it, or not a folder)."""
     if scope not in ("full", "identity"):
-        return
+        return None
     try:
         with os.scandir(cfg.workspace) as entries:
             if any(e.name not in _NOT_CONTENT for e in entries):
-                return
+                return True
     except OSError:
-        return  # not a folder: `select_sources` says so
-    last = (read_state(_state_file(envx)) or {}).get("lastSuccess")
-    if not isinstance(last, dict):
-        return  # no backup here yet: nothing says the folder held anything
+        return None  # not a folder: `select_sources` says so
+    state = read_state(_state_file(envx)) or {}
+    last = state.get("lastSuccess")
+    # A workspace empty from the start (a new agent's) was never anything else: no refusal. Nor
+    # with a state file that does not say (written before Phoenix recorded it).
+    if not isinstance(last, dict) or (state.get("workspaces") or {}).get(str(cfg.workspace)) is not True:
+        return False
     raise SourceError(
         f"the workspace {cfg.workspace} is an empty folder, but a backup succeeded here before "
         f"({last.get('date')}, snapshot {last.get('snapshotName')}): if it is on a disk that is not mounted, "
