@@ -195,11 +195,7 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
     if sched is not None and sched.unfinished is not None:
-        result.warnings.append(
-            f"the scheduled backup that started at {sched.unfinished.isoformat(timespec='minutes')} has not finished: "
-            "still running, or killed (out of memory, a reboot) before it could record anything; "
-            "see ~/.argentos/backup/logs/backup.log and run `phx backup` if nothing runs"
-        )
+        result.warnings.append(_unfinished(sched.unfinished, sched.running, state))
     _check_age(result, when, notifying=cfg.notifications.enabled)
     if damaged is not None:
         if state is None:
@@ -243,6 +239,26 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
         result.alert = result.lost
     else:
         result.warnings.append(result.lost)
+
+
+def _unfinished(started: datetime, running: bool, state: dict[str, Any] | None) -> str:
+    """What `phx status` says of the last scheduled run when its log has no end for it: still going
+    (it holds its lock), or killed; and once a backup was recorded since it started, that one is
+    the last backup, and "run `phx backup`" (done already) is not said again."""
+    at = started.isoformat(timespec="minutes")
+    log = "~/.argentos/backup/logs/backup.log"
+    if running:
+        return f"the scheduled backup that started at {at} is still running; see {log}"
+    since = (state or {}).get("timestamp")
+    if isinstance(since, int) and since >= started.timestamp():
+        return (
+            f"the scheduled backup that started at {at} was killed (out of memory, a reboot) before it "
+            f"wrote its end to {log}; a backup was recorded since ({(state or {}).get('date')})"
+        )
+    return (
+        f"the scheduled backup that started at {at} was killed (out of memory, a reboot) before it could "
+        f"record anything; see {log} and run `phx backup`"
+    )
 
 
 def _check_age(result: StatusResult, when: datetime, *, notifying: bool = True) -> None:

@@ -25,7 +25,7 @@ from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import cron, launchd, systemd
 from phoenix_backup.schedule.job import KINDS, Job, job_name
-from phoenix_backup.schedule.runlog import log_dir, log_name
+from phoenix_backup.schedule.runlog import log_dir, log_name, running
 from phoenix_backup.schedule.spec import AT_WORDS, ScheduleSpec
 
 SCHEDULERS = ("systemd", "cron", "launchd")
@@ -227,6 +227,7 @@ class ScheduleStatus:
     inactive: dict[str, object] = field(default_factory=dict)
     last_run: datetime | None = None  # the start of the last scheduled run, from its log
     unfinished: datetime | None = None  # ... when its log has no end for it (killed, or running)
+    running: bool = False  # a scheduled run holds its lock now (the unfinished one is still going)
 
     @property
     def scheduler(self) -> str | None:
@@ -313,6 +314,7 @@ def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> Schedule
         inactive,
         last_scheduled_run(log, kind),
         unfinished_run(log, kind),
+        running(log_dir(home), log_name(kind)),
     )
 
 
