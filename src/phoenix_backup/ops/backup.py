@@ -294,7 +294,8 @@ def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> 
         f"the workspace {cfg.workspace} is an empty folder, but a backup succeeded here before "
         f"({last.get('date')}, snapshot {last.get('snapshotName')}): if it is on a disk that is not mounted, "
         "mount it and run `phx backup`; nothing was saved and no snapshot forgotten. If it is empty on "
-        f"purpose, put its identity files back (or fix `workspace` in {cfg.source or 'the config'})"
+        "purpose, put its identity files back, or any file (`touch .keep`) to back it up as it is (or fix "
+        f"`workspace` in {cfg.source or 'the config'})"
     )
 
 
