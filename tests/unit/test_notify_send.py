@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -69,3 +71,23 @@ def test_many_hanging_urls_share_one_time_limit(monkeypatch: pytest.MonkeyPatch)
     urls = [f"json://127.0.0.1:{9}/hook{i}" for i in range(3)]
     outcome = send_mod.send(urls, "title", "body", failure=True)
     assert outcome.problems == [] and outcome.sent == 3
+
+
+def test_a_webhook_given_up_does_not_hold_the_process_at_its_exit(trickling: str) -> None:
+    """Apprise (2.x) sends through a pool of its own whose threads are not daemons: the run gave
+    the webhook up after SEND_TIMEOUT, reported it, and then the process did not exit until the
+    webhook finished answering (never, for one that trickles on), so the scheduled run never
+    ended. A child process sends to the trickling webhook (20 s of answer left) and must exit."""
+    child = (
+        "import importlib, sys\n"
+        "send_mod = importlib.import_module('phoenix_backup.notify.send')\n"
+        "send_mod.SEND_TIMEOUT = 1.0\n"
+        "outcome = send_mod.send([sys.argv[1]], 't', 'b', failure=True)\n"
+        "print(outcome.problems)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", child, trickling], capture_output=True, text=True, timeout=12)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: a thread still sending to the webhook held it")
+    assert done.returncode == 0, done.stderr
+    assert "did not answer within 1 s" in done.stdout, done.stdout

@@ -3,12 +3,14 @@ URL as `redact_url` shows it: for many services even the host part is a token)."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from phoenix_backup.config import Config
 from phoenix_backup.notify.message import BackupEvent, compose, secrets_of
@@ -56,7 +58,7 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
         said: dict[int, str] = {}  # each URL's problem, said in the URLs' order
         for index, url in enumerate(urls):
             where = f"notifications.urls[{index}] ({redact_url(url)})"
-            ap = apprise.Apprise()
+            ap = apprise.Apprise(asset=_in_this_thread(apprise))
             try:
                 if not ap.add(url):
                     said[index] = f"{where} is not a URL Apprise understands; fix it"
@@ -88,6 +90,20 @@ def send(urls: Sequence[str], title: str, body: str, *, failure: bool) -> Notify
             logger.setLevel(saved[0])
             logger.propagate = saved[1]
     return outcome
+
+
+def _in_this_thread(apprise: Any) -> Any:
+    """An asset that has Apprise send in the thread that calls it: by default (2.x) it sends
+    through its own pool, whose threads are not daemons, and Python's exit waits for them. A
+    webhook that never finished answering, given up after SEND_TIMEOUT, then held the process
+    at its very end, and the scheduled run never ended all the same. `service_timeout` (2.3 and
+    later) is off: SEND_TIMEOUT is the limit, and a limit of Apprise's own runs the send in its
+    pool."""
+    # An Apprise without `service_timeout` (before 2.3) has no pool for one service either.
+    for settings in ({"async_mode": False, "service_timeout": 0}, {"async_mode": False}):
+        with contextlib.suppress(Exception):
+            return apprise.AppriseAsset(**settings)
+    return None
 
 
 class _Sending:
