@@ -143,6 +143,13 @@ _FIELDS: dict[str, _Check] = {
     "targetsLastSuccess": _dict_of_dicts,
     "integrityChecks": lambda v: isinstance(v, dict),
     "forgotten": lambda v: isinstance(v, dict) and all(_forgetting(r) for r in v.values()),
+    "workspaces": lambda v: isinstance(v, dict) and all(isinstance(b, bool) for b in v.values()),
+    "lastNotification": {
+        "timestamp": _timestamp,
+        "date": _opt_str,
+        "sent": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "problems": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    },
 }
 
 
@@ -361,8 +368,9 @@ def write_state(
             doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
         elif "lastFailure" in previous:
             doc["lastFailure"] = previous["lastFailure"]
-        if isinstance(previous.get("integrityChecks"), dict):
-            doc["integrityChecks"] = previous["integrityChecks"]
+        for kept in ("integrityChecks", "lastNotification", "workspaces"):
+            if isinstance(previous.get(kept), dict):
+                doc[kept] = previous[kept]
         # A narrower backup (--identity-only) proves nothing about what the last full one missed.
         if scope == "full":
             doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
@@ -499,3 +507,48 @@ def _instant(text: str) -> float:
     except ValueError:
         return 0.0
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def record_notification(timestamp: float, sent: int, problems: list[str], path: Path | None = None) -> None:
+    """Record the last notification a run tried to send (`lastNotification`): how many URLs took
+    it and why the others did not. A channel that is down says so in `phx status`, before the
+    failure it should have told of goes unheard."""
+    from datetime import UTC, datetime
+
+    target = path or state_path()
+    with _locked(target):
+        doc = read_state(target) or {}
+        doc["lastNotification"] = {
+            "timestamp": int(timestamp),
+            "date": datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds"),
+            "sent": sent,
+            "problems": [str(p) for p in problems],
+        }
+        _write(target, doc)
+
+
+def notification_problem(state: dict[str, Any]) -> str | None:
+    """What `phx status` says when the last notification a run tried to send did not reach every URL."""
+    last = state.get("lastNotification")
+    if not isinstance(last, dict) or not last.get("problems"):
+        return None
+    return (
+        f"the last notification ({last.get('date')}) was not sent: {'; '.join(last['problems'])}; "
+        "failures may go unheard: fix notifications.urls (a test: `phx backup` with onSuccess notify)"
+    )
+
+
+def record_workspace(workspace: str, held: bool, path: Path | None = None) -> None:
+    """Record whether the workspace folder held anything when a backup of it succeeded
+    (`workspaces`, by the folder's path): only a folder that held something and is now empty
+    is the mount point of a disk that is not mounted; one empty from the start is a new agent's."""
+    target = path or state_path()
+    with _locked(target):
+        doc = read_state(target) or {}
+        seen = doc.get("workspaces")
+        seen = dict(seen) if isinstance(seen, dict) else {}
+        if seen.get(workspace) is held:
+            return
+        seen[workspace] = held
+        doc["workspaces"] = seen
+        _write(target, doc)

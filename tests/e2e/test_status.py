@@ -8,10 +8,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from e2e_support import Sandbox
+
+from phoenix_backup.schedule.runlog import holding
 
 
 def repo_bytes(repo: Path) -> int:
@@ -126,3 +128,70 @@ def test_a_database_saved_damaged_makes_the_backup_partial(make_sandbox: Callabl
     assert [p["path"] for p in last["failedParts"]] == [path]
     assert doc["lastSuccess"]["snapshotId"] == good["id"]
     assert any(w.startswith("the last backup was partial") and path in w for w in doc["warnings"]), doc
+
+
+def test_status_names_a_scheduled_run_that_never_finished(make_sandbox: Callable[..., Sandbox]) -> None:
+    """A scheduled run killed mid-backup (the OOM killer, a reboot: SIGKILL) writes no end to its
+    log and no state file: `phx status` said the night before's backup was the last, all well."""
+    sb = make_sandbox()
+    sb.phx_here("backup", "--json")
+    folder = sb.home / ".argentos" / "backup"
+    (folder / "schedule.json").write_text(
+        json.dumps({"job": "backup", "scheduler": "cron", "every": "daily", "at": "02:00"})
+    )
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    done = (
+        "2026-01-01T02:00:00+00:00 scheduled backup starting (config x)\n"
+        "2026-01-01T02:01:00+00:00 scheduled backup finished: exit 0\n"
+    )
+    (logs / "backup.log").write_text(done)
+    doc = sb.phx_here("status", "--json", code=0).json()
+    assert not [w for w in doc["warnings"] if "scheduled backup that started" in w]
+    # The next night's run, killed: its start is the log's last word.
+    (logs / "backup.log").write_text(done + "2026-01-02T02:00:00+00:00 scheduled backup starting (config x)\n")
+    doc = sb.phx_here("status", "--json", code=0).json()  # perhaps still running: a warning
+    said = [w for w in doc["warnings"] if "scheduled backup that started" in w]
+    assert len(said) == 1 and "started at 2026-01-02T02:00" in said[0] and "killed" in said[0], doc["warnings"]
+
+
+def _a_killed_or_running_run(sb: Sandbox, started: datetime) -> Path:
+    folder = sb.home / ".argentos" / "backup"
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (folder / "schedule.json").write_text(
+        json.dumps({"job": "backup", "scheduler": "cron", "every": "daily", "at": "02:00"})
+    )
+    (logs / "backup.log").write_text(f"{started.isoformat(timespec='seconds')} scheduled backup starting (config x)\n")
+    return logs
+
+
+def _unfinished_said(sb: Sandbox) -> str:
+    said = [w for w in sb.phx_here("status", "--json").json()["warnings"] if "scheduled backup that started" in w]
+    assert len(said) == 1, said
+    return said[0]
+
+
+def test_status_tells_a_scheduled_run_still_going_from_a_killed_one(make_sandbox: Callable[..., Sandbox]) -> None:
+    """During a long scheduled backup, `phx status` said "still running, or killed ... run `phx
+    backup` if nothing runs": the user could not tell, and a second backup beside the first was
+    what it asked for. The run holds a lock the kernel drops however it ends."""
+    sb = make_sandbox()
+    sb.phx_here("backup", "--json")
+    logs = _a_killed_or_running_run(sb, datetime.now().astimezone() + timedelta(minutes=1))
+    with holding(logs, "backup.log"):
+        said = _unfinished_said(sb)
+        assert "is still running" in said and "killed" not in said and "phx backup" not in said, said
+    said = _unfinished_said(sb)  # the lock dropped, no end in the log: killed
+    assert "was killed" in said and "still running" not in said and "run `phx backup`" in said, said
+
+
+def test_a_backup_after_the_killed_scheduled_run_is_not_asked_for_again(make_sandbox: Callable[..., Sandbox]) -> None:
+    """The run killed at 02:00, the user ran `phx backup` as `phx status` said: status still said
+    "has not finished: still running ... run `phx backup`" until the next night's run."""
+    sb = make_sandbox()
+    _a_killed_or_running_run(sb, datetime.now().astimezone() - timedelta(hours=1))
+    sb.phx_here("backup", "--json")
+    said = _unfinished_said(sb)
+    assert "was killed" in said and "a backup was recorded since" in said, said
+    assert "run `phx backup`" not in said and "still running" not in said, said

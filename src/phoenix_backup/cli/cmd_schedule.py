@@ -17,7 +17,7 @@ from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import drill as drill_op
 from phoenix_backup.ops.context import Environment
 from phoenix_backup.reporting import Silent
-from phoenix_backup.schedule.runlog import RunLog, log_dir, log_name
+from phoenix_backup.schedule.runlog import RunLog, holding, log_dir, log_name
 from phoenix_backup.state import state_path, write_state
 
 
@@ -208,43 +208,45 @@ def run(out: Out, envx: Environment, config_path: str | None, drill: bool) -> Ex
     envx.confirm = None
     envx.progress = Silent()
     envx.notice = lambda message: log.write(f"phx: {message}")
-    log.write(f"scheduled {kind} starting (config {config_path or 'default'})")
-    try:
-        cfg = load_config(Out(False, False), envx, config_path)
-    except PhoenixError as exc:
-        # Without a config there is no notification setting either: the log and the state file
-        # (which `phx status` reads) are the only places to say it.
-        log.write(f"phx: error: {exc}")
-        log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
-        if kind == "backup":  # the state file is the last backup's
-            write_state(
-                timestamp=time.time(),
-                backup_path="",
-                compression=False,
-                success=False,
-                snapshot_id=None,
-                snapshot_name=None,
-                error=redacted(str(exc)),
-                targets={},
-                scope="full",
-                path=state_path(envx.home),
-            )
-        return exc.exit_status
-    try:
-        status, doc, text = _run_job(kind, cfg, envx)
-    except PhoenixError as exc:
-        log.write(f"phx: error: {exc}")
-        log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
-        return exc.exit_status
-    except Exception as exc:  # the log is the only place a scheduled run can say what happened
-        log.write(f"phx: error: unexpected {type(exc).__name__}: {exc}")
-        log.write(f"scheduled {kind} finished: exit {int(ExitStatus.FAILURE)}")
-        return ExitStatus.FAILURE
-    log.write(text, report=True)
-    log.write(f"scheduled {kind} finished: exit {int(status)}")
-    if out.as_json:
-        out.result(doc, "")
-    return status
+    # Held until the run ends, however it ends: `phx status` tells a run still going from a killed one.
+    with holding(log.folder, log.name):
+        log.write(f"scheduled {kind} starting (config {config_path or 'default'})")
+        try:
+            cfg = load_config(Out(False, False), envx, config_path)
+        except PhoenixError as exc:
+            # Without a config there is no notification setting either: the log and the state file
+            # (which `phx status` reads) are the only places to say it.
+            log.write(f"phx: error: {exc}")
+            log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
+            if kind == "backup":  # the state file is the last backup's
+                write_state(
+                    timestamp=time.time(),
+                    backup_path="",
+                    compression=False,
+                    success=False,
+                    snapshot_id=None,
+                    snapshot_name=None,
+                    error=redacted(str(exc)),
+                    targets={},
+                    scope="full",
+                    path=state_path(envx.home),
+                )
+            return exc.exit_status
+        try:
+            status, doc, text = _run_job(kind, cfg, envx)
+        except PhoenixError as exc:
+            log.write(f"phx: error: {exc}")
+            log.write(f"scheduled {kind} finished: exit {int(exc.exit_status)}")
+            return exc.exit_status
+        except Exception as exc:  # the log is the only place a scheduled run can say what happened
+            log.write(f"phx: error: unexpected {type(exc).__name__}: {exc}")
+            log.write(f"scheduled {kind} finished: exit {int(ExitStatus.FAILURE)}")
+            return ExitStatus.FAILURE
+        log.write(text, report=True)
+        log.write(f"scheduled {kind} finished: exit {int(status)}")
+        if out.as_json:
+            out.result(doc, "")
+        return status
 
 
 def _run_job(kind: str, cfg: Config, envx: Environment) -> tuple[ExitStatus, dict[str, object], str]:

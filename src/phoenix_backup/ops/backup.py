@@ -74,7 +74,16 @@ from phoenix_backup.sources.scope import (
     plan_components,
 )
 from phoenix_backup.sources.sqlite_capture import SqliteCapture
-from phoenix_backup.state import IntegrityCheck, TargetOutcome, integrity_checks, record_integrity_checks, write_state
+from phoenix_backup.state import (
+    IntegrityCheck,
+    TargetOutcome,
+    integrity_checks,
+    read_state,
+    record_integrity_checks,
+    record_notification,
+    record_workspace,
+    write_state,
+)
 from phoenix_backup.units import human_size
 from phoenix_backup.users import username
 
@@ -228,6 +237,7 @@ def backup(
         try:
             pre = hooks.before()
             envx.progress.phase("scanning")
+            held = _require_mounted_workspace(cfg, envx, scope)
             layout, sel = select_sources(cfg, scope, envx)
             result = _snapshot(cfg, envx, layout, sel, scope, tags, when, started)
             # After the commit point: later steps (replication, retention, notification) report
@@ -247,9 +257,46 @@ def backup(
         raise
     result.hooks = {s.label: s for s in (pre, hooks.after(_status_word(result), result.id)) if s is not None}
     _record_state(cfg, envx, started, scope, result, None)
+    if held is not None:
+        record_workspace(str(cfg.workspace), held, _state_file(envx))
     result.notification = _notify(cfg, envx, _event(result))
     result.warnings += [f"notification: {p}" for p in result.notification.problems]
     return result
+
+
+# Names that say nothing of a workspace's content: what Finder or Explorer leave in a folder they
+# showed (the mount point, browsed while its disk was not mounted) and the `lost+found` of a fresh
+# empty disk mounted in the workspace's place. A folder holding only these is empty.
+_NOT_CONTENT = frozenset({".DS_Store", "lost+found", "Thumbs.db", "desktop.ini", ".localized"})
+
+
+def _require_mounted_workspace(cfg: Config, envx: Environment, scope: Scope) -> bool | None:
+    """SourceError when the workspace is an empty folder where a backup succeeded before and it
+    held something then: the mount point of a disk that is not mounted (at 02:00, after a reboot).
+    Its snapshot saved nothing and said ok (a warning in a log nobody reads, no alert under
+    `onSuccess: silent`), night after night, while retention aged the real snapshots out.
+    Otherwise whether the folder holds anything (None: a scope without it, or not a folder)."""
+    if scope not in ("full", "identity"):
+        return None
+    try:
+        with os.scandir(cfg.workspace) as entries:
+            if any(e.name not in _NOT_CONTENT for e in entries):
+                return True
+    except OSError:
+        return None  # not a folder: `select_sources` says so
+    state = read_state(_state_file(envx)) or {}
+    last = state.get("lastSuccess")
+    # A workspace empty from the start (a new agent's) was never anything else: no refusal. Nor
+    # with a state file that does not say (written before Phoenix recorded it).
+    if not isinstance(last, dict) or (state.get("workspaces") or {}).get(str(cfg.workspace)) is not True:
+        return False
+    raise SourceError(
+        f"the workspace {cfg.workspace} is an empty folder, but a backup succeeded here before "
+        f"({last.get('date')}, snapshot {last.get('snapshotName')}): if it is on a disk that is not mounted, "
+        "mount it and run `phx backup`; nothing was saved and no snapshot forgotten. If it is empty on "
+        "purpose, put its identity files back, or any file (`touch .keep`) to back it up as it is (or fix "
+        f"`workspace` in {cfg.source or 'the config'})"
+    )
 
 
 def _status_word(r: BackupResult) -> str:
@@ -280,6 +327,8 @@ def _notify(cfg: Config, envx: Environment, event: BackupEvent) -> NotifyOutcome
     outcome = notify_event(cfg, dict(envx.env), event)
     for problem in outcome.problems:
         envx.notice(f"warning: notification not sent: {problem}")
+    if outcome.skipped is None or outcome.problems:  # it was sent, or should have been
+        record_notification(time.time(), outcome.sent, outcome.problems, _state_file(envx))
     return outcome
 
 

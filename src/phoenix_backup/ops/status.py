@@ -44,6 +44,7 @@ from phoenix_backup.state import (
     integrity_checks,
     last_snapshot_on,
     load_state,
+    notification_problem,
     state_path,
 )
 from phoenix_backup.storage.base import ObjectInfo
@@ -159,6 +160,7 @@ class StatusResult:
                 "snapshotName": last_success.get("snapshotName"),
             },
             "lastFailure": state.get("lastFailure"),
+            "lastNotification": state.get("lastNotification"),
             "schedule": {
                 "installed": self.schedule_installed,
                 "scheduler": self.scheduler,
@@ -205,7 +207,9 @@ def status(cfg: Config, envx: Environment, *, now: float | None = None) -> Statu
         result.warnings.append(
             f"no schedule is installed; `phx schedule install` backs up {spec.describe()} (the config's schedule)"
         )
-    _check_age(result, when)
+    if sched is not None and sched.unfinished is not None:
+        result.warnings.append(_unfinished(sched.unfinished, sched.running, state))
+    _check_age(result, when, notifying=cfg.notifications.enabled)
     if damaged is not None:
         if state is None:
             result.alert = damaged
@@ -286,7 +290,27 @@ def _check_last_snapshot(result: StatusResult, names: list[str]) -> None:
         result.warnings.append(result.lost)
 
 
-def _check_age(result: StatusResult, when: datetime) -> None:
+def _unfinished(started: datetime, running: bool, state: dict[str, Any] | None) -> str:
+    """What `phx status` says of the last scheduled run when its log has no end for it: still going
+    (it holds its lock), or killed; and once a backup was recorded since it started, that one is
+    the last backup, and "run `phx backup`" (done already) is not said again."""
+    at = started.isoformat(timespec="minutes")
+    log = "~/.argentos/backup/logs/backup.log"
+    if running:
+        return f"the scheduled backup that started at {at} is still running; see {log}"
+    since = (state or {}).get("timestamp")
+    if isinstance(since, int) and since >= started.timestamp():
+        return (
+            f"the scheduled backup that started at {at} was killed (out of memory, a reboot) before it "
+            f"wrote its end to {log}; a backup was recorded since ({(state or {}).get('date')})"
+        )
+    return (
+        f"the scheduled backup that started at {at} was killed (out of memory, a reboot) before it could "
+        f"record anything; see {log} and run `phx backup`"
+    )
+
+
+def _check_age(result: StatusResult, when: datetime, *, notifying: bool = True) -> None:
     state = result.state
     if not state:
         result.overdue = True
@@ -305,6 +329,11 @@ def _check_age(result: StatusResult, when: datetime) -> None:
     full = full_backup_problem(state)
     if full is not None:
         result.warnings.append(full)
+    # Notifications turned off since: no run records one any more, and "fix notifications.urls"
+    # would be said for ever after.
+    unheard = notification_problem(state) if notifying else None
+    if unheard is not None:
+        result.warnings.append(unheard)
     if (state.get("success") or state.get("partial")) and failed_targets:
         result.warnings.append(f"the last backup reached only some targets: {'; '.join(failed_targets)}")
     last = result.last_success

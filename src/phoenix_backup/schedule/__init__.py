@@ -25,7 +25,7 @@ from phoenix_backup.dirs import make_dirs, write_private
 from phoenix_backup.errors import SchedulerUnavailable, UsageError
 from phoenix_backup.schedule import cron, launchd, systemd
 from phoenix_backup.schedule.job import KINDS, Job, job_name
-from phoenix_backup.schedule.runlog import log_dir, log_name
+from phoenix_backup.schedule.runlog import log_dir, log_name, running
 from phoenix_backup.schedule.spec import AT_WORDS, ScheduleSpec
 
 SCHEDULERS = ("systemd", "cron", "launchd")
@@ -226,6 +226,8 @@ class ScheduleStatus:
     # timer that is not active, a plist launchd has not loaded)
     inactive: dict[str, object] = field(default_factory=dict)
     last_run: datetime | None = None  # the start of the last scheduled run, from its log
+    unfinished: datetime | None = None  # ... when its log has no end for it (killed, or running)
+    running: bool = False  # a scheduled run holds its lock now (the unfinished one is still going)
 
     @property
     def scheduler(self) -> str | None:
@@ -304,8 +306,38 @@ def status(env: Mapping[str, str], home: Path, kind: str = "backup") -> Schedule
     next_due = spec.next_after(datetime.now().astimezone()) if spec else None
     log = log_dir(home) / log_name(kind)
     return ScheduleStatus(
-        found, spec, next_due, log_dir(home), _last_line(log), inactive, last_scheduled_run(log, kind)
+        found,
+        spec,
+        next_due,
+        log_dir(home),
+        _last_line(log),
+        inactive,
+        last_scheduled_run(log, kind),
+        unfinished_run(log, kind),
+        running(log_dir(home), log_name(kind)),
     )
+
+
+def unfinished_run(log: Path, kind: str = "backup") -> datetime | None:
+    """The start of the last scheduled run of the job when no "finished" line follows it in its
+    log: a run killed by the OOM killer or a reboot (SIGKILL) writes no end, and no state file
+    either, so the state's last backup still reads as the night before's. Or a run still going."""
+    lines: list[str] = []
+    for path in (log.with_name(f"{log.name}.1"), log):  # oldest first
+        try:
+            lines += path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+    for line in reversed(lines):
+        said = line.partition(" ")[2]
+        if said.startswith(f"scheduled {kind} finished"):
+            return None
+        if said.startswith(f"scheduled {kind} starting"):
+            try:
+                return datetime.fromisoformat(line.split(" ", 1)[0])
+            except ValueError:
+                return None
+    return None
 
 
 def last_scheduled_run(log: Path, kind: str = "backup") -> datetime | None:

@@ -5,8 +5,9 @@ fills the disk."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +23,45 @@ KEEP = 5
 
 def log_dir(home: Path) -> Path:
     return home / ".argentos" / "backup" / "logs"
+
+
+def running_lock(folder: Path, name: str) -> Path:
+    """The file a scheduled run holds a shared lock (flock) on while it runs: the kernel drops it
+    when the run ends, killed (SIGKILL, a reboot) or not, so `running` tells a run still going from
+    one that was killed, which its log alone (a start and no end) cannot."""
+    return folder / f".{name}.running"
+
+
+@contextlib.contextmanager
+def holding(folder: Path, name: str) -> Iterator[None]:
+    """Hold `running_lock` for the run (shared: overlapping runs each hold it). A lock that cannot
+    be taken never stops the run."""
+    fd = -1
+    with contextlib.suppress(OSError):
+        fd = os.open(running_lock(folder, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def running(folder: Path, name: str) -> bool:
+    """Whether a scheduled run of the log `name` holds its `running_lock` now."""
+    try:
+        fd = os.open(running_lock(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def log_name(kind: str) -> str:
