@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shlex
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +63,7 @@ def _reject_constant(name: str) -> object:
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, decode and validate one config file; every error names the file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows add a BOM
+        text = _read_regular_file(path)
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist; create one with "
@@ -91,6 +92,18 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         return parse_config(data, source=path, env=env)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_regular_file(path: Path) -> str:
+    # A FIFO or device would block the read for ever (or never end): only a regular file is read,
+    # opened without blocking and checked on the opened descriptor (no swap in between).
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                raise IsADirectoryError(path)
+            raise ConfigError(f"config file {path} is not a regular file (a pipe or device); point to the JSON file")
+        return handle.read().decode("utf-8-sig")  # -sig: editors on Windows add a BOM
 
 
 def write_config(path: Path, data: Mapping[str, object], *, force: bool = False) -> None:

@@ -1,0 +1,104 @@
+"""Wrong values in config fields through the real `phx` entry (in this process): one `phx: error:`
+line naming the field and the fix, exit 2, nothing written. Each row of the table stopped a
+command with an internal error (exit 1), was taken silently, or blocked for ever, before the
+checks in config/parse.py and config/load.py (red36)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import run_phx_here
+
+COMMANDS = (
+    ("backup",),
+    ("restore", "--dry-run", "--latest"),
+    ("doctor",),
+    ("status",),
+    ("forget", "--dry-run"),
+)
+
+# (field path, value, words the error must hold)
+BAD_VALUES = [
+    ("retention.within", "999999999999y", ("retention.within", "at most 1000 years")),
+    ("retention.capturesWithin", "1001y", ("retention.capturesWithin", "at most 1000 years")),
+    ("retention.capturesHourlyWithin", "9" * 5000 + "d", ("retention.capturesHourlyWithin", "at most")),
+    ("databases.integrityCheckEvery", "366000d", ("databases.integrityCheckEvery", "at most 1000 years")),
+    ("retention.keepSafetyDays", 2**200, ("retention.keepSafetyDays", "at most 365250 days")),
+    ("workspace", "/tmp/ws\u0000x", ("workspace", "NUL")),
+    ("backupDir", "/tmp/re\u0000po", ("backupDir", "NUL")),
+    ("exclude", ["*.log", "a\u0000b"], ("exclude[1]", "NUL")),
+    ("hooks.preBackup", "echo \u0000", ("hooks.preBackup", "NUL")),
+    ("workspace", "~no-such-user-red36/ws", ('no user "no-such-user-red36"', "workspace")),
+]
+
+
+def _write(path: Path, root: Path, field: str, value: object) -> None:
+    config: dict[str, Any] = {
+        "workspace": str(root / "ws"),
+        "backupDir": str(root / "repo"),
+        "encryption": {"enabled": False},
+    }
+    node = config
+    *parents, last = field.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    path.write_text(json.dumps(config))
+
+
+def _env(root: Path, config: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "PHX_CONFIG": str(config),
+        "PHX_CACHE_DIR": str(root / "cache"),
+        "XDG_CACHE_HOME": str(root / "xdg-cache"),
+        "XDG_CONFIG_HOME": str(root / "xdg-config"),
+        "XDG_DATA_HOME": str(root / "xdg-data"),
+        "XDG_STATE_HOME": str(root / "xdg-state"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"), BAD_VALUES, ids=[f"{r[0]}={str(r[1])[:20]!r}" for r in BAD_VALUES]
+)
+def test_a_wrong_value_is_one_error_naming_the_field(
+    tmp_path: Path, field: str, value: object, words: tuple[str, ...]
+) -> None:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    config = tmp_path / "phx.json"
+    _write(config, tmp_path, field, value)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for command in COMMANDS:
+        # doctor reports a config it refuses as its failed check (exit 1), the others exit 2.
+        doctor = command == ("doctor",)
+        res = run_phx_here(command, _env(tmp_path, config), code=1 if doctor else 2)
+        lines = [line for line in res.out.splitlines() if line.startswith("✗ config:")] if doctor else res.error_lines()
+        assert len(lines) == 1, res
+        for word in words:
+            assert word in lines[0], res
+        assert "internal error" not in res.out + res.err, res
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "a refused config wrote files"
+
+
+def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    fifo = tmp_path / "phx.json"
+    os.mkfifo(fifo)
+    res = run_phx_here(("status",), _env(tmp_path, fifo), code=2)
+    assert "not a regular file" in res.err and str(fifo) in res.err, res
+
+
+def test_the_longest_durations_still_allowed_work(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    config = tmp_path / "phx.json"
+    _write(config, tmp_path, "retention", {"within": "1000y", "capturesWithin": "365250d", "keepSafetyDays": 365250})
+    # The config is taken: forget gets as far as the repository (none here).
+    res = run_phx_here(("forget", "--dry-run"), _env(tmp_path, config), code=1)
+    assert "no repository at" in res.err and "internal error" not in res.err, res
