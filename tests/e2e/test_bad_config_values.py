@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import run_phx_here
+from e2e_support import Sandbox, run_phx_here
 
 COMMANDS = (
     ("backup",),
@@ -102,3 +102,25 @@ def test_the_longest_durations_still_allowed_work(tmp_path: Path) -> None:
     # The config is taken: forget gets as far as the repository (none here).
     res = run_phx_here(("forget", "--dry-run"), _env(tmp_path, config), code=1)
     assert "no repository at" in res.err and "internal error" not in res.err, res
+
+
+def test_a_mistyped_component_restores_nothing_and_says_so(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`components.memory: ["memroy/"]`: `restore --memory-only` planned "0 to create" and exited 0,
+    as if the memory were back; now it names components.memory (exit 2) and writes nothing."""
+    sb = backed_up
+    sb.write_config(components={"memory": ["memroy/"]})
+    dest = tmp_path / "out"
+    for extra in (("--dry-run",), ()):
+        res = run_phx_here(("restore", "--latest", "--memory-only", "--to", str(dest), *extra), sb.env, code=2)
+        assert "components.memory" in res.err and "memroy/" in res.err, res
+    assert not dest.exists()
+    sb.write_config(components=None)
+    run_phx_here(("restore", "--latest", "--memory-only", "--dry-run", "--to", str(dest)), sb.env)
+
+
+def test_a_config_link_that_loops_is_called_a_link_not_missing(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    res = run_phx_here(("status",), _env(tmp_path, tmp_path / "a.json"), code=2)
+    assert "symbolic link that leads nowhere" in res.err and "does not exist" not in res.err, res

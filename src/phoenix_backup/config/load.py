@@ -31,6 +31,11 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None, env: Mappin
     chosen = os.fspath(explicit) if explicit is not None else environment.get("PHX_CONFIG")
     if chosen:
         path = _expand_home(chosen, environment)
+        if not path.exists() and path.is_symlink():
+            raise ConfigError(
+                f"config file {path} is a symbolic link that leads nowhere (a missing target or a loop); "
+                "point it at the JSON file or fix the path"
+            )
         if not path.exists():
             quoted = shlex.quote(str(path))
             raise ConfigError(
