@@ -33,6 +33,10 @@ BAD_VALUES = [
     ("exclude", ["*.log", "a\u0000b"], ("exclude[1]", "NUL")),
     ("hooks.preBackup", "echo \u0000", ("hooks.preBackup", "NUL")),
     ("workspace", "~no-such-user-red36/ws", ('no user "no-such-user-red36"', "workspace")),
+    # git refused these only at `phx init` or the first push, naming no field.
+    ("targets.git.branch", "x:y", ("targets.git.branch", "Git branch name")),
+    ("targets.git.branch", "main.lock", ("targets.git.branch", "Git branch name")),
+    ("targets.git.branch", "\u001b[31m", ("targets.git.branch", "Git branch name")),
     # Shaped like cron, so config/ took it; doctor said "valid", status named no field.
     ("schedule.every", "99 99 * * *", ("schedule.every", "minute field '99'")),
     ("schedule.every", "0 0 31 2 *", ("schedule.every", "never comes due")),

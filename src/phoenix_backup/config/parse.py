@@ -454,8 +454,12 @@ def _targets(section: _Section) -> Targets:
             "targets.git.repo is required when targets.git.enabled is true; "
             "set it to a Git URL or path, or disable the target"
         )
-    if not git.branch or any(char.isspace() for char in git.branch) or ".." in git.branch:
-        raise ConfigError(f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)})')
+    if not _git_branch_ok(git.branch):
+        raise ConfigError(
+            f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)}): '
+            'no spaces, control characters, ~ ^ : ? * [ \\, ".." or "@{", no leading "-", "/" or ".", '
+            'no trailing "/", "." or ".lock"'
+        )
 
     common = ("enabled", "bucket", "prefix", "endpoint", "region", "accessKeyId", "secretAccessKey", "appendOnly")
     s3_section = section.section("s3", (*common, "storageClass", "objectLock"))
@@ -513,6 +517,18 @@ def _targets(section: _Section) -> Targets:
             )
     _refuse_shared_storage(s3, r2)
     return Targets(local=local, git=git, s3=s3, r2=r2)
+
+
+def _git_branch_ok(name: str) -> bool:
+    """`git check-ref-format --branch`'s rules (git refused such a name only at init or the first
+    push, with an error naming no field)."""
+    if not name or name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock")):
+        return False
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 or char in "~^:?*[\\" for char in name):
+        return False
+    if any(bad in name for bad in ("..", "@{", "//", "/.")):
+        return False
+    return not any(part.endswith(".lock") for part in name.split("/"))
 
 
 def _storage_place(endpoint: str | None, bucket: str, prefix: str) -> tuple[str, str, str]:
