@@ -33,6 +33,7 @@ BAD_VALUES = [
     ("exclude", ["*.log", "a\u0000b"], ("exclude[1]", "NUL")),
     ("hooks.preBackup", "echo \u0000", ("hooks.preBackup", "NUL")),
     ("workspace", "~no-such-user-red36/ws", ('no user "no-such-user-red36"', "workspace")),
+    ("backupDir", "${HOME/backups", ("backupDir", "unclosed variable reference")),
     # git refused these only at `phx init` or the first push, naming no field.
     ("targets.git.branch", "x:y", ("targets.git.branch", "Git branch name")),
     ("targets.git.branch", "main.lock", ("targets.git.branch", "Git branch name")),

@@ -162,6 +162,9 @@ class _Context:
                 )
             return quote(self.env[name])
 
+        if "${" in _VAR.sub("", text):
+            # Left as written, "${HOME/backups" was a folder of that name beside the config.
+            raise ConfigError(f"{where} has an unclosed variable reference ${{...; write it as $NAME or ${{NAME}}")
         text = _VAR.sub(substitute, text)
         if text == "~" or text.startswith("~/"):
             return quote(self.home) + text[1:]
