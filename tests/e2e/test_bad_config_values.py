@@ -99,7 +99,25 @@ def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> Non
     fifo = tmp_path / "phx.json"
     os.mkfifo(fifo)
     res = run_phx_here(("status",), _env(tmp_path, fifo), code=2)
-    assert "not a regular file" in res.err and str(fifo) in res.err, res
+    assert "a pipe that nothing writes to" in res.err and str(fifo) in res.err, res
+    res = run_phx_here(("status",), _env(tmp_path, Path("/dev/zero")), code=2)
+    assert "is a device" in res.err, res
+
+
+def test_a_config_from_a_pipe_with_a_writer_is_read(tmp_path: Path) -> None:
+    """`--config <(generate-config)`: a pipe with its writer is read to its end, as before."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    config = tmp_path / "phx.json"
+    _write(config, tmp_path, "schedule.every", "0 0 31 2 *")  # an error that proves the text was read
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, config.read_bytes())
+        os.close(write_end)
+        res = run_phx_here(("status",), _env(tmp_path, Path(f"/dev/fd/{read_end}")), code=2)
+    finally:
+        os.close(read_end)
+    assert "never comes due" in res.err, res
 
 
 def test_the_longest_durations_still_allowed_work(tmp_path: Path) -> None:

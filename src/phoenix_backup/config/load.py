@@ -68,7 +68,7 @@ def _reject_constant(name: str) -> object:
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, decode and validate one config file; every error names the file."""
     try:
-        text = _read_regular_file(path)
+        text = _read_config_text(path)
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist; create one with "
@@ -99,16 +99,22 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def _read_regular_file(path: Path) -> str:
-    # A FIFO or device would block the read for ever (or never end): only a regular file is read,
-    # opened without blocking and checked on the opened descriptor (no swap in between).
+def _read_config_text(path: Path) -> str:
+    # Opened without blocking: a named FIFO nothing writes to would block open() for ever. A pipe
+    # that has a writer (`--config <(generate-config)`) is then read to its end; a device is refused
+    # (/dev/zero never ends).
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(descriptor, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
-                raise IsADirectoryError(path)
-            raise ConfigError(f"config file {path} is not a regular file (a pipe or device); point to the JSON file")
-        return handle.read().decode("utf-8-sig")  # -sig: editors on Windows add a BOM
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError(f"config file {path} is a device, not a file; point to the JSON file")
+        os.set_blocking(descriptor, True)
+        data = handle.read()
+    if stat.S_ISFIFO(mode) and not data:
+        raise ConfigError(f"config file {path} is a pipe that nothing writes to; point to the JSON file")
+    return data.decode("utf-8-sig")  # -sig: editors on Windows add a BOM
 
 
 def write_config(path: Path, data: Mapping[str, object], *, force: bool = False) -> None:
