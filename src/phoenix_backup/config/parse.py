@@ -420,18 +420,21 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
     )
 
 
-def _reject_nul(value: object, where: str) -> None:
+def _reject_nul(data: object, where: str) -> None:
     """No string of the config may hold a NUL character: no path, command or name can (the
-    operating system refuses it, which stopped commands with an internal error)."""
-    if isinstance(value, str) and "\x00" in value:
-        raise ConfigError(f"{where or 'the config'} holds a NUL character (\\u0000); remove it")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            name = str(key).replace("\x00", "\\u0000")
-            _reject_nul(item, f"{where}.{name}" if where else name)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _reject_nul(item, f"{where}[{index}]")
+    operating system refuses it, which stopped commands with an internal error). Walked with a
+    list, not recursion: a document nested as deep as the JSON decoder allows is still checked."""
+    pending: list[tuple[object, str]] = [(data, where)]
+    while pending:
+        value, here = pending.pop()
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{here or 'the config'} holds a NUL character (\\u0000); remove it")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = str(key).replace("\x00", "\\u0000")
+                pending.append((item, f"{here}.{name}" if here else name))
+        elif isinstance(value, list):
+            pending.extend((item, f"{here}[{index}]") for index, item in enumerate(value))
 
 
 def _targets(section: _Section) -> Targets:
