@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shlex
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,11 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None, env: Mappin
     chosen = os.fspath(explicit) if explicit is not None else environment.get("PHX_CONFIG")
     if chosen:
         path = _expand_home(chosen, environment)
+        if not path.exists() and path.is_symlink():
+            raise ConfigError(
+                f"config file {path} is a symbolic link that leads nowhere (a missing target or a loop); "
+                "point it at the JSON file or fix the path"
+            )
         if not path.exists():
             quoted = shlex.quote(str(path))
             raise ConfigError(
@@ -62,7 +68,7 @@ def _reject_constant(name: str) -> object:
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, decode and validate one config file; every error names the file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows add a BOM
+        text = _read_config_text(path)
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist; create one with "
@@ -91,6 +97,24 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         return parse_config(data, source=path, env=env)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_config_text(path: Path) -> str:
+    # Opened without blocking: a named FIFO nothing writes to would block open() for ever. A pipe
+    # that has a writer (`--config <(generate-config)`) is then read to its end; a device is refused
+    # (/dev/zero never ends).
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError(f"config file {path} is a device, not a file; point to the JSON file")
+        os.set_blocking(descriptor, True)
+        data = handle.read()
+    if stat.S_ISFIFO(mode) and not data:
+        raise ConfigError(f"config file {path} is a pipe that nothing writes to; point to the JSON file")
+    return data.decode("utf-8-sig")  # -sig: editors on Windows add a BOM
 
 
 def write_config(path: Path, data: Mapping[str, object], *, force: bool = False) -> None:

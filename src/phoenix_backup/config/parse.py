@@ -87,6 +87,10 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Where the repository goes when no local path is configured; only used by the local target.
 _FALLBACK_BACKUP_DIR = "~/backups/argent"
 
+# A duration or day count longer than this is a typo (a cutoff before year 1 stopped backup and
+# forget with an internal error); 1000 years keeps every snapshot ever made.
+_MAX_DAYS = 365_250
+
 _TOP_KEYS = (
     "workspace",
     "backupDir",
@@ -158,6 +162,9 @@ class _Context:
                 )
             return quote(self.env[name])
 
+        if "${" in _VAR.sub("", text):
+            # Left as written, "${HOME/backups" was a folder of that name beside the config.
+            raise ConfigError(f"{where} has an unclosed variable reference ${{...; write it as $NAME or ${{NAME}}")
         text = _VAR.sub(substitute, text)
         if text == "~" or text.startswith("~/"):
             return quote(self.home) + text[1:]
@@ -167,7 +174,16 @@ class _Context:
         return text
 
     def path(self, text: str, where: str) -> Path:
-        return self.resolve(self.expand(text, where))
+        expanded = self.expand(text, where)
+        if text.startswith("~") and expanded.startswith("~"):
+            # expanduser leaves `~name` as it is when no such user exists: it would have been taken
+            # as a folder named "~name" beside the config.
+            user = text[1:].partition("/")[0]
+            raise ConfigError(
+                f'{where} starts with ~{user}, but there is no user "{user}" on this machine; '
+                "fix the name or write the full path"
+            )
+        return self.resolve(expanded)
 
     def resolve(self, expanded: str) -> Path:
         path = Path(expanded)
@@ -302,6 +318,7 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
             f'the config must be a JSON object such as {{"workspace": "~/argent", ...}} '
             f"(got {_got(data)}); `phx init` writes an example"
         )
+    _reject_nul(data, "")
     root = _Section(data, "", _TOP_KEYS, ctx)
 
     workspace = root.path("workspace")
@@ -403,6 +420,23 @@ def parse_config(data: object, source: Path | None = None, env: Mapping[str, str
     )
 
 
+def _reject_nul(data: object, where: str) -> None:
+    """No string of the config may hold a NUL character: no path, command or name can (the
+    operating system refuses it, which stopped commands with an internal error). Walked with a
+    list, not recursion: a document nested as deep as the JSON decoder allows is still checked."""
+    pending: list[tuple[object, str]] = [(data, where)]
+    while pending:
+        value, here = pending.pop()
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"{here or 'the config'} holds a NUL character (\\u0000); remove it")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = str(key).replace("\x00", "\\u0000")
+                pending.append((item, f"{here}.{name}" if here else name))
+        elif isinstance(value, list):
+            pending.extend((item, f"{here}[{index}]") for index, item in enumerate(value))
+
+
 def _targets(section: _Section) -> Targets:
     local_section = section.section("local", ("enabled", "path", "appendOnly"))
     # No `local` object at all still means a local repository at backupDir, as in the seed.
@@ -426,8 +460,12 @@ def _targets(section: _Section) -> Targets:
             "targets.git.repo is required when targets.git.enabled is true; "
             "set it to a Git URL or path, or disable the target"
         )
-    if not git.branch or any(char.isspace() for char in git.branch) or ".." in git.branch:
-        raise ConfigError(f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)})')
+    if not _git_branch_ok(git.branch):
+        raise ConfigError(
+            f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)}): '
+            'no spaces, control characters, ~ ^ : ? * [ \\, ".." or "@{", no leading "-", "/" or ".", '
+            'no trailing "/", "." or ".lock"'
+        )
 
     common = ("enabled", "bucket", "prefix", "endpoint", "region", "accessKeyId", "secretAccessKey", "appendOnly")
     s3_section = section.section("s3", (*common, "storageClass", "objectLock"))
@@ -485,6 +523,18 @@ def _targets(section: _Section) -> Targets:
             )
     _refuse_shared_storage(s3, r2)
     return Targets(local=local, git=git, s3=s3, r2=r2)
+
+
+def _git_branch_ok(name: str) -> bool:
+    """`git check-ref-format --branch`'s rules (git refused such a name only at init or the first
+    push, with an error naming no field)."""
+    if not name or name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock")):
+        return False
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 or char in "~^:?*[\\" for char in name):
+        return False
+    if any(bad in name for bad in ("..", "@{", "//", "/.")):
+        return False
+    return not any(part.endswith(".lock") for part in name.split("/"))
 
 
 def _storage_place(endpoint: str | None, bucket: str, prefix: str) -> tuple[str, str, str]:
@@ -610,11 +660,8 @@ def _compression(value: object, ctx: _Context) -> Compression:
 def _retention(section: _Section) -> Retention:
     defaults = Retention()
     within = section.optional_string("within") if section.has("within") else defaults.within
-    if within is not None and not _DURATION.match(within):
-        raise ConfigError(
-            "retention.within must be a duration of numbers with units y, m, d or h, "
-            f'such as "30d" or "1y6m" (got {_got(within)})'
-        )
+    if within is not None:
+        _check_duration(within, "retention.within", 'such as "30d" or "1y6m"')
     return Retention(
         hourly=section.integer("hourly", defaults.hourly, -1),
         daily=section.integer("daily", defaults.daily, -1),
@@ -623,7 +670,7 @@ def _retention(section: _Section) -> Retention:
         yearly=section.integer("yearly", defaults.yearly, -1),
         last=section.integer("last", defaults.last, -1),
         within=within,
-        keep_safety_days=section.integer("keepSafetyDays", 7, 0),
+        keep_safety_days=_days(section, "keepSafetyDays", defaults.keep_safety_days),
         prune=section.boolean("prune", True),
         captures_within=_duration(section, "capturesWithin", defaults.captures_within),
         captures_hourly_within=_duration(section, "capturesHourlyWithin", defaults.captures_hourly_within),
@@ -632,12 +679,35 @@ def _retention(section: _Section) -> Retention:
 
 def _duration(section: _Section, key: str, default: str) -> str:
     value = section.optional_string(key) if section.has(key) else default
-    if value is None or not _DURATION.match(value):
+    if value is None:
         raise ConfigError(
             f"retention.{key} must be a duration of numbers with units y, m, d or h, "
             f'such as "1d" or "36h" (got {_got(value)})'
         )
+    _check_duration(value, f"retention.{key}", 'such as "1d" or "36h"')
     return value
+
+
+def _check_duration(value: str, name: str, example: str) -> None:
+    """The one check of every duration field (restic's syntax): well-formed and at most _MAX_DAYS."""
+    if not _DURATION.match(value):
+        raise ConfigError(
+            f"{name} must be a duration of numbers with units y, m, d or h, {example} (got {_got(value)})"
+        )
+    factors = {"y": 365.25, "m": 365.25 / 12, "d": 1, "h": 1 / 24}
+    parts = re.findall(r"([0-9]+)([ymdh])", value)
+    # A number of more than 9 digits is too long in any unit (and int() refuses 4,300 digits).
+    if any(len(number.lstrip("0")) > 9 for number, _unit in parts) or (
+        sum(int(number) * factors[unit] for number, unit in parts) > _MAX_DAYS
+    ):
+        raise ConfigError(f"{name} must be at most 1000 years (got {_got(value)}); write a shorter duration")
+
+
+def _days(section: _Section, key: str, default: int) -> int:
+    days = section.integer(key, default, 0)
+    if days > _MAX_DAYS:
+        raise ConfigError(f"{section.field(key)} must be at most {_MAX_DAYS} days (1000 years) (got {days})")
+    return days
 
 
 def _notifications(section: _Section) -> Notifications:
@@ -770,11 +840,7 @@ def _databases(section: _Section, workspace: Path) -> Databases:
                 f'databases.{kind} names the database "{duplicates[0]}" twice; give each entry a unique name'
             )
     every = section.string("integrityCheckEvery", Databases.integrity_check_every)
-    if not _DURATION.match(every):
-        raise ConfigError(
-            "databases.integrityCheckEvery must be a duration of numbers with units y, m, d or h, "
-            f'such as "24h" or "7d" ("0h": at every backup) (got {_got(every)})'
-        )
+    _check_duration(every, "databases.integrityCheckEvery", 'such as "24h" or "7d" ("0h": at every backup)')
     return Databases(
         sqlite=sqlite, sqlite_globs=globs, postgres=tuple(postgres), redis=tuple(redis), integrity_check_every=every
     )

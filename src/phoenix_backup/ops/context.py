@@ -1114,6 +1114,18 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _check_schedule(cfg: Config) -> None:
+    """`schedule.every`'s cron fields against the scheduler's own model (config/ only checks the
+    shape: the model lives in schedule/, a layer above): "99 99 * * *" was a valid config to
+    doctor, then stopped status and `schedule install` with an error naming no field."""
+    from phoenix_backup.schedule.spec import ScheduleSpec
+
+    try:
+        ScheduleSpec.parse(cfg.schedule.every, cfg.schedule.at).next_after(datetime.now())  # "0 0 31 2 *": never
+    except UsageError as error:
+        raise ConfigError(f"{cfg.source}: schedule.every: {error}") from None
+
+
 def load(envx: Environment, config_path: str | None, location: str | None = None) -> Config:
     """The config; with `location` (`--repo`, `PHX_REPOSITORY`) reading from that repository alone,
     from the config file when there is one, else from the ArgentOS defaults (a new machine).
@@ -1128,7 +1140,9 @@ def load(envx: Environment, config_path: str | None, location: str | None = None
     for problem in leftovers.bounded(problems):
         envx.notice(f"warning: {problem}")
     if location is None:
-        return remember_append_only(load_config(find_config_path(config_path, envx.env), envx.env), envx.env)
+        cfg = load_config(find_config_path(config_path, envx.env), envx.env)
+        _check_schedule(cfg)
+        return remember_append_only(cfg, envx.env)
     from phoenix_backup.config.location import config_for_location
 
     explicit = config_path or envx.env.get("PHX_CONFIG")

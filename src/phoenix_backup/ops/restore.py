@@ -360,6 +360,13 @@ class _Restore:
                 f"no path of snapshot {snap.name} ({snap.id[:8]}) matches --path {', '.join(paths)}"
                 f"{' in the chosen scope' if scope != 'full' else ''}; see `phx ls {snap.id[:8]}` for its paths"
             )
+        if scope in ("memory", "identity", "config") and not self.selected and not delete:
+            # A mistyped `components` entry selects nothing: "0 to create" and exit 0 read as done.
+            patterns = ", ".join(getattr(cfg.components, scope)) or "none"
+            raise UsageError(
+                f"snapshot {snap.name} ({snap.id[:8]}) holds nothing of the {scope} scope (components.{scope}: "
+                f"{patterns}); check components.{scope} in the config against `phx ls {snap.id[:8]}`"
+            )
         if self.in_place:
             self.selected = self._without_live_config(self.selected)
         self.server_dbs: list[tuple[str, Node]] = []
