@@ -368,9 +368,9 @@ def write_state(
             doc["lastFailure"] = {"timestamp": doc["timestamp"], "date": doc["date"], "error": error}
         elif "lastFailure" in previous:
             doc["lastFailure"] = previous["lastFailure"]
-        for kept in ("integrityChecks", "lastNotification", "workspaces"):
-            if isinstance(previous.get(kept), dict):
-                doc[kept] = previous[kept]
+        for carried in ("integrityChecks", "lastNotification", "workspaces"):
+            if isinstance(previous.get(carried), dict):
+                doc[carried] = previous[carried]
         # A narrower backup (--identity-only) proves nothing about what the last full one missed.
         if scope == "full":
             doc["lastFull"] = {k: doc[k] for k in ("timestamp", "date", "success", "partial", "failedParts", "error")}
