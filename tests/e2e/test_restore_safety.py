@@ -132,6 +132,30 @@ def test_in_place_restore_needs_yes_without_a_terminal(backed_up: Sandbox, tmp_p
         assert_same_db(ref_dbs[db], db_dump(sb.db_path(db)), f"{db} after an in-place restore")
 
 
+def test_a_restore_below_to_overwrites_what_is_there_only_once_confirmed(backed_up: Sandbox, tmp_path: Path) -> None:
+    """`--to` into a folder that already holds files differing from the snapshot (an earlier restore
+    the user has edited since, a home folder) overwrote them without a word, and no safety snapshot
+    is taken there: a restore that would overwrite refuses without a terminal and without --yes
+    (DESIGN §7), naming what it would overwrite; what is only new or unchanged needs nothing."""
+    sb = backed_up
+    dest = tmp_path / "out"
+    sb.phx_here("restore", "--latest", "--to", dest)  # into a new folder: nothing to confirm
+    sb.phx_here("restore", "--latest", "--to", dest)  # again: every path unchanged, nothing to confirm
+    edited = dest / "workspace" / "SOUL.md"
+    edited.write_text("my notes on the restored soul\n")
+    (dest / "workspace" / "TOOLS.md").unlink()  # missing: created again without asking
+
+    res = sb.phx_here("restore", "--latest", "--to", dest, code=2)
+    assert_error(res, 2, "would overwrite 1 path(s) already below")
+    assert str(edited) in res.err and "--yes" in res.err, res.err
+    assert edited.read_text() == "my notes on the restored soul\n"
+    assert not (dest / "workspace" / "TOOLS.md").exists(), "a refused restore wrote nothing"
+
+    sb.phx_here("restore", "--latest", "--to", dest, "--yes")
+    assert edited.read_bytes() == (sb.workspace / "SOUL.md").read_bytes()
+    assert (dest / "workspace" / "TOOLS.md").read_bytes() == (sb.workspace / "TOOLS.md").read_bytes()
+
+
 def test_an_in_place_restore_with_nothing_to_change_says_so_and_takes_no_safety_snapshot(backed_up: Sandbox) -> None:
     """In place, a restore right after a backup (which moves the times of ~/.argentos and its data
     folder itself) took a safety snapshot of 0 files and said nothing, where the same restore below

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phoenix_backup.config import default_config_dict, parse_config
+from phoenix_backup.errors import UsageError
 from phoenix_backup.ops import backup as backup_op
 from phoenix_backup.ops import list as list_op
 from phoenix_backup.ops import restore as restore_op
@@ -49,8 +50,21 @@ class DemoResult:
         }
 
 
+def _holds_anything(folder: Path) -> bool:
+    try:
+        return any(True for _ in folder.iterdir())
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True
+
+
 def run(envx: Environment, directory: Path | None, size: str, notice: Callable[[str], None]) -> DemoResult:
     root = Path(directory or tempfile.mkdtemp(prefix="phx-demo-")).absolute()
+    if directory is not None and _holds_anything(root):
+        # A demo builds its sample, repository and restore anew: in a folder an earlier demo (or
+        # anything else) filled it would meet them half way.
+        raise UsageError(f"--dir {root} is not empty; give a new or empty folder (or leave --dir out for a new one)")
     result = DemoResult(str(root))
     t = time.time()
     layout = generate_workspace(root / "sample", size=size)

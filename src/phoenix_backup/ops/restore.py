@@ -571,6 +571,8 @@ class _Restore:
         self.folded_names(plan)
         if self.in_place:
             self.confirm(plan)
+        else:
+            self.confirm_below_to(plan)
         if self.in_place or any(i.action == "overwrite" for i in plan.items):
             # Before anything existing is replaced, every blob must open: a path whose data is
             # damaged is left as it is (never half-written) and the rest is restored. A restore
@@ -885,6 +887,30 @@ class _Restore:
         question = (
             f"Restore {self.snap.name} ({self.snap.id[:8]}) in place: {summary}{also}. "
             f"Before writing, {first}a safety snapshot (tag pre-restore) is taken. Continue?"
+        )
+        if not self.envx.confirm(question):
+            raise Cancelled("restore cancelled; nothing was changed")
+
+    def confirm_below_to(self, plan: _Plan) -> None:
+        """Below `--to`, paths already there whose content differs from the snapshot are overwritten
+        only once confirmed, as in place (DESIGN §7: without a terminal and without `--yes`, a restore
+        that would overwrite refuses): `--to` is often a folder that already holds something (a home
+        folder, an earlier restore the user has edited since), and no safety snapshot is taken there."""
+        overwrite = sorted(i.path for i in plan.items if i.action == "overwrite")
+        if not overwrite or self.yes or self.to is None:
+            return
+        shown = ", ".join(str(self.to / p) for p in overwrite[:3])
+        if len(overwrite) > 3:
+            shown += f" and {len(overwrite) - 3} more"
+        if not self.envx.interactive or self.envx.confirm is None:
+            raise ConfirmationRequired(
+                f"this restore would overwrite {len(overwrite)} path(s) already below {self.to} whose content "
+                f"differs from the snapshot ({shown}); there is no terminal to ask on: pass --yes to overwrite "
+                "them, or restore into an empty folder (--dry-run shows the plan)"
+            )
+        question = (
+            f"Restore {self.snap.name} ({self.snap.id[:8]}) below {self.to}: {len(overwrite)} path(s) there differ "
+            f"from the snapshot and would be overwritten ({shown}); no safety snapshot is taken below --to. Continue?"
         )
         if not self.envx.confirm(question):
             raise Cancelled("restore cancelled; nothing was changed")
