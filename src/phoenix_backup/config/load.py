@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shlex
 import stat
 import tempfile
@@ -99,6 +100,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: {error}") from None
 
 
+# How long a named pipe's writer may take to come (a secrets helper that writes the config when its
+# reader has opened the pipe): long enough for any such helper, short of waiting for ever.
+PIPE_WRITER_WAIT = 10.0
+
+
 def _read_config_text(path: Path) -> str:
     # Opened without blocking: a named FIFO nothing writes to would block open() for ever. A pipe
     # that has a writer (`--config <(generate-config)`) is then read to its end; a device is refused
@@ -110,6 +116,14 @@ def _read_config_text(path: Path) -> str:
             raise IsADirectoryError(path)
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise ConfigError(f"config file {path} is a device, not a file; point to the JSON file")
+        # A named pipe whose writer opens it after us (`mkfifo`, then a helper writes when read) was
+        # read before the writer came: an empty read, refused. Its writer is waited for, boundedly
+        # (a pipe with no writer yet is not readable; one whose writer left without writing is).
+        if stat.S_ISFIFO(mode) and not select.select([descriptor], [], [], PIPE_WRITER_WAIT)[0]:
+            raise ConfigError(
+                f"config file {path} is a pipe that nothing wrote to within {PIPE_WRITER_WAIT:g} s; "
+                "point to the JSON file"
+            )
         os.set_blocking(descriptor, True)
         data = handle.read()
     if stat.S_ISFIFO(mode) and not data:
