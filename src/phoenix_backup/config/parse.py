@@ -460,7 +460,7 @@ def _targets(section: _Section) -> Targets:
             "targets.git.repo is required when targets.git.enabled is true; "
             "set it to a Git URL or path, or disable the target"
         )
-    if not _git_branch_ok(git.branch):
+    if not git_branch_ok(git.branch):
         raise ConfigError(
             f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)}): '
             'no spaces, control characters, ~ ^ : ? * [ \\, ".." or "@{", no leading "-", "/" or ".", '
@@ -525,7 +525,7 @@ def _targets(section: _Section) -> Targets:
     return Targets(local=local, git=git, s3=s3, r2=r2)
 
 
-def _git_branch_ok(name: str) -> bool:
+def git_branch_ok(name: str) -> bool:
     """`git check-ref-format --branch`'s rules (git refused such a name only at init or the first
     push, with an error naming no field)."""
     if not name or name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock")):
