@@ -135,3 +135,17 @@ def test_a_nul_in_any_string_field_is_refused_naming_it(path: tuple[str | int, .
     with pytest.raises(ConfigError, match="NUL") as caught:
         parse_config(_with(path, "a\x00b"), env=ENV)
     assert _name(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("path", [(), ("targets",), ("retention",), ("databases", "postgres", 0)])
+def test_a_nul_in_a_key_is_refused_naming_it(path: tuple[str | int, ...]) -> None:
+    """A key "daily\\u0000" was "unknown key" with the raw NUL in the message (shown as nothing or a
+    space: 'unknown key "retention.daily "; did you mean "retention.daily"?')."""
+    data = copy.deepcopy(FULL)
+    node: Any = data
+    for key in path:
+        node = node[key]
+    node["daily\x00"] = 1
+    with pytest.raises(ConfigError, match="NUL") as caught:
+        parse_config(data, env=ENV)
+    assert "\x00" not in str(caught.value) and "daily\\u0000" in str(caught.value)

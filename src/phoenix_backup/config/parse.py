@@ -432,6 +432,9 @@ def _reject_nul(data: object, where: str) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 name = str(key).replace("\x00", "\\u0000")
+                if name != key:
+                    # Else "unknown key" with the raw NUL in the message, shown as nothing or a space.
+                    raise ConfigError(f'the key "{name}" in {here or "the config"} holds a NUL character; remove it')
                 pending.append((item, f"{here}.{name}" if here else name))
         elif isinstance(value, list):
             pending.extend((item, f"{here}[{index}]") for index, item in enumerate(value))
