@@ -153,6 +153,31 @@ def test_a_named_pipe_whose_writer_comes_after_the_reader_is_read(tmp_path: Path
     assert "never comes due" in res.err, res
 
 
+def test_a_pipe_whose_writer_is_there_is_not_hurried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config <(slow-generator)`: a writer that is there but writes late (a prompt, a vault
+    call) is waited for as long as it takes; only a pipe with no writer at all has a deadline."""
+    monkeypatch.setattr("phoenix_backup.config.load.PIPE_WRITER_WAIT", 0)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    source = tmp_path / "source.json"
+    _write(source, tmp_path, "schedule.every", "0 0 31 2 *")  # an error that proves the text was read
+    read_end, write_end = os.pipe()
+
+    def slow() -> None:
+        time.sleep(0.2)  # past the (zero) deadline; there is no event to await in a slow writer
+        os.write(write_end, source.read_bytes())
+        os.close(write_end)
+
+    writer = threading.Thread(target=slow, daemon=True)
+    writer.start()
+    try:
+        res = run_phx_here(("status",), _env(tmp_path, Path(f"/dev/fd/{read_end}")), code=2)
+    finally:
+        writer.join(5)
+        os.close(read_end)
+    assert "never comes due" in res.err, res
+
+
 def test_the_longest_durations_still_allowed_work(tmp_path: Path) -> None:
     (tmp_path / "ws").mkdir()
     (tmp_path / "home").mkdir()

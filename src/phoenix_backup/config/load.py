@@ -116,19 +116,33 @@ def _read_config_text(path: Path) -> str:
             raise IsADirectoryError(path)
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise ConfigError(f"config file {path} is a device, not a file; point to the JSON file")
-        # A named pipe whose writer opens it after us (`mkfifo`, then a helper writes when read) was
-        # read before the writer came: an empty read, refused. Its writer is waited for, boundedly
-        # (a pipe with no writer yet is not readable; one whose writer left without writing is).
-        if stat.S_ISFIFO(mode) and not select.select([descriptor], [], [], PIPE_WRITER_WAIT)[0]:
-            raise ConfigError(
-                f"config file {path} is a pipe that nothing wrote to within {PIPE_WRITER_WAIT:g} s; "
-                "point to the JSON file"
-            )
+        data = _first_bytes(descriptor) if stat.S_ISFIFO(mode) else None
+        if data == b"":
+            # No writer yet: a named pipe whose writer opens it after us (`mkfifo`, then a helper that
+            # writes the config when a reader comes) was refused before its writer came. Waited for,
+            # boundedly: a pipe turns readable when a writer writes, or comes and leaves.
+            select.select([descriptor], [], [], PIPE_WRITER_WAIT)
+            data = _first_bytes(descriptor)
+            if data == b"" and not select.select([descriptor], [], [], 0)[0]:
+                raise ConfigError(
+                    f"config file {path} is a pipe that nothing wrote to within {PIPE_WRITER_WAIT:g} s; "
+                    "point to the JSON file"
+                )
+        # None: a writer is there (`--config <(generate-config)`), read as slowly as it writes.
         os.set_blocking(descriptor, True)
-        data = handle.read()
+        data = (data or b"") + handle.read()
     if stat.S_ISFIFO(mode) and not data:
         raise ConfigError(f"config file {path} is a pipe that nothing writes to; point to the JSON file")
     return data.decode("utf-8-sig")  # -sig: editors on Windows add a BOM
+
+
+def _first_bytes(descriptor: int) -> bytes | None:
+    """What a pipe holds now without waiting: b"" when no writer is there, None when one is but has
+    not written yet."""
+    try:
+        return os.read(descriptor, 1 << 16)
+    except BlockingIOError:
+        return None
 
 
 def write_config(path: Path, data: Mapping[str, object], *, force: bool = False) -> None:
