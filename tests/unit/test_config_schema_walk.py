@@ -149,3 +149,14 @@ def test_a_nul_in_a_key_is_refused_naming_it(path: tuple[str | int, ...]) -> Non
     with pytest.raises(ConfigError, match="NUL") as caught:
         parse_config(data, env=ENV)
     assert "\x00" not in str(caught.value) and "daily\\u0000" in str(caught.value)
+
+
+def test_a_tilde_user_that_does_not_exist_is_refused_also_when_a_variable_puts_it_first() -> None:
+    """`"workspace": "$WS/ws"` with WS=~no-such-user: the variable is expanded first, then the
+    leading ~ (no such user, kept as written): the workspace was a folder "~no-such-user" beside the
+    config, while the same text written out was refused (red36)."""
+    env = {**ENV, "WS": "~no-such-user-advred36"}
+    with pytest.raises(ConfigError, match="workspace starts with ~no-such-user-advred36 \\(as \\$WS/ws expands\\)"):
+        parse_config({**FULL, "workspace": "$WS/ws"}, env=env)
+    env = {**ENV, "WS": "~root"}  # a user that exists: taken, as before
+    assert str(parse_config({**FULL, "workspace": "$WS/ws"}, env=env).workspace).endswith("/ws")

@@ -175,12 +175,14 @@ class _Context:
 
     def path(self, text: str, where: str) -> Path:
         expanded = self.expand(text, where)
-        if text.startswith("~") and expanded.startswith("~"):
+        if expanded.startswith("~"):
             # expanduser leaves `~name` as it is when no such user exists: it would have been taken
-            # as a folder named "~name" beside the config.
-            user = text[1:].partition("/")[0]
+            # as a folder named "~name" beside the config. Also when a variable put it there
+            # ("$WS/ws", WS=~name): the leading ~ is expanded after the variables.
+            user = expanded[1:].partition("/")[0]
+            spelled = "" if text.startswith("~") else f" (as {text} expands)"
             raise ConfigError(
-                f'{where} starts with ~{user}, but there is no user "{user}" on this machine; '
+                f'{where} starts with ~{user}{spelled}, but there is no user "{user}" on this machine; '
                 "fix the name or write the full path"
             )
         return self.resolve(expanded)
