@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +96,13 @@ def test_a_wrong_value_is_one_error_naming_the_field(
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "a refused config wrote files"
 
 
-def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+def test_a_config_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("phoenix_backup.config.load.PIPE_WRITER_WAIT", 0.1)  # 10 s for users
     (tmp_path / "home").mkdir()
     fifo = tmp_path / "phx.json"
     os.mkfifo(fifo)
     res = run_phx_here(("status",), _env(tmp_path, fifo), code=2)
-    assert "a pipe that nothing writes to" in res.err and str(fifo) in res.err, res
+    assert "a pipe that nothing wrote to within 0.1 s" in res.err and str(fifo) in res.err, res
     res = run_phx_here(("status",), _env(tmp_path, Path("/dev/zero")), code=2)
     assert "is a device" in res.err, res
 
@@ -116,6 +119,61 @@ def test_a_config_from_a_pipe_with_a_writer_is_read(tmp_path: Path) -> None:
         os.close(write_end)
         res = run_phx_here(("status",), _env(tmp_path, Path(f"/dev/fd/{read_end}")), code=2)
     finally:
+        os.close(read_end)
+    assert "never comes due" in res.err, res
+
+
+def test_a_named_pipe_whose_writer_comes_after_the_reader_is_read(tmp_path: Path) -> None:
+    """`mkfifo phx.json` and a helper that writes the config once a reader has opened it (it opens
+    without blocking until one is there): read before red36; red36 read the pipe before the writer
+    came and refused it as "a pipe that nothing writes to"."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    source = tmp_path / "source.json"
+    _write(source, tmp_path, "schedule.every", "0 0 31 2 *")  # an error that proves the text was read
+    fifo = tmp_path / "phx.json"
+    os.mkfifo(fifo)
+
+    def helper() -> None:
+        for _ in range(2000):  # at most ~10 s
+            try:
+                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no reader
+            except OSError:
+                time.sleep(0.005)
+                continue
+            os.set_blocking(descriptor, True)
+            os.write(descriptor, source.read_bytes())
+            os.close(descriptor)
+            return
+
+    writer = threading.Thread(target=helper, daemon=True)
+    writer.start()
+    res = run_phx_here(("status",), _env(tmp_path, fifo), code=2)
+    writer.join(15)
+    assert "never comes due" in res.err, res
+
+
+def test_a_pipe_whose_writer_is_there_is_not_hurried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config <(slow-generator)`: a writer that is there but writes late (a prompt, a vault
+    call) is waited for as long as it takes; only a pipe with no writer at all has a deadline."""
+    monkeypatch.setattr("phoenix_backup.config.load.PIPE_WRITER_WAIT", 0)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "home").mkdir()
+    source = tmp_path / "source.json"
+    _write(source, tmp_path, "schedule.every", "0 0 31 2 *")  # an error that proves the text was read
+    read_end, write_end = os.pipe()
+
+    def slow() -> None:
+        time.sleep(0.2)  # past the (zero) deadline; there is no event to await in a slow writer
+        os.write(write_end, source.read_bytes())
+        os.close(write_end)
+
+    writer = threading.Thread(target=slow, daemon=True)
+    writer.start()
+    try:
+        res = run_phx_here(("status",), _env(tmp_path, Path(f"/dev/fd/{read_end}")), code=2)
+    finally:
+        writer.join(5)
         os.close(read_end)
     assert "never comes due" in res.err, res
 

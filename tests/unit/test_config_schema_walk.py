@@ -135,3 +135,28 @@ def test_a_nul_in_any_string_field_is_refused_naming_it(path: tuple[str | int, .
     with pytest.raises(ConfigError, match="NUL") as caught:
         parse_config(_with(path, "a\x00b"), env=ENV)
     assert _name(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("path", [(), ("targets",), ("retention",), ("databases", "postgres", 0)])
+def test_a_nul_in_a_key_is_refused_naming_it(path: tuple[str | int, ...]) -> None:
+    """A key "daily\\u0000" was "unknown key" with the raw NUL in the message (shown as nothing or a
+    space: 'unknown key "retention.daily "; did you mean "retention.daily"?')."""
+    data = copy.deepcopy(FULL)
+    node: Any = data
+    for key in path:
+        node = node[key]
+    node["daily\x00"] = 1
+    with pytest.raises(ConfigError, match="NUL") as caught:
+        parse_config(data, env=ENV)
+    assert "\x00" not in str(caught.value) and "daily\\u0000" in str(caught.value)
+
+
+def test_a_tilde_user_that_does_not_exist_is_refused_also_when_a_variable_puts_it_first() -> None:
+    """`"workspace": "$WS/ws"` with WS=~no-such-user: the variable is expanded first, then the
+    leading ~ (no such user, kept as written): the workspace was a folder "~no-such-user" beside the
+    config, while the same text written out was refused (red36)."""
+    env = {**ENV, "WS": "~no-such-user-advred36"}
+    with pytest.raises(ConfigError, match="workspace starts with ~no-such-user-advred36 \\(as \\$WS/ws expands\\)"):
+        parse_config({**FULL, "workspace": "$WS/ws"}, env=env)
+    env = {**ENV, "WS": "~root"}  # a user that exists: taken, as before
+    assert str(parse_config({**FULL, "workspace": "$WS/ws"}, env=env).workspace).endswith("/ws")

@@ -74,6 +74,16 @@ def test_locations_that_name_nothing(location: str, needle: str) -> None:
         targets_for_location(location, ENV)
 
 
+@pytest.mark.parametrize("branch", ["a:b", "main.lock", "-x", "a..b", "x y", "\u001b[31m", "--upload-pack=/tmp/x"])
+def test_a_git_branch_after_hash_is_checked_as_the_configs_is(branch: str) -> None:
+    """`--repo git+URL#a:b`: taken, then git's "Refusing to set HEAD to invalid ref" naming no option
+    (targets.git.branch in the config is checked at load since red36; #BRANCH was not)."""
+    with pytest.raises(UsageError, match="not a Git branch name"):
+        targets_for_location(f"git+/srv/agent.git#{branch}", ENV)
+    for good in ("feature/x", "v1.0", "a@b", "日本"):
+        assert only(f"git+/srv/agent.git#{good}")[1].branch == good  # type: ignore[attr-defined]
+
+
 def test_without_a_config_file_the_defaults_read_the_location() -> None:
     cfg = config_for_location("s3://b/p", ENV, None)
     assert cfg.source is None and cfg.location == "s3://b/p (s3)"

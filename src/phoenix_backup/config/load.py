@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shlex
 import stat
 import tempfile
@@ -99,6 +100,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: {error}") from None
 
 
+# How long a named pipe's writer may take to come (a secrets helper that writes the config when its
+# reader has opened the pipe): long enough for any such helper, short of waiting for ever.
+PIPE_WRITER_WAIT = 10.0
+
+
 def _read_config_text(path: Path) -> str:
     # Opened without blocking: a named FIFO nothing writes to would block open() for ever. A pipe
     # that has a writer (`--config <(generate-config)`) is then read to its end; a device is refused
@@ -110,11 +116,33 @@ def _read_config_text(path: Path) -> str:
             raise IsADirectoryError(path)
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise ConfigError(f"config file {path} is a device, not a file; point to the JSON file")
+        data = _first_bytes(descriptor) if stat.S_ISFIFO(mode) else None
+        if data == b"":
+            # No writer yet: a named pipe whose writer opens it after us (`mkfifo`, then a helper that
+            # writes the config when a reader comes) was refused before its writer came. Waited for,
+            # boundedly: a pipe turns readable when a writer writes, or comes and leaves.
+            select.select([descriptor], [], [], PIPE_WRITER_WAIT)
+            data = _first_bytes(descriptor)
+            if data == b"" and not select.select([descriptor], [], [], 0)[0]:
+                raise ConfigError(
+                    f"config file {path} is a pipe that nothing wrote to within {PIPE_WRITER_WAIT:g} s; "
+                    "point to the JSON file"
+                )
+        # None: a writer is there (`--config <(generate-config)`), read as slowly as it writes.
         os.set_blocking(descriptor, True)
-        data = handle.read()
+        data = (data or b"") + handle.read()
     if stat.S_ISFIFO(mode) and not data:
         raise ConfigError(f"config file {path} is a pipe that nothing writes to; point to the JSON file")
     return data.decode("utf-8-sig")  # -sig: editors on Windows add a BOM
+
+
+def _first_bytes(descriptor: int) -> bytes | None:
+    """What a pipe holds now without waiting: b"" when no writer is there, None when one is but has
+    not written yet."""
+    try:
+        return os.read(descriptor, 1 << 16)
+    except BlockingIOError:
+        return None
 
 
 def write_config(path: Path, data: Mapping[str, object], *, force: bool = False) -> None:

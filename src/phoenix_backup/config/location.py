@@ -21,7 +21,7 @@ from pathlib import Path
 
 from phoenix_backup.config.defaults import default_config_dict
 from phoenix_backup.config.model import Config, GitTarget, LocalTarget, R2Target, S3Target, Targets
-from phoenix_backup.config.parse import parse_config
+from phoenix_backup.config.parse import git_branch_ok, parse_config
 from phoenix_backup.errors import UsageError
 
 _GIT_SCHEMES = ("ssh://", "git://", "http://", "https://", "file://")
@@ -48,6 +48,13 @@ def targets_for_location(location: str, env: Mapping[str, str]) -> Targets:
         return dataclasses.replace(off, r2=R2Target(True, account_id=account, bucket=bucket, prefix=prefix))
     if text.startswith("git+") or text.startswith(_GIT_SCHEMES) or _scp_like(text):
         url, _, branch = text.removeprefix("git+").partition("#")
+        if branch and not git_branch_ok(branch):
+            # As targets.git.branch: else git's "Refusing to set HEAD to invalid ref", naming nothing.
+            raise UsageError(
+                f"--repo (or PHX_REPOSITORY) names the branch {branch!r} after #, which is not a Git branch name "
+                '(no spaces, control characters, ~ ^ : ? * [ \\, ".." or "@{", no leading "-", "/" or "."); '
+                "fix the name after #, or leave #BRANCH out for main"
+            )
         return dataclasses.replace(off, git=GitTarget(True, repo=url, branch=branch or "main", auto_commit=False))
     home = env.get("HOME") or os.path.expanduser("~")
     folder = Path(home + text[1:]) if text == "~" or text.startswith("~/") else Path(text)

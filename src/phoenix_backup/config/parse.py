@@ -175,12 +175,14 @@ class _Context:
 
     def path(self, text: str, where: str) -> Path:
         expanded = self.expand(text, where)
-        if text.startswith("~") and expanded.startswith("~"):
+        if expanded.startswith("~"):
             # expanduser leaves `~name` as it is when no such user exists: it would have been taken
-            # as a folder named "~name" beside the config.
-            user = text[1:].partition("/")[0]
+            # as a folder named "~name" beside the config. Also when a variable put it there
+            # ("$WS/ws", WS=~name): the leading ~ is expanded after the variables.
+            user = expanded[1:].partition("/")[0]
+            spelled = "" if text.startswith("~") else f" (as {text} expands)"
             raise ConfigError(
-                f'{where} starts with ~{user}, but there is no user "{user}" on this machine; '
+                f'{where} starts with ~{user}{spelled}, but there is no user "{user}" on this machine; '
                 "fix the name or write the full path"
             )
         return self.resolve(expanded)
@@ -432,6 +434,9 @@ def _reject_nul(data: object, where: str) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 name = str(key).replace("\x00", "\\u0000")
+                if name != key:
+                    # Else "unknown key" with the raw NUL in the message, shown as nothing or a space.
+                    raise ConfigError(f'the key "{name}" in {here or "the config"} holds a NUL character; remove it')
                 pending.append((item, f"{here}.{name}" if here else name))
         elif isinstance(value, list):
             pending.extend((item, f"{here}[{index}]") for index, item in enumerate(value))
@@ -460,7 +465,7 @@ def _targets(section: _Section) -> Targets:
             "targets.git.repo is required when targets.git.enabled is true; "
             "set it to a Git URL or path, or disable the target"
         )
-    if not _git_branch_ok(git.branch):
+    if not git_branch_ok(git.branch):
         raise ConfigError(
             f'targets.git.branch must be a Git branch name such as "main" (got {_got(git.branch)}): '
             'no spaces, control characters, ~ ^ : ? * [ \\, ".." or "@{", no leading "-", "/" or ".", '
@@ -525,7 +530,7 @@ def _targets(section: _Section) -> Targets:
     return Targets(local=local, git=git, s3=s3, r2=r2)
 
 
-def _git_branch_ok(name: str) -> bool:
+def git_branch_ok(name: str) -> bool:
     """`git check-ref-format --branch`'s rules (git refused such a name only at init or the first
     push, with an error naming no field)."""
     if not name or name.startswith(("-", "/", ".")) or name.endswith(("/", ".", ".lock")):
