@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -456,3 +458,27 @@ def folding_lookups(monkeypatch: Any, below: Path) -> Iterator[None]:
     monkeypatch.setattr(os, "lstat", folding)
     yield
     monkeypatch.undo()
+
+
+@contextlib.contextmanager
+def silent_port(greeting: bytes = b"", most: int = 64) -> Iterator[int]:
+    """A loopback port that accepts connections (up to `most`) and never answers beyond `greeting`
+    (an ssh banner, say): a blackhole, as a network down past a proxy or a firewall holding the
+    connection is. Yields the port; every connection is closed at the end."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(held) < most:
+                held.append(server.accept()[0])
+                if greeting:
+                    held[-1].sendall(greeting)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()

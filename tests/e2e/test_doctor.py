@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from e2e_support import Sandbox
 
-from hostile import cpu_seconds
+from hostile import cpu_seconds, silent_port
 from phoenix_backup.config import load_config
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.locks import LOCK_AAD
@@ -504,27 +504,6 @@ def test_doctor_never_advises_dropping_a_killed_restores_database_that_may_be_wh
 
 
 @contextlib.contextmanager
-def _silent_port() -> Iterator[int]:
-    """A loopback port that accepts every connection and never answers (a blackhole: a network
-    that is down past a proxy, a firewall that holds the connection)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while len(held) < 64:
-                held.append(server.accept()[0])
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield int(server.getsockname()[1])
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
-
-
-@contextlib.contextmanager
 def _dripping_port() -> Iterator[int]:
     """A loopback HTTP service that answers every request with a status line and then a header a
     byte a second, never ending it: each byte inside any read timeout."""
@@ -579,7 +558,7 @@ def test_targets_that_never_answer_are_said_in_seconds_each_by_name(backed_up: S
     same time, each with a diagnosis's deadline (DIAGNOSIS_SECONDS, 5 s), names each one "no answer
     in 5 s" with the fix, and fails; `phx status` reads them the same way."""
     sb = backed_up
-    with _silent_port() as port:
+    with silent_port() as port:
         hang = f"http://127.0.0.1:{port}"
         sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
         sb.write_config(
@@ -791,25 +770,11 @@ def test_a_git_ssh_remote_that_stalls_after_its_banner_is_said_in_seconds(backed
     middlebox): ssh's connect timeout ends with the banner, and doctor waited the keepalives'
     minute (15 s x 4) for the key exchange, Ctrl-C included (ssh runs in its own group), while
     Git over HTTP was said in 5 s. A diagnosis gives ssh its deadline too, and names the target."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while len(held) < 16:
-                held.append(server.accept()[0])
-                held[-1].sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-
-    threading.Thread(target=accept, daemon=True).start()
     sb = backed_up
-    repo = f"ssh://git@127.0.0.1:{server.getsockname()[1]}/remote.git"
-    sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": repo}})
-    try:
+    with silent_port(greeting=b"SSH-2.0-OpenSSH_9.2\r\n", most=16) as port:
+        repo = f"ssh://git@127.0.0.1:{port}/remote.git"
+        sb.write_config(targets={"local": {"enabled": True}, "git": {"enabled": True, "repo": repo}})
         doc = _bounded(lambda: sb.phx_here("doctor", "--json", code=1).json(), 40)
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
     [line] = checks(doc, "target git")
     assert line["status"] == "fail" and "no answer from the Git remote" in line["message"], line
     assert "in 5 s" in line["message"] and "targets.git.repo" in line["fix"], line
@@ -821,7 +786,7 @@ def test_a_slow_link_that_works_can_be_given_its_own_deadline(backed_up: Sandbox
     more (status warned the same): monitoring on `phx doctor` had to be turned off. Both take
     `--answer-timeout SECONDS`, and the fix says so."""
     sb = backed_up
-    with _silent_port() as port:
+    with silent_port() as port:
         sb.env.update(AWS_ACCESS_KEY_ID="AKIAHANG", AWS_SECRET_ACCESS_KEY="hang-secret")
         hang = f"http://127.0.0.1:{port}"
         s3 = {"enabled": True, "bucket": "slow-s3", "endpoint": hang}

@@ -22,6 +22,7 @@ from storage_support import require_git
 
 import phoenix_backup.storage.git as git_storage
 import phoenix_backup.storage.s3 as s3_storage
+from hostile import silent_port
 from phoenix_backup.errors import StorageError, TargetUnreachable, TransientStorageError
 from phoenix_backup.storage.git import GitBackend
 from phoenix_backup.storage.s3 import S3Backend, S3Settings
@@ -105,23 +106,9 @@ def _git_blackhole_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, e
     unreachable with git's "Operation too slow" before the 4 s network timeout of the test."""
     require_git()
     monkeypatch.setattr(git_storage, "NETWORK_TIMEOUT", 4)  # the bound of the test, never reached
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        with contextlib.suppress(OSError):
-            while len(held) < 20:
-                held.append(server.accept()[0])
-
-    threading.Thread(target=accept, daemon=True).start()
-    port = server.getsockname()[1]
-    b = GitBackend(f"http://127.0.0.1:{port}/remote.git", "main", True, tmp_path / "clone", env)
-    try:
+    with silent_port(most=20) as port:
+        b = GitBackend(f"http://127.0.0.1:{port}/remote.git", "main", True, tmp_path / "clone", env)
         _, error, took = bounded(b.exists, 8.0)
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
     assert isinstance(error, TargetUnreachable), error
     assert "cannot reach the Git remote" in str(error) and "Operation too slow" in str(error), error
     assert "check the network" in str(error)
