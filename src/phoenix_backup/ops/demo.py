@@ -23,6 +23,7 @@ from phoenix_backup.ops import verify as verify_op
 from phoenix_backup.ops.context import Environment, open_repository
 from phoenix_backup.repo.crypto import sha256_file
 from phoenix_backup.sample import generate_workspace
+from phoenix_backup.storage.local import os_error
 
 
 @dataclass
@@ -51,12 +52,14 @@ class DemoResult:
 
 
 def _holds_anything(folder: Path) -> bool:
+    """Whether `--dir` holds anything; a folder that cannot be looked into (not readable, a file
+    on the way) is said as such (`os_error`), never "not empty" nor an internal error."""
     try:
         return any(True for _ in folder.iterdir())
     except FileNotFoundError:
         return False
-    except NotADirectoryError:
-        return True
+    except OSError as exc:
+        raise os_error(exc, f"looking into --dir {folder}") from exc
 
 
 def run(envx: Environment, directory: Path | None, size: str, notice: Callable[[str], None]) -> DemoResult:
