@@ -107,6 +107,24 @@ def test_flipped_byte_in_every_other_pack(pristine: dict[str, Any], tmp_path: Pa
             assert "Traceback" not in res.out + res.err, res
 
 
+def test_a_missing_tree_pack_never_calls_the_blobs_below_it_unused(pristine: dict[str, Any], tmp_path: Path) -> None:
+    """A copy that lacks a pack of trees (a sync stopped midway): the blobs its trees name could
+    not be tied to any path, and verify called them "no snapshot uses this blob", which reads as
+    harmless garbage while they are the snapshot's own files. It says now that they may be below the
+    trees that could not be read; the trees' own errors name the snapshots as before."""
+    probe = damaged_copy(pristine, tmp_path / "probe")
+    for i, rel in enumerate(p.relative_to(probe.repo) for p in objects(probe, "data")[:-1]):
+        sb = damaged_copy(pristine, tmp_path / f"pack{i}")
+        (sb.repo / rel).unlink()
+        doc = sb.phx("verify", "--json", check=1).json()
+        if not any(e["path"] == "/" for e in doc["errors"]):
+            continue  # not the root trees' pack
+        assert not [n for n in doc["notices"] if "no snapshot uses this blob" in n], doc["notices"]
+        assert any("may be below the trees that could not be read" in n for n in doc["notices"]), doc["notices"]
+        return
+    pytest.fail("no pack of the pristine repository held its root trees")
+
+
 @pytest.mark.parametrize("which", [0, 1], ids=["first-index", "second-index"])
 def test_flipped_byte_in_an_index_object(pristine: dict[str, Any], tmp_path: Path, which: int) -> None:
     sb = damaged_copy(pristine, tmp_path)

@@ -98,6 +98,9 @@ class _Users:
         self.prover: NodeProver | None = None
         self.proved = 0
         self.proved_size = 0
+        # A tree that could not be read hides which blobs its paths use: a blob no tree read names
+        # is then not said unused (`_report_blob`).
+        self.trees_unread = False
 
     def prove(self, content: Content) -> None:
         if self.contents.pop(content, None) is not None:
@@ -381,6 +384,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
     error of that snapshot; verify goes on with the next one (False: its trees exceed the budget)."""
 
     def unreadable(tree_id: bytes, path: str, exc: PhoenixError) -> None:
+        users.trees_unread = True
         loc = repo.index.get(tree_id)
         obj = pack_name(loc.pack_id) if loc else f"tree {tree_id.hex()[:16]}"
         result.errors.append(VerifyError(obj, snap.id, path or "/", str(exc)))
@@ -390,6 +394,7 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
         new = trees.load(snap.tree, "", unreadable)
         trees.check(snap.tree)
     except (CorruptObject, UnsafePath) as exc:
+        users.trees_unread = True
         result.errors.append(VerifyError(f"snapshots/{snap.id}", snap.id, "/", str(exc)))
         return False
     for tree_id in new:
@@ -609,7 +614,12 @@ def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, mes
         users.prover.lost(blob)
     affected = users.by_blob.get(blob)
     if not affected:
-        result.notices.append(f"{obj}: {message} (no snapshot uses this blob)")
+        unused = (
+            "no tree that could be read names this blob: it may be below the trees that could not be read"
+            if users.trees_unread
+            else "no snapshot uses this blob"
+        )
+        result.notices.append(f"{obj}: {message} ({unused})")
         return
     for snapshot, path in affected:
         result.errors.append(VerifyError(obj, snapshot, path, message))
