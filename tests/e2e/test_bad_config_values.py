@@ -208,3 +208,17 @@ def test_a_config_link_that_loops_is_called_a_link_not_missing(tmp_path: Path) -
     (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
     res = run_phx_here(("status",), _env(tmp_path, tmp_path / "a.json"), code=2)
     assert "symbolic link that leads nowhere" in res.err and "does not exist" not in res.err, res
+
+
+@pytest.mark.parametrize("command", [["list"], ["backup"], ["restore", "--latest", "--dry-run"], ["status"]])
+def test_a_relative_cache_folder_is_refused_not_made_where_the_command_runs(
+    backed_up: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A relative PHX_CACHE_DIR was taken from the working directory: a scheduled run (which starts
+    elsewhere) used another cache, and never found the journals of killed restores and PostgreSQL
+    roles the cache holds. It is refused as a relative PHX_DATA_DIR is, and nothing is made."""
+    sb = backed_up
+    monkeypatch.chdir(tmp_path)
+    res = run_phx_here(command, {**sb.env, "PHX_CACHE_DIR": "cache-here"}, code=2)
+    assert "'cache-here' is not an absolute path" in res.err and "set PHX_CACHE_DIR to an absolute path" in res.err
+    assert not (tmp_path / "cache-here").exists()

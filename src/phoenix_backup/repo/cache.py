@@ -18,7 +18,7 @@ import blake3
 import platformdirs
 
 from phoenix_backup.dirs import make_dirs
-from phoenix_backup.errors import StorageError
+from phoenix_backup.errors import ConfigError, StorageError
 from phoenix_backup.repo.chunker import HASH_SIZE, FileSink, MemorySink, PageState, SpilledHashes
 from phoenix_backup.repo.crypto import sha256_hex
 from phoenix_backup.repo.locks import process_start_time
@@ -53,7 +53,17 @@ def write_entry(folder: Path, file: str, data: bytes) -> None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PHX_CACHE_DIR") or platformdirs.user_cache_dir("phoenix"))
+    """PHX_CACHE_DIR, else the platform's user cache folder. Always absolute, or a ConfigError (as
+    `dirs.data_dir`): a relative one would move with the working directory, and with it the journals
+    of killed restores and of PostgreSQL roles it holds (a scheduled run starts in another folder
+    and would never find them)."""
+    path = Path(os.environ.get("PHX_CACHE_DIR") or platformdirs.user_cache_dir("phoenix"))
+    if not path.is_absolute():
+        raise ConfigError(
+            f"Phoenix's cache folder {str(path)!r} is not an absolute path (a relative PHX_CACHE_DIR, or HOME "
+            "unset): it would move with the working directory; set PHX_CACHE_DIR to an absolute path"
+        )
+    return path
 
 
 class Cache:
