@@ -3,6 +3,7 @@ and a location that names nothing usable is one clear error."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def test_a_git_branch_after_hash_is_checked_as_the_configs_is(branch: str) -> No
         targets_for_location(f"git+/srv/agent.git#{branch}", ENV)
     for good in ("feature/x", "v1.0", "a@b", "日本"):
         assert only(f"git+/srv/agent.git#{good}")[1].branch == good  # type: ignore[attr-defined]
+
+
+def test_a_tilde_user_location_is_that_users_folder_or_refused() -> None:
+    """`--repo ~root/backups` (PHX_REPOSITORY in a unit file, which no shell expands) was a folder
+    named "~root" in the working directory; it is that user's folder, and a user that does not
+    exist is refused, as a config's path is."""
+    assert only("~root/backups")[1].path == Path(os.path.expanduser("~root")) / "backups"  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match='there is no user "no-such-user-phx"'):
+        targets_for_location("~no-such-user-phx/backups", ENV)
 
 
 def test_without_a_config_file_the_defaults_read_the_location() -> None:

@@ -57,7 +57,15 @@ def targets_for_location(location: str, env: Mapping[str, str]) -> Targets:
             )
         return dataclasses.replace(off, git=GitTarget(True, repo=url, branch=branch or "main", auto_commit=False))
     home = env.get("HOME") or os.path.expanduser("~")
-    folder = Path(home + text[1:]) if text == "~" or text.startswith("~/") else Path(text)
+    folder = Path(home + text[1:]) if text == "~" or text.startswith("~/") else Path(os.path.expanduser(text))
+    if str(folder).startswith("~"):
+        # `~name` with no such user (expanduser leaves it): it was a folder named so in the working
+        # directory, as a config's path was before it was refused the same way.
+        user = str(folder)[1:].partition("/")[0]
+        raise UsageError(
+            f'--repo (or PHX_REPOSITORY) starts with ~{user}, but there is no user "{user}" on this machine; '
+            "fix the name or write the full path"
+        )
     if _bare_git(folder):
         return dataclasses.replace(off, git=GitTarget(True, repo=str(folder.absolute()), auto_commit=False))
     # A bare repository's folder with `#BRANCH` (as for a Git URL), unless a folder has that very name.
