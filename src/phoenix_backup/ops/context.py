@@ -908,9 +908,9 @@ def _misplaced(backend: Backend, name: str) -> str | None:
 def _bucket_prefix_near(backend: Backend) -> str | None:
     """The fix when a bucket's prefix is inside a repository or holds one right below it."""
     from phoenix_backup.storage.s3 import S3Backend
-    from phoenix_backup.storage.wrappers import WrappedBackend
+    from phoenix_backup.storage.wrappers import unwrap
 
-    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    inner = unwrap(backend)
     if not isinstance(inner, S3Backend):
         return None
     near = inner.repository_near()
@@ -928,9 +928,9 @@ def _bucket_prefix_near(backend: Backend) -> str | None:
 def _other_branches(backend: Backend) -> str | None:
     """The fix when a Git remote lacks the branch named (`#BRANCH`): the branches it has."""
     from phoenix_backup.storage.git import GitBackend
-    from phoenix_backup.storage.wrappers import WrappedBackend
+    from phoenix_backup.storage.wrappers import unwrap
 
-    inner = backend.unwrap() if isinstance(backend, WrappedBackend) else backend
+    inner = unwrap(backend)
     if not isinstance(inner, GitBackend):
         return None
     branches = inner.other_branches()
