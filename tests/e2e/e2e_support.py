@@ -760,3 +760,18 @@ def new_sandbox(root: Path, size: str | int = "tiny", seed: int = 7, encryption:
     """A sandbox at `root` with a generated sample (the `sandbox` fixtures' maker, for a fixture of
     wider scope)."""
     return Sandbox(root, generated_sample(root / "sample", size, seed), encryption)
+
+
+def new_machine(tmp_path: Path, **secrets: str) -> dict[str, str]:
+    """A machine that never ran Phoenix: its own HOME and data dirs, and only `secrets`."""
+    home = tmp_path / "new-machine"
+    home.mkdir()
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        **secrets,
+    }

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import e2e_support
 import pytest
 from e2e_support import PASSPHRASE, Sandbox, assert_error, assert_restored, run_phx
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
@@ -23,20 +24,14 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 def new_machine(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
     """The environment of a machine that has never run Phoenix: the passphrase and the cloud
     credentials, nothing else."""
-    home = tmp_path / "new-machine"
-    home.mkdir()
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(home),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
-        "PHX_PASSPHRASE": PASSPHRASE,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-        "AWS_ENDPOINT_URL": moto.endpoint,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
+    return e2e_support.new_machine(
+        tmp_path,
+        PHX_PASSPHRASE=PASSPHRASE,
+        AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+        AWS_ENDPOINT_URL=moto.endpoint,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
 
 
 def test_restore_from_nothing_but_the_repository(sandbox: Sandbox, moto: MotoServer, tmp_path: Path) -> None:

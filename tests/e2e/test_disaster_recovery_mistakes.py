@@ -21,27 +21,13 @@ from e2e_support import (
     assert_restored,
     damage_blob,
     file_manifest,
+    new_machine,
     run_phx,
     run_phx_here,
 )
 from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 
 pytestmark = pytest.mark.phx_in_process
-
-
-def new_machine(tmp_path: Path, **secrets: str) -> dict[str, str]:
-    """A machine that never ran Phoenix: its own HOME and data dirs, and only `secrets`."""
-    home = tmp_path / "new-machine"
-    home.mkdir()
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(home),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
-        **secrets,
-    }
 
 
 def test_repo_naming_a_folder_inside_the_repository_its_parent_or_an_archive_says_where_it_is(
