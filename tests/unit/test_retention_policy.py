@@ -289,8 +289,8 @@ def _more(n: int) -> int:
 @settings(max_examples=100, deadline=None)
 @given(times=_times)
 def test_daily_unlimited_keeps_one_per_day_plus_the_oldest(times: list[datetime]) -> None:
-    # One offset: with mixed offsets the day sequence, walked by instant, need not be monotonic
-    # and (as in restic) a day may then be kept twice.
+    # One offset: with mixed offsets a day's newest snapshot by instant is the newest of its label
+    # (test_a_day_seen_again_after_an_offset_change_takes_no_second_slot).
     snaps = snaps_at([t.astimezone(UTC) for t in times])
     plan = apply_policy(snaps, Policy(daily=-1), datetime(2030, 1, 1, tzinfo=UTC))
     days = {datetime.fromisoformat(s.time).date() for s in snaps}
@@ -350,3 +350,53 @@ def test_pre_restore_snapshots_keep_no_checked_copy() -> None:
     ]
     plan = apply_policy(snaps, Policy(last=1, keep_safety_days=7), day + timedelta(days=21))
     assert [d.snapshot.id for d in plan.keep] == ["new"]
+
+
+def test_a_day_seen_again_after_an_offset_change_takes_no_second_slot() -> None:
+    # The machine moved from Berlin to New York: walked newest first, the days read 03-09 (New
+    # York), 03-10 (Berlin, 00:30), 03-09 again (Berlin). restic counts 03-09 twice; "daily 3"
+    # then kept two days and forgot 03-08.
+    times = [
+        "2026-03-07T12:00:00+01:00",
+        "2026-03-08T12:00:00+01:00",
+        "2026-03-09T20:00:00+01:00",
+        "2026-03-10T00:30:00+01:00",
+        "2026-03-09T19:00:00-05:00",
+    ]
+    snaps = [Snap(f"s{i}", f"s{i}", t) for i, t in enumerate(times)]
+    plan = apply_policy(snaps, Policy(daily=3), datetime(2026, 3, 11, tzinfo=UTC))
+    kept = {d.snapshot.id: [r.period for r in d.reasons] for d in plan.keep}
+    assert kept == {"s4": ["2026-03-09"], "s3": ["2026-03-10"], "s1": ["2026-03-08"]}
+    removed = {d.snapshot.id: d.removal_text() for d in plan.remove}
+    assert removed["s2"] == "daily keeps a newer snapshot of 2026-03-09 (s4)"
+
+
+@settings(max_examples=100, deadline=None)
+@given(times=_times)
+def test_each_period_is_kept_once_whatever_the_offsets(times: list[datetime]) -> None:
+    plan = apply_policy(snaps_at(times), Policy(daily=-1, weekly=3), datetime(2030, 1, 1, tzinfo=UTC))
+    for rule in ("daily", "weekly"):
+        periods = [r.period for d in plan.keep for r in d.reasons if r.rule == rule and not r.oldest]
+        assert len(periods) == len(set(periods))
+
+
+def test_a_partial_snapshot_never_pushes_out_its_days_only_complete_one() -> None:
+    # 03-08 and 03-09 each: a full backup at 02:00, then a partial one at 14:00 (a file could not
+    # be read). Keeping "the newest daily" kept the partial one and forgot the day's full one.
+    day = [("03-06", 2, False), ("03-07", 2, False), ("03-08", 2, False), ("03-08", 14, True)]
+    day += [("03-09", 2, False), ("03-09", 14, True)]
+    snaps = [
+        Snap(f"s{i}", f"s{i}", f"2026-{d}T{h:02d}:00:00+00:00", incomplete=("x",) if partial else ())
+        for i, (d, h, partial) in enumerate(day)
+    ]
+    plan = apply_policy(snaps, Policy(daily=7, weekly=4), datetime(2026, 3, 10, tzinfo=UTC))
+    assert not plan.remove
+    reasons = {d.snapshot.id: [r.text() for r in d.reasons] for d in plan.keep}
+    assert reasons["s2"] == [
+        "the newest complete snapshot of daily 2026-03-08 (s3, kept for it, is partial)",
+        "the newest complete snapshot of weekly 2026-W10 (s3, kept for it, is partial)",
+    ]
+    # A day whose newest snapshot is complete keeps that one alone.
+    snaps.append(Snap("s6", "s6", "2026-03-08T20:00:00+00:00"))
+    plan = apply_policy(sorted(snaps, key=lambda s: s.time), Policy(daily=7), datetime(2026, 3, 10, tzinfo=UTC))
+    assert {d.snapshot.id for d in plan.remove} == {"s2", "s3"}

@@ -8,7 +8,10 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
 - Within a group, walking snapshots newest first, each rule (`last`, `hourly`, `daily`, `weekly`,
   `monthly`, `yearly`) keeps the newest snapshot of each of the N most recent periods that hold
   one. Periods are read in the snapshot's recorded UTC offset; weeks are ISO weeks (2021-01-01 is
-  in 2020-W53). `-1` means every period, `0` switches the rule off.
+  in 2020-W53). `-1` means every period, `0` switches the rule off. A period met again after an
+  offset change is not counted twice (restic counts it, and the oldest period it promised is
+  lost).
+- A partial snapshot kept as the newest of its period also keeps the period's newest complete one.
 - A rule that still has budget when it reaches the group's oldest snapshot keeps that one too,
   which maximises the history kept while the budget allows.
 - `within` keeps every snapshot newer than the duration, counted back from the group's newest
@@ -223,6 +226,8 @@ class Reason:
             return "just taken by this backup"
         if self.rule == "future":
             return f"dated {self.detail} in the future (kept, not counted)"
+        if self.rule == "complete" and self.detail:
+            return f"the newest complete snapshot of {self.detail}"
         if self.rule == "complete":
             return "the newest complete snapshot (the newer ones are partial)"
         if self.rule == "checked":
@@ -427,8 +432,15 @@ def _apply_group(
     ]
     present = [s for s in ordered if not _is_future(s, now)]
     budgets = {rule: policy.count(rule) for rule in COUNT_RULES}
-    last_period: dict[str, str | None] = dict.fromkeys(COUNT_RULES)
-    holder: dict[str, str] = {}  # rule -> the snapshot kept for its current period
+    # Each rule's periods already kept, and the snapshot kept for each. A set, not the previous
+    # period: after the host's UTC offset changed (a machine moved west, its TZ reset), walking
+    # newest first can come back to a period already kept ("2026-03-09" at 19:00-05:00, then
+    # "2026-03-10" at 00:30+01:00, then "2026-03-09" at 20:00+01:00); counted again, it took a
+    # slot, and the oldest period the rule promised was forgotten.
+    holder: dict[tuple[str, str], str] = {}  # (rule, period) -> the snapshot kept for it
+    # (rule, period) whose kept snapshots include a complete one: a partial snapshot that is the
+    # newest of its period does not push out the period's newest complete one.
+    whole: set[tuple[str, str]] = set()
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
@@ -455,14 +467,19 @@ def _apply_group(
                     passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
                 continue
             period = _period(rule, when, rank)
-            if period != last_period[rule] or is_oldest:
-                reasons.append(Reason(rule, period, oldest=period == last_period[rule]))
-                last_period[rule] = period
-                holder[rule] = snap.name
+            slot = (rule, period)
+            if slot not in holder or is_oldest:
+                reasons.append(Reason(rule, period, oldest=slot in holder))
+                holder.setdefault(slot, snap.name)
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
+            elif slot not in whole and not snap.incomplete and snap.id != newest_complete:
+                detail = f"{rule} {period} ({holder[slot]}, kept for it, is partial)"
+                reasons.append(Reason("complete", period, detail=detail))
             else:
-                passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[rule]})")
+                passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[slot]})")
+            if not snap.incomplete:
+                whole.add(slot)
         tags = user_tags(snap)
         if tags:
             reasons.append(Reason("tag", detail=", ".join(tags)))
