@@ -396,6 +396,9 @@ def test_a_partial_snapshot_never_pushes_out_its_days_only_complete_one() -> Non
         "the newest complete snapshot of daily 2026-03-08 (s3, kept for it, is partial)",
         "the newest complete snapshot of weekly 2026-W10 (s3, kept for it, is partial)",
     ]
+    # Also when the partial one took the rule's last slot: "daily 2" keeps 03-09 and 03-08.
+    plan = apply_policy(snaps, Policy(daily=2), datetime(2026, 3, 10, tzinfo=UTC))
+    assert {d.snapshot.id for d in plan.keep} == {"s5", "s4", "s3", "s2"}
     # A day whose newest snapshot is complete keeps that one alone.
     snaps.append(Snap("s6", "s6", "2026-03-08T20:00:00+00:00"))
     plan = apply_policy(sorted(snaps, key=lambda s: s.time), Policy(daily=7), datetime(2026, 3, 10, tzinfo=UTC))

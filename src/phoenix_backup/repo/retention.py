@@ -462,20 +462,22 @@ def _apply_group(
                 passed.append(f"older than {policy.within} before the newest")
         is_oldest = rank == len(present) - 1
         for rule in COUNT_RULES:
-            if budgets[rule] == 0:
-                if policy.count(rule) > 0:
-                    passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
+            if policy.count(rule) == 0:
                 continue
             period = _period(rule, when, rank)
             slot = (rule, period)
-            if slot not in holder or is_oldest:
+            if slot in holder and slot not in whole and not snap.incomplete and snap.id != newest_complete:
+                # The one kept for this period is partial: its newest complete snapshot is kept
+                # too (also when that partial one spent the rule's last slot).
+                detail = f"{rule} {period} ({holder[slot]}, kept for it, is partial)"
+                reasons.append(Reason("complete", period, detail=detail))
+            elif budgets[rule] == 0:
+                passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
+            elif slot not in holder or is_oldest:
                 reasons.append(Reason(rule, period, oldest=slot in holder))
                 holder.setdefault(slot, snap.name)
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
-            elif slot not in whole and not snap.incomplete and snap.id != newest_complete:
-                detail = f"{rule} {period} ({holder[slot]}, kept for it, is partial)"
-                reasons.append(Reason("complete", period, detail=detail))
             else:
                 passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[slot]})")
             if not snap.incomplete:
