@@ -403,3 +403,22 @@ def test_a_partial_snapshot_never_pushes_out_its_days_only_complete_one() -> Non
     snaps.append(Snap("s6", "s6", "2026-03-08T20:00:00+00:00"))
     plan = apply_policy(sorted(snaps, key=lambda s: s.time), Policy(daily=7), datetime(2026, 3, 10, tzinfo=UTC))
     assert {d.snapshot.id for d in plan.remove} == {"s2", "s3"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(times=_times, partial=st.lists(st.booleans(), min_size=60, max_size=60), daily=st.sampled_from([-1, 1, 2, 5]))
+def test_every_day_kept_keeps_its_newest_complete_snapshot(
+    times: list[datetime], partial: list[bool], daily: int
+) -> None:
+    ordered = sorted(times, key=lambda t: t.timestamp())
+    snaps = [
+        Snap(f"s{i}", f"s{i}", t.isoformat(), incomplete=("x",) if partial[i] else ()) for i, t in enumerate(ordered)
+    ]
+    plan = apply_policy(snaps, Policy(daily=daily), datetime(2030, 1, 1, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    days = {r.period for d in plan.keep for r in d.reasons if r.rule == "daily"}
+    for day in days:
+        complete = [s for s in snaps if datetime.fromisoformat(s.time).strftime("%Y-%m-%d") == day and not s.incomplete]
+        if complete:
+            newest = max(reversed(complete), key=lambda s: datetime.fromisoformat(s.time).timestamp())
+            assert newest.id in kept, (day, newest)
