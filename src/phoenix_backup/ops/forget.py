@@ -183,6 +183,9 @@ def forget(
     missing = SnapshotNotFound("no snapshot to forget")
     names = target_names(cfg, only=target)
     refused = {} if dry_run else refuse_append_only(cfg, names, "forget")
+    # Each ref as the first target that resolved it: `latest` on a replica that missed the newest
+    # backup is an older snapshot, which the user did not name.
+    resolved: dict[str, str] = {}
     for name in names:
         report = TargetForget(name)
         try:
@@ -192,7 +195,7 @@ def forget(
             try:
                 require_identity(repo, "every snapshot (forget decides on all of them)")
                 if ids:
-                    forget_named(repo, ids, report, dry_run=dry_run)
+                    forget_named(repo, ids, report, dry_run=dry_run, resolved=resolved)
                 else:
                     # A replica's copies are dated when they were copied: once a target had
                     # something to thin, the others are thinned whatever their dates say.
@@ -220,15 +223,26 @@ def forget(
     return result
 
 
-def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, *, dry_run: bool) -> TargetForget:
-    """Forget the snapshots `refs` names, whatever the retention rules and tags say."""
+def forget_named(
+    repo: Repository,
+    refs: tuple[str, ...],
+    report: TargetForget,
+    *,
+    dry_run: bool,
+    resolved: dict[str, str] | None = None,
+) -> TargetForget:
+    """Forget the snapshots `refs` names, whatever the retention rules and tags say. `resolved`:
+    the snapshot id each ref already named on another target (used instead of the ref), to which
+    the refs resolved here are added."""
+    known = {} if resolved is None else resolved
     with noting_unreleased(
         repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"), report.locks_left.append
     ):
         snapshots = repo.list_snapshots()
         chosen = {}
         for ref in refs:
-            snap = repo.find_snapshot(ref, snapshots)
+            snap = repo.find_snapshot(known.get(ref, ref), snapshots)
+            known.setdefault(ref, snap.id)
             chosen[snap.id] = snap
         report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]
         if not dry_run:
