@@ -438,9 +438,10 @@ def _apply_group(
     # "2026-03-10" at 00:30+01:00, then "2026-03-09" at 20:00+01:00); counted again, it took a
     # slot, and the oldest period the rule promised was forgotten.
     holder: dict[tuple[str, str], str] = {}  # (rule, period) -> the snapshot kept for it
-    # (rule, period) whose kept snapshots include a complete one: a partial snapshot that is the
-    # newest of its period does not push out the period's newest complete one.
-    whole: set[tuple[str, str]] = set()
+    # Each rule's periods whose kept snapshot is partial while no complete one of them was met
+    # yet: a partial snapshot that is the newest of its period does not push out the period's
+    # newest complete one.
+    lacking: dict[str, set[str]] = {rule: set() for rule in COUNT_RULES}
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
@@ -464,9 +465,12 @@ def _apply_group(
         for rule in COUNT_RULES:
             if policy.count(rule) == 0:
                 continue
+            if budgets[rule] == 0 and (snap.incomplete or not lacking[rule]):
+                passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
+                continue
             period = _period(rule, when, rank)
             slot = (rule, period)
-            if slot in holder and slot not in whole and not snap.incomplete and snap.id != newest_complete:
+            if period in lacking[rule] and not snap.incomplete and snap.id != newest_complete:
                 # The one kept for this period is partial: its newest complete snapshot is kept
                 # too (also when that partial one spent the rule's last slot).
                 detail = f"{rule} {period} ({holder[slot]}, kept for it, is partial)"
@@ -475,13 +479,15 @@ def _apply_group(
                 passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
             elif slot not in holder or is_oldest:
                 reasons.append(Reason(rule, period, oldest=slot in holder))
+                if slot not in holder and snap.incomplete:
+                    lacking[rule].add(period)
                 holder.setdefault(slot, snap.name)
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
             else:
                 passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[slot]})")
             if not snap.incomplete:
-                whole.add(slot)
+                lacking[rule].discard(period)
         tags = user_tags(snap)
         if tags:
             reasons.append(Reason("tag", detail=", ".join(tags)))
