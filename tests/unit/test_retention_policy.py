@@ -4,7 +4,7 @@ for any list of snapshots (hypothesis)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -422,3 +422,68 @@ def test_every_day_kept_keeps_its_newest_complete_snapshot(
         if complete:
             newest = max(reversed(complete), key=lambda s: datetime.fromisoformat(s.time).timestamp())
             assert newest.id in kept, (day, newest)
+
+
+@dataclass(frozen=True)
+class AgentSnap(Snap):
+    username: str = ""
+    sources: dict[str, str] | None = None
+
+
+def _agents_week(agents: dict[str, tuple[str, str]], days: int = 7) -> list[AgentSnap]:
+    """One full backup a day for `days` days by each agent (name -> (user, workspace)), one host."""
+    out = []
+    for day in range(days):
+        for minute, (name, (user, workspace)) in enumerate(agents.items()):
+            when = datetime(2026, 3, 1 + day, 2, minute, tzinfo=UTC).isoformat()
+            sources = {"workspace": workspace, "home": f"/home/{user}"}
+            out.append(AgentSnap(f"{name}{day}", f"{name}{day}", when, username=user, sources=sources))
+    return out
+
+
+@pytest.mark.parametrize(
+    "agents",
+    [
+        {"a": ("ann", "/home/ann/.argentos/workspace"), "b": ("bob", "/home/bob/.argentos/workspace")},
+        {"a": ("ann", "/home/ann/work-one"), "b": ("ann", "/home/ann/work-two")},
+    ],
+    ids=["two-users", "two-workspaces"],
+)
+def test_two_agents_of_one_host_in_one_repository_each_keep_their_days(agents: dict[str, tuple[str, str]]) -> None:
+    # One shared repository (a team's bucket), one host, two agents backing up once a day: `daily 7`
+    # keeps each agent's seven days. Grouped by host and scope alone, each day kept only the newer
+    # agent's snapshot, and the other agent's history was gone but for the oldest snapshot.
+    plan = apply_policy(_agents_week(agents), Policy(daily=7), datetime(2026, 3, 8, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    assert kept == {f"{name}{day}" for name in agents for day in range(7)}
+    assert len(plan.groups()) == 2
+
+
+def test_snapshots_without_user_or_workspace_group_by_host_and_scope_as_before() -> None:
+    # Recorded before both fields were: one group per host and scope, as they always were.
+    old = [
+        Snap(f"s{day}{m}", f"s{day}{m}", datetime(2026, 3, 1 + day, 2, m, tzinfo=UTC).isoformat())
+        for day in range(3)
+        for m in range(2)
+    ]
+    plan = apply_policy(old, Policy(daily=2), datetime(2026, 3, 8, tzinfo=UTC))
+    assert [key for key, _ in plan.groups()] == [GroupKey("host", "full", False)]
+    assert {d.snapshot.id for d in plan.keep} == {"s21", "s11"}
+
+
+def test_a_workspace_that_moved_forms_its_own_group_and_keeps_more() -> None:
+    before = _agents_week({"old": ("ann", "/srv/ws")}, days=4)
+    after = [
+        replace(
+            s,
+            id=f"new{i}",
+            name=f"new{i}",
+            time=datetime(2026, 3, 5 + i, 2, tzinfo=UTC).isoformat(),
+            sources={"workspace": "/data/ws"},
+        )
+        for i, s in enumerate(before[:3])
+    ]
+    plan = apply_policy(before + after, Policy(daily=3), datetime(2026, 3, 9, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    # Its own group for each folder: the old folder's last 3 days stay, the new one's 3 days too.
+    assert kept == {"old1", "old2", "old3", "new0", "new1", "new2"}

@@ -2,9 +2,10 @@
 
 Semantics are restic's `forget` as of 0.16, so a restic user can reason about them:
 
-- Snapshots are grouped by host and scope (a `--memory-only` snapshot never pushes out a full
-  one); `pre-restore` safety snapshots form groups of their own, so an undo record taken after the
-  nightly backup never takes that day's slot from it.
+- Snapshots are grouped by host, user, workspace folder and scope (restic's host and paths: two
+  agents of one host sharing a repository never push each other out; a `--memory-only` snapshot
+  never pushes out a full one); `pre-restore` safety snapshots form groups of their own, so an
+  undo record taken after the nightly backup never takes that day's slot from it.
 - Within a group, walking snapshots newest first, each rule (`last`, `hourly`, `daily`, `weekly`,
   `monthly`, `yearly`) keeps the newest snapshot of each of the N most recent periods that hold
   one. Periods are read in the snapshot's recorded UTC offset; weeks are ISO weeks (2021-01-01 is
@@ -253,12 +254,25 @@ class GroupKey:
     host: str
     scope: str
     safety: bool
+    # restic's paths: the user and workspace folder that made the snapshot ("" for a snapshot that
+    # does not record them, which groups by host and scope as before).
+    user: str = ""
+    workspace: str = ""
 
     def __str__(self) -> str:
-        return f"host {self.host}, scope {self.scope}" + (f", {SAFETY_TAG}" if self.safety else "")
+        agent = (f", user {self.user}" if self.user else "") + (
+            f", workspace {self.workspace}" if self.workspace else ""
+        )
+        return f"host {self.host}{agent}, scope {self.scope}" + (f", {SAFETY_TAG}" if self.safety else "")
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "scope": self.scope, "safety": self.safety}
+        return {
+            "host": self.host,
+            "user": self.user,
+            "workspace": self.workspace,
+            "scope": self.scope,
+            "safety": self.safety,
+        }
 
 
 @dataclass(frozen=True)
@@ -340,7 +354,18 @@ def parse_time(text: str) -> datetime:
 
 
 def group_key(s: Candidate) -> GroupKey:
-    return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags)
+    """Host, user, workspace folder and scope, as restic groups by host and paths: two agents of one
+    host backing up into one repository (two users, two workspaces) never push each other out."""
+    user, workspace = snapshot_agent(s)
+    return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags, user, workspace)
+
+
+def snapshot_agent(s: object) -> tuple[str, str]:
+    """(user, workspace folder) a snapshot records; "" for what it does not (snapshots from before
+    both were recorded)."""
+    sources = getattr(s, "sources", None)
+    workspace = sources.get("workspace", "") if isinstance(sources, dict) else ""
+    return str(getattr(s, "username", "") or ""), str(workspace or "")
 
 
 # -- the policy ---------------------------------------------------------------------------
@@ -355,7 +380,7 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
         groups.setdefault(group_key(s), []).append(s)
     plan = Plan(policy)
     kept = frozenset(protect)
-    for key in sorted(groups, key=lambda k: (k.host, k.scope, k.safety)):
+    for key in sorted(groups, key=lambda k: (k.host, k.user, k.workspace, k.scope, k.safety)):
         rules = capture_policy(policy) if key.scope in CAPTURE_SCOPES else policy
         decisions = _apply_group(key, groups[key], rules, now, kept)
         refuse_if_everything_removed(key, decisions)
