@@ -24,12 +24,19 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import compact
-from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
+from phoenix_backup.ops.context import (
+    Environment,
+    agent_latest,
+    captures_cache,
+    open_repository,
+    require_identity,
+    target_names,
+)
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy, parse_time
-from phoenix_backup.repo.snapshot import WATCH_SCOPES, Snapshot
+from phoenix_backup.repo.snapshot import WATCH_SCOPES, Latest, Snapshot
 from phoenix_backup.state import record_forgotten, state_path
 from phoenix_backup.storage.targets import refuse_append_only
 
@@ -195,7 +202,7 @@ def forget(
             try:
                 require_identity(repo, "every snapshot (forget decides on all of them)")
                 if ids:
-                    forget_named(repo, ids, report, dry_run=dry_run, resolved=resolved)
+                    forget_named(repo, ids, report, dry_run=dry_run, resolved=resolved, latest=agent_latest(cfg, envx))
                 else:
                     # A replica's copies are dated when they were copied: once a target had
                     # something to thin, the others are thinned whatever their dates say.
@@ -230,10 +237,11 @@ def forget_named(
     *,
     dry_run: bool,
     resolved: dict[str, str] | None = None,
+    latest: Latest | None = None,
 ) -> TargetForget:
     """Forget the snapshots `refs` names, whatever the retention rules and tags say. `resolved`:
     the snapshot id each ref already named on another target (used instead of the ref), to which
-    the refs resolved here are added."""
+    the refs resolved here are added. `latest`: what `latest` names (this agent's newest)."""
     known = {} if resolved is None else resolved
     with noting_unreleased(
         repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"), report.locks_left.append
@@ -241,7 +249,7 @@ def forget_named(
         snapshots = repo.list_snapshots()
         chosen = {}
         for ref in refs:
-            snap = repo.find_snapshot(known.get(ref, ref), snapshots)
+            snap = repo.find_snapshot(known.get(ref, ref), snapshots, latest)
             known.setdefault(ref, snap.id)
             chosen[snap.id] = snap
         report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]

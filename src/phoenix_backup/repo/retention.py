@@ -45,7 +45,7 @@ from typing import Protocol
 
 from phoenix_backup.config import Retention
 from phoenix_backup.errors import ConfigError, RetentionRefused
-from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK
+from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK, recorded_agent
 
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
@@ -356,16 +356,8 @@ def parse_time(text: str) -> datetime:
 def group_key(s: Candidate) -> GroupKey:
     """Host, user, workspace folder and scope, as restic groups by host and paths: two agents of one
     host backing up into one repository (two users, two workspaces) never push each other out."""
-    user, workspace = snapshot_agent(s)
+    user, workspace = recorded_agent(s)
     return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags, user, workspace)
-
-
-def snapshot_agent(s: object) -> tuple[str, str]:
-    """(user, workspace folder) a snapshot records; "" for what it does not (snapshots from before
-    both were recorded)."""
-    sources = getattr(s, "sources", None)
-    workspace = sources.get("workspace", "") if isinstance(sources, dict) else ""
-    return str(getattr(s, "username", "") or ""), str(workspace or "")
 
 
 # -- the policy ---------------------------------------------------------------------------
