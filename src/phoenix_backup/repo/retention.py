@@ -11,7 +11,7 @@ Semantics are restic's `forget` as of 0.16, so a restic user can reason about th
   one. Periods are read in the snapshot's recorded UTC offset; weeks are ISO weeks (2021-01-01 is
   in 2020-W53). `-1` means every period, `0` switches the rule off. A period met again after an
   offset change is not counted twice (restic counts it, and the oldest period it promised is
-  lost).
+  lost); its snapshot is kept as restic keeps it, taking no slot, so never fewer are kept.
 - A partial snapshot kept as the newest of its period also keeps the period's newest complete one.
 - A rule that still has budget when it reaches the group's oldest snapshot keeps that one too,
   which maximises the history kept while the budget allows.
@@ -50,6 +50,9 @@ from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK, recorded_
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+# A count rule's reason for a period met again after a UTC offset change (kept, takes no slot).
+AGAIN = "again"
 
 _DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
 
@@ -241,6 +244,8 @@ class Reason:
         if self.rule == "safety":
             return f"{SAFETY_TAG} safety snapshot, kept {self.detail}"
         label = "last" if self.rule == "last" else self.rule
+        if self.detail == AGAIN:
+            return f"{label} {self.period}, met again after a UTC offset change (takes no slot)"
         if self.oldest:
             return f"oldest snapshot, {label} budget left ({self.period})"
         return f"{label} {self.period}"
@@ -459,6 +464,10 @@ def _apply_group(
     # yet: a partial snapshot that is the newest of its period does not push out the period's
     # newest complete one.
     lacking: dict[str, set[str]] = {rule: set() for rule in COUNT_RULES}
+    # Each rule's period of the snapshot it kept last: a period met again after other periods (the
+    # offset change above) is kept as restic keeps it, but takes no slot, so counting each period
+    # once never keeps fewer snapshots than restic (with `-1`, or a budget not spent).
+    last_period: dict[str, str | None] = dict.fromkeys(COUNT_RULES)
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
@@ -499,8 +508,12 @@ def _apply_group(
                 if slot not in holder and snap.incomplete:
                     lacking[rule].add(period)
                 holder.setdefault(slot, snap.name)
+                last_period[rule] = period
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
+            elif period != last_period[rule]:
+                reasons.append(Reason(rule, period, detail=AGAIN))
+                last_period[rule] = period
             else:
                 passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[slot]})")
             if not snap.incomplete:
