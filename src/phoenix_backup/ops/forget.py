@@ -193,6 +193,9 @@ def forget(
     # Each ref as the first target that resolved it: `latest` on a replica that missed the newest
     # backup is an older snapshot, which the user did not name.
     resolved: dict[str, str] = {}
+    # Targets before this one that could not be read: `latest` resolved after them is a replica's
+    # own newest, which may be older than the backup the user meant.
+    unread: list[str] = []
     for name in names:
         report = TargetForget(name)
         try:
@@ -202,6 +205,7 @@ def forget(
             try:
                 require_identity(repo, "every snapshot (forget decides on all of them)")
                 if ids:
+                    refuse_latest_after_unread(ids, resolved, unread, name)
                     forget_named(repo, ids, report, dry_run=dry_run, resolved=resolved, latest=agent_latest(cfg, envx))
                 else:
                     # A replica's copies are dated when they were copied: once a target had
@@ -222,12 +226,25 @@ def forget(
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
+            if not resolved.keys() >= set(ids):
+                unread.append(name)
         if report.removed:  # doctor and status then say the last backup's snapshot was forgotten here, not lost
             record_forgotten(name, report.left, "phx forget", state_path(envx.home))
         result.targets[name] = report
     if ids and not any(t.named for t in result.targets.values()) and all(t.ok for t in result.targets.values()):
         raise missing  # no target holds what was named: the caller's mistake, said once
     return result
+
+
+def refuse_latest_after_unread(refs: tuple[str, ...], resolved: dict[str, str], unread: list[str], name: str) -> None:
+    """`latest` not yet resolved while an earlier target could not be read: this target's own
+    newest may be older than the backup meant (held by the unread target), so it is not guessed."""
+    if "latest" in refs and "latest" not in resolved and unread:
+        raise UsageError(
+            f"`latest` is resolved on target {unread[0]}, which failed (see its error), so target {name} forgot "
+            f"nothing (its own newest may be an older snapshot); name the snapshot by id "
+            f"(`phx list --target {name}`), or run again once {unread[0]} works"
+        )
 
 
 def forget_named(
