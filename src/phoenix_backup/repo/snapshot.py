@@ -362,13 +362,20 @@ def choose_latest(
         if len(others) == 1:
             host = others.pop()
             found = [s for s in snaps if rule.matches(s, host)]
-    if rule.agent is not None and found:
-        mine = [s for s in found if same_agent(s, rule.agent)]
-        if not mine and len({recorded_agent(s) for s in found}) == 1:
-            mine = found  # one other agent's history: a workspace that moved, or a new machine's
-        found = mine
+    if rule.agent is not None:
+        found = of_agent(found, rule.agent)
     present = [s for s in found if now is None or not is_future(s, now)]
     return ((present or found)[-1] if found else None), host
+
+
+def of_agent(snaps: list[Snapshot], agent: tuple[str, str]) -> list[Snapshot]:
+    """Those of `snaps` (one host's) that `agent` (user, workspace folder) made; when it made none and
+    they all come from one other agent, all of them (a workspace that moved to another folder, a
+    repository restored on a new machine); of several other agents, none."""
+    mine = [s for s in snaps if same_agent(s, agent)]
+    if not mine and len({recorded_agent(s) for s in snaps}) == 1:
+        return snaps
+    return mine
 
 
 def recorded_agent(s: object) -> tuple[str, str]:
