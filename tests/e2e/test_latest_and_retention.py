@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -169,3 +170,30 @@ def test_a_snapshot_from_the_future_never_pushes_out_the_present(sandbox: Sandbo
     present = [s for s in sb.snapshots() if s["id"] != future["id"]]
     assert len(present) == 1 and present[0]["id"] != now["id"] and len(sb.snapshots()) == 2
     assert sb.verify("--read-data")["ok"]
+
+
+def test_two_agents_of_one_host_in_one_repository_keep_their_own_history_and_latest(backed_up: Sandbox) -> None:
+    # Two workspaces of one user on one host (two configs) back up into one repository once a day
+    # for a week. Grouped by host and scope, `daily 7` kept only the newer agent's snapshot of each
+    # day; `latest` (restore, ls) and a backup's parent were the other agent's.
+    sb = backed_up
+    ws_a, ws_b = sb.workspace, sb.root / "workspace-b"
+    shutil.copytree(ws_a, ws_b, symlinks=True)
+    (ws_b / "MEMORY.md").write_text("agent b\n")
+    sb.write_config(retention=retention_only(daily=7))
+    made: dict[Path, list[str]] = {ws_a: [], ws_b: []}
+    for n in range(6, -1, -1):
+        for ws in (ws_a, ws_b):
+            sb.write_config(workspace=str(ws))
+            made[ws].append(sb.backup("--time", day(n))["id"])
+    sb.write_config(workspace=str(ws_a))
+    forgot = sb.phx_here("forget", "--json").json()
+    assert forgot["ok"], forgot
+    left = {s["id"]: s for s in sb.snapshots()}
+    assert set(made[ws_a]) | set(made[ws_b]) <= set(left), "each agent keeps its 7 days"
+    assert left[made[ws_a][-1]]["parent"] == made[ws_a][-2], "A's backup takes A's snapshot as its parent"
+    assert snapshot_of(sb, "ls", "latest") == made[ws_a][-1]
+    sb.write_config(workspace=str(ws_b))
+    assert snapshot_of(sb, "ls", "latest") == made[ws_b][-1]
+    named = sb.phx_here("forget", "latest", "--dry-run", "--json").json()
+    assert [s["id"] for t in named["targets"].values() for s in t["named"]] == [made[ws_b][-1]], named

@@ -4,6 +4,8 @@ hosts have some (then `--host` must say which)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from phoenix_backup.repo.snapshot import Latest, Snapshot, SnapshotStats, choose_latest
 
 
@@ -30,3 +32,22 @@ def test_a_new_machine_takes_the_only_other_host() -> None:
     two = [*snaps, snap("c", host="server")]
     assert choose_latest(two, Latest(), "new-machine") == (None, "new-machine")
     assert choose_latest(two, Latest(host="server"), "new-machine") == (two[2], "server")
+
+
+def agent_snap(name: str, user: str, workspace: str) -> Snapshot:
+    return replace(snap(name), username=user, sources={"workspace": workspace, "home": f"/home/{user}"})
+
+
+def test_two_agents_of_one_host_each_take_their_own_latest() -> None:
+    # One host, one shared repository, two agents: `phx restore latest` (and ls, diff, dump) on
+    # Ann's workspace restored Bob's, backed up a minute later.
+    ann, bob = ("ann", "/home/ann/ws"), ("bob", "/home/bob/ws")
+    snaps = [agent_snap("a1", *ann), agent_snap("b1", *bob), agent_snap("a2", *ann), agent_snap("b2", *bob)]
+    assert choose_latest(snaps, Latest(agent=ann), "laptop")[0] is snaps[2]
+    assert choose_latest(snaps, Latest(agent=bob), "laptop")[0] is snaps[3]
+    # Of another agent only when it is the only one (the workspace moved, or a new machine); of
+    # several others, none: naming one with --backup ID is safer than restoring a stranger's.
+    assert choose_latest(snaps[:1], Latest(agent=("ann", "/srv/moved")), "laptop")[0] is snaps[0]
+    assert choose_latest(snaps, Latest(agent=("cy", "/home/cy/ws")), "laptop")[0] is None
+    # Snapshots recording no workspace folder are any agent's, as before.
+    assert choose_latest([*snaps, snap("old")], Latest(agent=ann), "laptop")[0].name == "old"  # type: ignore[union-attr]

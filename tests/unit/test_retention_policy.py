@@ -4,7 +4,7 @@ for any list of snapshots (hypothesis)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from phoenix_backup.errors import ConfigError, RetentionRefused
 from phoenix_backup.repo.retention import (
+    AGAIN,
     Decision,
     Duration,
     GroupKey,
@@ -264,7 +265,7 @@ def test_invariants(times: list[datetime], policy: Policy) -> None:
     # A positive count never keeps more periods than its budget (the oldest rule adds at most one).
     for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
         n = policy.count(rule)
-        uses = [r for d in plan.keep for r in d.reasons if r.rule == rule]
+        uses = [r for d in plan.keep for r in d.reasons if r.rule == rule and r.detail != AGAIN]
         if n > 0:
             assert len(uses) <= n
         if n == 0:
@@ -289,8 +290,8 @@ def _more(n: int) -> int:
 @settings(max_examples=100, deadline=None)
 @given(times=_times)
 def test_daily_unlimited_keeps_one_per_day_plus_the_oldest(times: list[datetime]) -> None:
-    # One offset: with mixed offsets the day sequence, walked by instant, need not be monotonic
-    # and (as in restic) a day may then be kept twice.
+    # One offset: with mixed offsets a day's newest snapshot by instant is the newest of its label
+    # (test_a_day_seen_again_after_an_offset_change_takes_no_second_slot).
     snaps = snaps_at([t.astimezone(UTC) for t in times])
     plan = apply_policy(snaps, Policy(daily=-1), datetime(2030, 1, 1, tzinfo=UTC))
     days = {datetime.fromisoformat(s.time).date() for s in snaps}
@@ -350,3 +351,157 @@ def test_pre_restore_snapshots_keep_no_checked_copy() -> None:
     ]
     plan = apply_policy(snaps, Policy(last=1, keep_safety_days=7), day + timedelta(days=21))
     assert [d.snapshot.id for d in plan.keep] == ["new"]
+
+
+def test_a_day_seen_again_after_an_offset_change_takes_no_second_slot() -> None:
+    # The machine moved from Berlin to New York: walked newest first, the days read 03-09 (New
+    # York), 03-10 (Berlin, 00:30), 03-09 again (Berlin). restic counts 03-09 twice; "daily 3"
+    # then kept two days and forgot 03-08.
+    times = [
+        "2026-03-07T12:00:00+01:00",
+        "2026-03-08T12:00:00+01:00",
+        "2026-03-09T20:00:00+01:00",
+        "2026-03-10T00:30:00+01:00",
+        "2026-03-09T19:00:00-05:00",
+    ]
+    snaps = [Snap(f"s{i}", f"s{i}", t) for i, t in enumerate(times)]
+    plan = apply_policy(snaps, Policy(daily=3), datetime(2026, 3, 11, tzinfo=UTC))
+    kept = {d.snapshot.id: [r.period for r in d.reasons] for d in plan.keep}
+    # s2, 03-09 met again, is kept as restic keeps it, but takes no slot: 03-08 is kept too.
+    assert kept == {"s4": ["2026-03-09"], "s3": ["2026-03-10"], "s2": ["2026-03-09"], "s1": ["2026-03-08"]}
+    again = next(d for d in plan.keep if d.snapshot.id == "s2")
+    assert again.reasons[0].text() == "daily 2026-03-09, met again after a UTC offset change (takes no slot)"
+
+
+def test_counting_a_period_once_never_keeps_fewer_than_restic() -> None:
+    # daily -1 (or a budget the history does not use up): restic kept every snapshot that began a
+    # period walking newest first, 03-09 met again after the offset change too; counted once,
+    # that one was forgotten with nothing kept in its place.
+    times = [
+        "2026-03-08T12:00:00+01:00",
+        "2026-03-09T20:00:00+01:00",
+        "2026-03-10T00:30:00+01:00",
+        "2026-03-09T19:00:00-05:00",
+    ]
+    snaps = [Snap(f"s{i}", f"s{i}", t) for i, t in enumerate(times)]
+    for policy in (Policy(daily=-1), Policy(daily=7)):
+        plan = apply_policy(snaps, policy, datetime(2026, 3, 11, tzinfo=UTC))
+        assert {d.snapshot.id for d in plan.keep} == {"s0", "s1", "s2", "s3"}, policy
+
+
+@settings(max_examples=100, deadline=None)
+@given(times=_times)
+def test_each_period_is_kept_once_whatever_the_offsets(times: list[datetime]) -> None:
+    plan = apply_policy(snaps_at(times), Policy(daily=-1, weekly=3), datetime(2030, 1, 1, tzinfo=UTC))
+    for rule in ("daily", "weekly"):
+        periods = [r.period for d in plan.keep for r in d.reasons if r.rule == rule and not r.oldest and not r.detail]
+        assert len(periods) == len(set(periods))
+
+
+def test_a_partial_snapshot_never_pushes_out_its_days_only_complete_one() -> None:
+    # 03-08 and 03-09 each: a full backup at 02:00, then a partial one at 14:00 (a file could not
+    # be read). Keeping "the newest daily" kept the partial one and forgot the day's full one.
+    day = [("03-06", 2, False), ("03-07", 2, False), ("03-08", 2, False), ("03-08", 14, True)]
+    day += [("03-09", 2, False), ("03-09", 14, True)]
+    snaps = [
+        Snap(f"s{i}", f"s{i}", f"2026-{d}T{h:02d}:00:00+00:00", incomplete=("x",) if partial else ())
+        for i, (d, h, partial) in enumerate(day)
+    ]
+    plan = apply_policy(snaps, Policy(daily=7, weekly=4), datetime(2026, 3, 10, tzinfo=UTC))
+    assert not plan.remove
+    reasons = {d.snapshot.id: [r.text() for r in d.reasons] for d in plan.keep}
+    assert reasons["s2"] == [
+        "the newest complete snapshot of daily 2026-03-08 (s3, kept for it, is partial)",
+        "the newest complete snapshot of weekly 2026-W10 (s3, kept for it, is partial)",
+    ]
+    # Also when the partial one took the rule's last slot: "daily 2" keeps 03-09 and 03-08.
+    plan = apply_policy(snaps, Policy(daily=2), datetime(2026, 3, 10, tzinfo=UTC))
+    assert {d.snapshot.id for d in plan.keep} == {"s5", "s4", "s3", "s2"}
+    # A day whose newest snapshot is complete keeps that one alone.
+    snaps.append(Snap("s6", "s6", "2026-03-08T20:00:00+00:00"))
+    plan = apply_policy(sorted(snaps, key=lambda s: s.time), Policy(daily=7), datetime(2026, 3, 10, tzinfo=UTC))
+    assert {d.snapshot.id for d in plan.remove} == {"s2", "s3"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(times=_times, partial=st.lists(st.booleans(), min_size=60, max_size=60), daily=st.sampled_from([-1, 1, 2, 5]))
+def test_every_day_kept_keeps_its_newest_complete_snapshot(
+    times: list[datetime], partial: list[bool], daily: int
+) -> None:
+    ordered = sorted(times, key=lambda t: t.timestamp())
+    snaps = [
+        Snap(f"s{i}", f"s{i}", t.isoformat(), incomplete=("x",) if partial[i] else ()) for i, t in enumerate(ordered)
+    ]
+    plan = apply_policy(snaps, Policy(daily=daily), datetime(2030, 1, 1, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    days = {r.period for d in plan.keep for r in d.reasons if r.rule == "daily"}
+    for day in days:
+        complete = [s for s in snaps if datetime.fromisoformat(s.time).strftime("%Y-%m-%d") == day and not s.incomplete]
+        if complete:
+            newest = max(reversed(complete), key=lambda s: datetime.fromisoformat(s.time).timestamp())
+            assert newest.id in kept, (day, newest)
+
+
+@dataclass(frozen=True)
+class AgentSnap(Snap):
+    username: str = ""
+    sources: dict[str, str] | None = None
+
+
+def _agents_week(agents: dict[str, tuple[str, str]], days: int = 7) -> list[AgentSnap]:
+    """One full backup a day for `days` days by each agent (name -> (user, workspace)), one host."""
+    out = []
+    for day in range(days):
+        for minute, (name, (user, workspace)) in enumerate(agents.items()):
+            when = datetime(2026, 3, 1 + day, 2, minute, tzinfo=UTC).isoformat()
+            sources = {"workspace": workspace, "home": f"/home/{user}"}
+            out.append(AgentSnap(f"{name}{day}", f"{name}{day}", when, username=user, sources=sources))
+    return out
+
+
+@pytest.mark.parametrize(
+    "agents",
+    [
+        {"a": ("ann", "/home/ann/.argentos/workspace"), "b": ("bob", "/home/bob/.argentos/workspace")},
+        {"a": ("ann", "/home/ann/work-one"), "b": ("ann", "/home/ann/work-two")},
+    ],
+    ids=["two-users", "two-workspaces"],
+)
+def test_two_agents_of_one_host_in_one_repository_each_keep_their_days(agents: dict[str, tuple[str, str]]) -> None:
+    # One shared repository (a team's bucket), one host, two agents backing up once a day: `daily 7`
+    # keeps each agent's seven days. Grouped by host and scope alone, each day kept only the newer
+    # agent's snapshot, and the other agent's history was gone but for the oldest snapshot.
+    plan = apply_policy(_agents_week(agents), Policy(daily=7), datetime(2026, 3, 8, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    assert kept == {f"{name}{day}" for name in agents for day in range(7)}
+    assert len(plan.groups()) == 2
+
+
+def test_snapshots_without_user_or_workspace_group_by_host_and_scope_as_before() -> None:
+    # Recorded before both fields were: one group per host and scope, as they always were.
+    old = [
+        Snap(f"s{day}{m}", f"s{day}{m}", datetime(2026, 3, 1 + day, 2, m, tzinfo=UTC).isoformat())
+        for day in range(3)
+        for m in range(2)
+    ]
+    plan = apply_policy(old, Policy(daily=2), datetime(2026, 3, 8, tzinfo=UTC))
+    assert [key for key, _ in plan.groups()] == [GroupKey("host", "full", False)]
+    assert {d.snapshot.id for d in plan.keep} == {"s21", "s11"}
+
+
+def test_a_workspace_that_moved_forms_its_own_group_and_keeps_more() -> None:
+    before = _agents_week({"old": ("ann", "/srv/ws")}, days=4)
+    after = [
+        replace(
+            s,
+            id=f"new{i}",
+            name=f"new{i}",
+            time=datetime(2026, 3, 5 + i, 2, tzinfo=UTC).isoformat(),
+            sources={"workspace": "/data/ws"},
+        )
+        for i, s in enumerate(before[:3])
+    ]
+    plan = apply_policy(before + after, Policy(daily=3), datetime(2026, 3, 9, tzinfo=UTC))
+    kept = {d.snapshot.id for d in plan.keep}
+    # Its own group for each folder: the old folder's last 3 days stay, the new one's 3 days too.
+    assert kept == {"old1", "old2", "old3", "new0", "new1", "new2"}

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ from phoenix_backup.repo.prune import (
     REPACK_MOSTLY_UNUSED,
     PruneState,
     TargetPrune,
+    prune_due,
     prune_repository,
+    state_key,
 )
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
@@ -588,3 +591,49 @@ def test_verify_says_when_prune_removes_a_temporary_file(pristine, tmp_path: Pat
     assert (path / "locks" / ".tmp-0123abcd").exists(), "a minute old: kept, as the notice says"
     run_prune(path, state, T0 + LEFTOVER_MIN_AGE + 1)
     assert not (path / "locks" / ".tmp-0123abcd").exists()
+
+
+def test_a_last_prune_dated_by_a_clock_that_was_ahead_does_not_stop_the_daily_prune(pristine, tmp_path: Path) -> None:
+    """One backup ran with the clock a year ahead: its prune was recorded a year ahead, and every
+    backup after the clock was put right said "the last prune ran less than a day ago", for a
+    year, the forgotten data kept."""
+    repo, _backend = open_fresh(pristine[0])
+    state = PruneState(tmp_path / "prune.json")
+    assert prune_due(state, repo, "local", T0)
+    state.entry(state_key(repo, "local"))["lastPrune"] = T0 - 3600
+    assert not prune_due(state, repo, "local", T0)
+    state.entry(state_key(repo, "local"))["lastPrune"] = T0 + 365 * 86400
+    assert prune_due(state, repo, "local", T0)
+    repo.close()
+
+
+class TimelessBackend(CrashingBackend):
+    """A store that gives its objects no time: prune dates a pack from when it first saw it."""
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        info = self.inner.stat(name)
+        return None if info is None else replace(info, modified=None)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return (replace(info, modified=None) for info in self.inner.list(prefix))
+
+
+def test_a_leftover_first_seen_by_a_clock_that_was_ahead_is_removed_once_old(pristine, tmp_path: Path) -> None:
+    """On a store without times, a leftover pack first seen while the clock was a year ahead stayed
+    "young" for that year. It counts as seen when the clock is right again."""
+    src, expected, _old = pristine
+    path = tmp_path / "repo"
+    name = copy_with_leftover(src, path, T0, 60)
+    state = PruneState(tmp_path / "prune.json")
+
+    def prune_at(now: float) -> TargetPrune:
+        repo = Repository.open(TimelessBackend(LocalBackend(path), None), keys.Credentials(passphrase=None))
+        return prune_repository(repo, TargetPrune("local"), dry_run=False, state=state, now=now)
+
+    prune_at(T0 + 365 * 86400)  # the clock a year ahead: every pack first seen then
+    assert (path / name).exists()
+    report = prune_at(T0)  # put right: the leftover is seen now
+    assert (path / name).exists() and report.young_leftovers == 1
+    report = prune_at(T0 + LEFTOVER_MIN_AGE + 1)
+    assert report.leftover_packs == 1 and not (path / name).exists()
+    assert contents(open_fresh(path)[0]) == expected

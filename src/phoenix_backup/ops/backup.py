@@ -56,6 +56,7 @@ from phoenix_backup.repo.snapshot import (
     DatabaseInfo,
     Snapshot,
     SnapshotStats,
+    of_agent,
     timestamp_name,
 )
 from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, name_problem
@@ -1059,6 +1060,9 @@ def _run(
     snapshots = repo.list_snapshots()
     host = socket.gethostname()
     parents = [s for s in snapshots if s.host == host and s.scope in (parent_scopes or (scope,))]
+    # This agent's (user and workspace folder): another agent of this host sharing the repository
+    # has other files under the same logical paths.
+    parents = of_agent(parents, (username(), str(layout.workspace)))
     parent = parents[-1] if parents else None
     run = _Run(repo, cache_for(repo, envx), parent, envx)
     run.started_ns = int(started * 1e9)

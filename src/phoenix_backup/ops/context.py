@@ -623,7 +623,15 @@ def find_snapshot(cfg: Config, envx: Environment, repo: Repository, ref: str, ta
                 f"target {first} holds no snapshots yet, but {where}: read them with `--target {held[0][0]}` "
                 f"(`phx list --target {held[0][0]}`); backups from here add to them, and never copy them to {first}"
             )
-    return repo.find_snapshot(ref, snaps, latest=envx.latest)
+    return repo.find_snapshot(ref, snaps, latest=agent_latest(cfg, envx))
+
+
+def agent_latest(cfg: Config, envx: Environment) -> Latest:
+    """`envx.latest` narrowed to this user and workspace folder: two agents of one host backing up
+    into one repository never take each other's snapshot for `latest` (restore, ls, diff, parent)."""
+    from phoenix_backup.users import username
+
+    return replace(envx.latest, agent=(username(), str(cfg.workspace)))
 
 
 def snapshots_elsewhere(cfg: Config, envx: Environment) -> list[tuple[str, int]]:

@@ -24,7 +24,7 @@ from phoenix_backup.config import Config
 from phoenix_backup.errors import ExitStatus
 from phoenix_backup.memory.schema import TableInfo, inspect, row_noun
 from phoenix_backup.memory.values import SqlValue
-from phoenix_backup.ops.context import Environment, open_repository, require_identity, scratch_dir
+from phoenix_backup.ops.context import Environment, agent_latest, open_repository, require_identity, scratch_dir
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -165,7 +165,8 @@ def diff(
     with repo.lock(exclusive=False, command="diff"):
         repo.load_index()
         snaps = repo.list_snapshots()
-        old, new = repo.find_snapshot(ref1, snaps, envx.latest), repo.find_snapshot(ref2, snaps, envx.latest)
+        latest = agent_latest(cfg, envx)
+        old, new = repo.find_snapshot(ref1, snaps, latest), repo.find_snapshot(ref2, snaps, latest)
         changes: list[FileChange] = []
         db_nodes: dict[str, tuple[Node | None, Node | None]] = {}
         trees = Trees(repo)

@@ -50,6 +50,7 @@ from phoenix_backup.memory.schema import DatabaseSchema, TableInfo, inspect
 from phoenix_backup.memory.values import csv_value, json_value
 from phoenix_backup.ops.context import (
     Environment,
+    agent_latest,
     open_repository,
     refuse_export_in_workspace,
     refuse_plain_copies_in_repository,
@@ -258,7 +259,7 @@ def snapshot_source(cfg: Config, envx: Environment, ref: str, target: str | None
     is_store = configured_store(cfg, layout)
     with repo.lock(exclusive=False, command="export"), scratch_dir("phx-export-") as scratch:
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = repo.find_snapshot(ref, latest=agent_latest(cfg, envx))
         dbs: list[SourceDatabase] = []
         files: list[SourceFile] = []
         envx.progress.phase("reading the snapshot's databases")

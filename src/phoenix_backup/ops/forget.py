@@ -24,12 +24,19 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.ops import compact
-from phoenix_backup.ops.context import Environment, captures_cache, open_repository, require_identity, target_names
+from phoenix_backup.ops.context import (
+    Environment,
+    agent_latest,
+    captures_cache,
+    open_repository,
+    require_identity,
+    target_names,
+)
 from phoenix_backup.repo import captures
 from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED, noting_unreleased
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.retention import Candidate, Plan, Policy, apply_policy, parse_time
-from phoenix_backup.repo.snapshot import WATCH_SCOPES, Snapshot
+from phoenix_backup.repo.snapshot import WATCH_SCOPES, Latest, Snapshot
 from phoenix_backup.state import record_forgotten, state_path
 from phoenix_backup.storage.targets import refuse_append_only
 
@@ -183,6 +190,12 @@ def forget(
     missing = SnapshotNotFound("no snapshot to forget")
     names = target_names(cfg, only=target)
     refused = {} if dry_run else refuse_append_only(cfg, names, "forget")
+    # Each ref as the first target that resolved it: `latest` on a replica that missed the newest
+    # backup is an older snapshot, which the user did not name.
+    resolved: dict[str, str] = {}
+    # Targets before this one that could not be read: `latest` resolved after them is a replica's
+    # own newest, which may be older than the backup the user meant.
+    unread: list[str] = []
     for name in names:
         report = TargetForget(name)
         try:
@@ -192,7 +205,8 @@ def forget(
             try:
                 require_identity(repo, "every snapshot (forget decides on all of them)")
                 if ids:
-                    forget_named(repo, ids, report, dry_run=dry_run)
+                    refuse_latest_after_unread(ids, resolved, unread, name)
+                    forget_named(repo, ids, report, dry_run=dry_run, resolved=resolved, latest=agent_latest(cfg, envx))
                 else:
                     # A replica's copies are dated when they were copied: once a target had
                     # something to thin, the others are thinned whatever their dates say.
@@ -212,6 +226,8 @@ def forget(
         except PhoenixError as exc:
             report.ok = False
             report.error = str(exc)
+            if not resolved.keys() >= set(ids):
+                unread.append(name)
         if report.removed:  # doctor and status then say the last backup's snapshot was forgotten here, not lost
             record_forgotten(name, report.left, "phx forget", state_path(envx.home))
         result.targets[name] = report
@@ -220,15 +236,38 @@ def forget(
     return result
 
 
-def forget_named(repo: Repository, refs: tuple[str, ...], report: TargetForget, *, dry_run: bool) -> TargetForget:
-    """Forget the snapshots `refs` names, whatever the retention rules and tags say."""
+def refuse_latest_after_unread(refs: tuple[str, ...], resolved: dict[str, str], unread: list[str], name: str) -> None:
+    """`latest` not yet resolved while an earlier target could not be read: this target's own
+    newest may be older than the backup meant (held by the unread target), so it is not guessed."""
+    if "latest" in refs and "latest" not in resolved and unread:
+        raise UsageError(
+            f"`latest` is resolved on target {unread[0]}, which failed (see its error), so target {name} forgot "
+            f"nothing (its own newest may be an older snapshot); name the snapshot by id "
+            f"(`phx list --target {name}`), or run again once {unread[0]} works"
+        )
+
+
+def forget_named(
+    repo: Repository,
+    refs: tuple[str, ...],
+    report: TargetForget,
+    *,
+    dry_run: bool,
+    resolved: dict[str, str] | None = None,
+    latest: Latest | None = None,
+) -> TargetForget:
+    """Forget the snapshots `refs` names, whatever the retention rules and tags say. `resolved`:
+    the snapshot id each ref already named on another target (used instead of the ref), to which
+    the refs resolved here are added. `latest`: what `latest` names (this agent's newest)."""
+    known = {} if resolved is None else resolved
     with noting_unreleased(
         repo.lock(exclusive=not dry_run, command="forget --dry-run" if dry_run else "forget"), report.locks_left.append
     ):
         snapshots = repo.list_snapshots()
         chosen = {}
         for ref in refs:
-            snap = repo.find_snapshot(ref, snapshots)
+            snap = repo.find_snapshot(known.get(ref, ref), snapshots, latest)
+            known.setdefault(ref, snap.id)
             chosen[snap.id] = snap
         report.named = [chosen[sid] for sid in sorted(chosen, key=lambda sid: chosen[sid].time)]
         if not dry_run:

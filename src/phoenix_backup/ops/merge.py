@@ -8,7 +8,14 @@ import fnmatch
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import Cancelled, ConfirmationRequired, MergeFailed
-from phoenix_backup.ops.context import Environment, open_repository, require_config_file, require_identity, scratch_dir
+from phoenix_backup.ops.context import (
+    Environment,
+    agent_latest,
+    open_repository,
+    require_config_file,
+    require_identity,
+    scratch_dir,
+)
 from phoenix_backup.repo.reader import copy_snapshot_database
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
@@ -68,7 +75,7 @@ def merge_snapshot(
     layout = Layout(cfg.workspace, envx.home)
     with repo.lock(exclusive=False, command="restore --merge"):
         repo.load_index()
-        snap = repo.find_snapshot(ref, latest=envx.latest)
+        snap = repo.find_snapshot(ref, latest=agent_latest(cfg, envx))
         dbs = [
             (lg, n)
             for lg, n in snapshot_databases(repo, snap)

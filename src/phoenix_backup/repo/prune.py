@@ -569,6 +569,9 @@ def _young_packs(
         # The store's own modification time (on our clock) when it has one; else when prune first
         # saw it.
         born = info.modified - skew if info.modified is not None else float(seen.setdefault(name, now))
+        if info.modified is None and born > now:
+            # First seen by a clock that was ahead: seen now, or the pack stayed young until then.
+            born = seen[name] = now
         if born >= cutoff:
             young.add(name)
     for name in list(seen):
@@ -612,5 +615,8 @@ def _old_temporary_files(repo: Repository, now: float, skew: float) -> list[str]
 
 
 def prune_due(state: PruneState, repo: Repository, target: str, now: float) -> bool:
+    """A day since the last prune, or a last prune dated after `now`: recorded by a clock that was
+    ahead (or ours is behind now), it would otherwise stop the daily prune until that date, the
+    forgotten data kept meanwhile."""
     last = state.last_prune(state_key(repo, target))
-    return last is None or now - last >= AUTO_PRUNE_INTERVAL
+    return last is None or not 0 <= now - last < AUTO_PRUNE_INTERVAL

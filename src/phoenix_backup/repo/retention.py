@@ -2,13 +2,17 @@
 
 Semantics are restic's `forget` as of 0.16, so a restic user can reason about them:
 
-- Snapshots are grouped by host and scope (a `--memory-only` snapshot never pushes out a full
-  one); `pre-restore` safety snapshots form groups of their own, so an undo record taken after the
-  nightly backup never takes that day's slot from it.
+- Snapshots are grouped by host, user, workspace folder and scope (restic's host and paths: two
+  agents of one host sharing a repository never push each other out; a `--memory-only` snapshot
+  never pushes out a full one); `pre-restore` safety snapshots form groups of their own, so an
+  undo record taken after the nightly backup never takes that day's slot from it.
 - Within a group, walking snapshots newest first, each rule (`last`, `hourly`, `daily`, `weekly`,
   `monthly`, `yearly`) keeps the newest snapshot of each of the N most recent periods that hold
   one. Periods are read in the snapshot's recorded UTC offset; weeks are ISO weeks (2021-01-01 is
-  in 2020-W53). `-1` means every period, `0` switches the rule off.
+  in 2020-W53). `-1` means every period, `0` switches the rule off. A period met again after an
+  offset change is not counted twice (restic counts it, and the oldest period it promised is
+  lost); its snapshot is kept as restic keeps it, taking no slot, so never fewer are kept.
+- A partial snapshot kept as the newest of its period also keeps the period's newest complete one.
 - A rule that still has budget when it reaches the group's oldest snapshot keeps that one too,
   which maximises the history kept while the budget allows.
 - `within` keeps every snapshot newer than the duration, counted back from the group's newest
@@ -41,11 +45,14 @@ from typing import Protocol
 
 from phoenix_backup.config import Retention
 from phoenix_backup.errors import ConfigError, RetentionRefused
-from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK
+from phoenix_backup.repo.snapshot import CAPTURE_SCOPES, FUTURE_SLACK, recorded_agent
 
 SAFETY_TAG = "pre-restore"
 # The rules that count periods, in restic's order (which is also the order reasons are listed in).
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+# A count rule's reason for a period met again after a UTC offset change (kept, takes no slot).
+AGAIN = "again"
 
 _DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
 
@@ -223,6 +230,8 @@ class Reason:
             return "just taken by this backup"
         if self.rule == "future":
             return f"dated {self.detail} in the future (kept, not counted)"
+        if self.rule == "complete" and self.detail:
+            return f"the newest complete snapshot of {self.detail}"
         if self.rule == "complete":
             return "the newest complete snapshot (the newer ones are partial)"
         if self.rule == "checked":
@@ -235,6 +244,8 @@ class Reason:
         if self.rule == "safety":
             return f"{SAFETY_TAG} safety snapshot, kept {self.detail}"
         label = "last" if self.rule == "last" else self.rule
+        if self.detail == AGAIN:
+            return f"{label} {self.period}, met again after a UTC offset change (takes no slot)"
         if self.oldest:
             return f"oldest snapshot, {label} budget left ({self.period})"
         return f"{label} {self.period}"
@@ -248,12 +259,25 @@ class GroupKey:
     host: str
     scope: str
     safety: bool
+    # restic's paths: the user and workspace folder that made the snapshot ("" for a snapshot that
+    # does not record them, which groups by host and scope as before).
+    user: str = ""
+    workspace: str = ""
 
     def __str__(self) -> str:
-        return f"host {self.host}, scope {self.scope}" + (f", {SAFETY_TAG}" if self.safety else "")
+        agent = (f", user {self.user}" if self.user else "") + (
+            f", workspace {self.workspace}" if self.workspace else ""
+        )
+        return f"host {self.host}{agent}, scope {self.scope}" + (f", {SAFETY_TAG}" if self.safety else "")
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "scope": self.scope, "safety": self.safety}
+        return {
+            "host": self.host,
+            "user": self.user,
+            "workspace": self.workspace,
+            "scope": self.scope,
+            "safety": self.safety,
+        }
 
 
 @dataclass(frozen=True)
@@ -335,7 +359,10 @@ def parse_time(text: str) -> datetime:
 
 
 def group_key(s: Candidate) -> GroupKey:
-    return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags)
+    """Host, user, workspace folder and scope, as restic groups by host and paths: two agents of one
+    host backing up into one repository (two users, two workspaces) never push each other out."""
+    user, workspace = recorded_agent(s)
+    return GroupKey(s.host, s.scope, SAFETY_TAG in s.tags, user, workspace)
 
 
 # -- the policy ---------------------------------------------------------------------------
@@ -350,7 +377,7 @@ def apply_policy(snapshots: Iterable[Candidate], policy: Policy, now: datetime, 
         groups.setdefault(group_key(s), []).append(s)
     plan = Plan(policy)
     kept = frozenset(protect)
-    for key in sorted(groups, key=lambda k: (k.host, k.scope, k.safety)):
+    for key in sorted(groups, key=lambda k: (k.host, k.user, k.workspace, k.scope, k.safety)):
         rules = capture_policy(policy) if key.scope in CAPTURE_SCOPES else policy
         decisions = _apply_group(key, groups[key], rules, now, kept)
         refuse_if_everything_removed(key, decisions)
@@ -427,8 +454,20 @@ def _apply_group(
     ]
     present = [s for s in ordered if not _is_future(s, now)]
     budgets = {rule: policy.count(rule) for rule in COUNT_RULES}
+    # Each rule's periods already kept, and the snapshot kept for each. A set, not the previous
+    # period: after the host's UTC offset changed (a machine moved west, its TZ reset), walking
+    # newest first can come back to a period already kept ("2026-03-09" at 19:00-05:00, then
+    # "2026-03-10" at 00:30+01:00, then "2026-03-09" at 20:00+01:00); counted again, it took a
+    # slot, and the oldest period the rule promised was forgotten.
+    holder: dict[tuple[str, str], str] = {}  # (rule, period) -> the snapshot kept for it
+    # Each rule's periods whose kept snapshot is partial while no complete one of them was met
+    # yet: a partial snapshot that is the newest of its period does not push out the period's
+    # newest complete one.
+    lacking: dict[str, set[str]] = {rule: set() for rule in COUNT_RULES}
+    # Each rule's period of the snapshot it kept last: a period met again after other periods (the
+    # offset change above) is kept as restic keeps it, but takes no slot, so counting each period
+    # once never keeps fewer snapshots than restic (with `-1`, or a budget not spent).
     last_period: dict[str, str | None] = dict.fromkeys(COUNT_RULES)
-    holder: dict[str, str] = {}  # rule -> the snapshot kept for its current period
     within_start = _within_start(ordered, policy.within, now)
     safety_until = timedelta(days=policy.keep_safety_days)
     complete = next((s for s in present if not s.incomplete), None)
@@ -450,19 +489,35 @@ def _apply_group(
                 passed.append(f"older than {policy.within} before the newest")
         is_oldest = rank == len(present) - 1
         for rule in COUNT_RULES:
-            if budgets[rule] == 0:
-                if policy.count(rule) > 0:
-                    passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
+            if policy.count(rule) == 0:
+                continue
+            if budgets[rule] == 0 and (snap.incomplete or not lacking[rule]):
+                passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
                 continue
             period = _period(rule, when, rank)
-            if period != last_period[rule] or is_oldest:
-                reasons.append(Reason(rule, period, oldest=period == last_period[rule]))
+            slot = (rule, period)
+            if period in lacking[rule] and not snap.incomplete and snap.id != newest_complete:
+                # The one kept for this period is partial: its newest complete snapshot is kept
+                # too (also when that partial one spent the rule's last slot).
+                detail = f"{rule} {period} ({holder[slot]}, kept for it, is partial)"
+                reasons.append(Reason("complete", period, detail=detail))
+            elif budgets[rule] == 0:
+                passed.append(f"beyond the {policy.count(rule)} {_unit(rule)} kept")
+            elif slot not in holder or is_oldest:
+                reasons.append(Reason(rule, period, oldest=slot in holder))
+                if slot not in holder and snap.incomplete:
+                    lacking[rule].add(period)
+                holder.setdefault(slot, snap.name)
                 last_period[rule] = period
-                holder[rule] = snap.name
                 if budgets[rule] > 0:
                     budgets[rule] -= 1
+            elif period != last_period[rule]:
+                reasons.append(Reason(rule, period, detail=AGAIN))
+                last_period[rule] = period
             else:
-                passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[rule]})")
+                passed.append(f"{rule} keeps a newer snapshot of {period} ({holder[slot]})")
+            if not snap.incomplete:
+                lacking[rule].discard(period)
         tags = user_tags(snap)
         if tags:
             reasons.append(Reason("tag", detail=", ".join(tags)))

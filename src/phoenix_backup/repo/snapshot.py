@@ -289,10 +289,14 @@ class Latest:
     host: str | None = None
     scope: str = "full"
     tags: tuple[str, ...] = ()
+    # (user, workspace folder) of the agent asking: of the host's snapshots, its own (two agents of
+    # one host sharing a repository never restore each other's workspace). None: any agent.
+    agent: tuple[str, str] | None = None
 
     def describe(self, host: str) -> str:
         tags = f" tagged {', '.join(self.tags)}" if self.tags else ""
-        return f"complete {self.scope} snapshot{tags} from host {host}"
+        agent = f" by user {self.agent[0]} of workspace {self.agent[1]}" if self.agent else ""
+        return f"complete {self.scope} snapshot{tags} from host {host}{agent}"
 
     def matches(self, snap: Snapshot, host: str) -> bool:
         return (
@@ -358,8 +362,37 @@ def choose_latest(
         if len(others) == 1:
             host = others.pop()
             found = [s for s in snaps if rule.matches(s, host)]
+    if rule.agent is not None:
+        found = of_agent(found, rule.agent)
     present = [s for s in found if now is None or not is_future(s, now)]
     return ((present or found)[-1] if found else None), host
+
+
+def of_agent(snaps: list[Snapshot], agent: tuple[str, str]) -> list[Snapshot]:
+    """Those of `snaps` (one host's) that `agent` (user, workspace folder) made; when it made none and
+    they all come from one other agent, all of them (a workspace that moved to another folder, a
+    repository restored on a new machine); of several other agents, none."""
+    mine = [s for s in snaps if same_agent(s, agent)]
+    if not mine and len({recorded_agent(s) for s in snaps}) == 1:
+        return snaps
+    return mine
+
+
+def recorded_agent(s: object) -> tuple[str, str]:
+    """(user, workspace folder) a snapshot records; ("", "") for one that records no workspace
+    folder (made before it was recorded), which is any agent's."""
+    sources = getattr(s, "sources", None)
+    workspace = sources.get("workspace", "") if isinstance(sources, dict) else ""
+    if not workspace:
+        return "", ""
+    return str(getattr(s, "username", "") or ""), str(workspace)
+
+
+def same_agent(s: object, agent: tuple[str, str]) -> bool:
+    """Whether `s` was made by `agent` (user, workspace folder); a snapshot recording neither is
+    any agent's, as it was before both were recorded."""
+    recorded = recorded_agent(s)
+    return recorded == ("", "") or recorded == agent
 
 
 def timestamp_name(when: datetime, taken: set[str]) -> str:
