@@ -58,8 +58,8 @@ from phoenix_backup.repo.snapshot import (
     SnapshotStats,
     timestamp_name,
 )
-from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, name_problem
-from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, TreeTooLarge, name_problem
+from phoenix_backup.repo.walker import Trees, walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
@@ -1352,8 +1352,17 @@ def _write_trees(
                 )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):
-            tree_id = repo.save_tree(kids)[0]
+            try:
+                tree_id = repo.save_tree(kids)[0]
+            except TreeTooLarge as exc:
+                raise SourceError(
+                    f"the folder {shown(logical or '/')} {exc}: nothing was saved, so that no snapshot is written "
+                    "that a restore would refuse; split it into subfolders or leave part of it out (`exclude`) and "
+                    "back up again"
+                ) from exc
         used.add(tree_id)
+        budget.nodes.setdefault(tree_id, kids)
+        uses.setdefault(tree_id, []).append(logical)
         if kinds is not None and logical:
             # `kinds` (the summary): each folder but the root, new, changed or unmodified.
             old = (previous_nodes or {}).get(logical)
@@ -1370,6 +1379,10 @@ def _write_trees(
                 return prev.subtree
         return None
 
+    # The snapshot's trees, held as a walk of it will load them, to check the walk's budget on them
+    # before the snapshot is written: a backup must not store what every later command refuses.
+    budget = Trees(repo)
+    uses: dict[bytes, list[str]] = {}  # each tree -> the folders it stands for
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for parent in all_ancestors(nodes):
@@ -1391,7 +1404,40 @@ def _write_trees(
             subtree=subtree,
         )
         children.setdefault(_parent_of(logical), []).append(node)
-    return save("", children.get("", []))
+    root = save("", children.get("", []))
+    try:
+        budget.check(root)
+    except CorruptObject as exc:
+        raise SourceError(_over_budget(budget, uses)) from exc
+    return root
+
+
+def _over_budget(budget: Trees, uses: dict[bytes, list[str]]) -> str:
+    """Why a backup's trees are more than a walk of them allows (repo/walker.py), with the folders
+    to leave out: a snapshot that deep or that large, or naming the same folder over and over
+    (copies made with hard links, `cp -al`, hold equal entries), is refused by restore, ls and
+    verify as damaged or hostile."""
+    folders = sum(len(v) for v in uses.values())
+    paths = sum(len(budget.nodes[t]) * len(v) for t, v in uses.items())
+    deepest = max((f for v in uses.values() for f in v), key=lambda f: f.count("/") if f else -1)
+    end = "; nothing was saved, so that no snapshot is written that a restore would refuse"
+    if deepest and deepest.count("/") + 1 > budget.max_depth:
+        return (
+            f"{shown(deepest)} lies more than {budget.max_depth:,} folders deep, deeper than a restore "
+            f"reads{end}; leave that folder out (`exclude`) and back up again"
+        )
+    if paths > budget.max_paths:
+        return (
+            f"the backup names {paths:,} paths in {folders:,} folders, more than the {budget.max_paths:,} a "
+            f"restore reads{end}; leave folders out (`exclude`) or back them up with another config"
+        )
+    where = max(uses.items(), key=lambda item: (len(item[1]) - 1) * len(budget.nodes[item[0]]))[1]
+    return (
+        f"{shown(where[0])} and {len(where) - 1:,} other folders hold the very same entries (copies made with "
+        f"hard links, as `cp -al` makes, or of links only), so the backup names {paths:,} paths but stores the "
+        f"entries of far fewer; a restore refuses a snapshot that repeats folders this much{end}; leave the "
+        "copies out (`exclude`) and back up again"
+    )
 
 
 def _same_nodes(a: list[Node], b: list[Node]) -> bool:

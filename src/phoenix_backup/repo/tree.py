@@ -406,6 +406,10 @@ def _str(d: dict[str, Any], key: str) -> str:
     return value
 
 
+class TreeTooLarge(ValueError):
+    """A folder whose tree would be larger than any blob may be (MAX_BLOB_SIZE): no reader takes it."""
+
+
 def encode_tree(nodes: list[Node]) -> bytes:
     """The tree's bytes: `{"nodes": [each node's JSON, by name], "version": 1}`, keys sorted, no
     spaces. Written node by node, each node's extents spliced in as the base64 bytes they are
@@ -425,7 +429,14 @@ def encode_tree(nodes: list[Node]) -> bytes:
         else:
             parts.append(text)
     parts.append(b'],"version":' + json.dumps(TREE_VERSION).encode() + b"}")
-    return b"".join(parts)
+    data = b"".join(parts)
+    if len(data) > MAX_BLOB_SIZE:
+        # Every reader refuses a blob this large (repo/pack.py, repo/index.py): never write one.
+        raise TreeTooLarge(
+            f"holds {len(nodes):,} entries, whose list takes {len(data) >> 20:,} MiB, more than the "
+            f"{MAX_BLOB_SIZE >> 20} MiB a folder's list may take in the repository"
+        )
+    return data
 
 
 _CONTENT = b'{"content":"'

@@ -1,0 +1,72 @@
+"""Workspaces at the limits a walk of a snapshot allows (repo/walker.py) or a tree blob may have
+(repo/crypto.py MAX_BLOB_SIZE): a backup refuses, naming the folder and the fix, what every later
+command would refuse, instead of storing a snapshot that cannot be restored. The limits are made
+small here (monkeypatched, in this process) so that a few hundred files reach them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_support import Sandbox
+
+from phoenix_backup.repo import tree, walker
+
+pytestmark = pytest.mark.phx_in_process
+
+
+def _hard_linked_copies(top: Path, files: int, copies: int) -> None:
+    """`cp -al template copyN` made `copies` times: folders whose files are hard links to one set
+    of files and whose times are the template's."""
+    template = top / "template" / "d"
+    template.mkdir(parents=True)
+    for i in range(files):
+        (template / f"f{i:03d}.txt").write_text(f"file {i}\n")
+    for n in range(copies):
+        shutil.copytree(top / "template", top / f"copy{n:03d}", copy_function=os.link)
+        shutil.copystat(template, top / f"copy{n:03d}" / "d")
+        shutil.copystat(top / "template", top / f"copy{n:03d}")
+
+
+def test_hard_linked_copies_beyond_the_walk_budget_are_refused_by_backup(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders copied with `cp -al` hold equal entries (the same inodes, times and first name), so
+    their trees are one tree named many times; beyond the walk's budget restore, ls and verify
+    refuse such a snapshot as "damaged or hostile". The backup stored it and exited 0; it now
+    refuses it, naming a copy and the fix, and stores no snapshot."""
+    sb = sandbox
+    monkeypatch.setattr(walker, "FREE_PATHS", 200)
+    _hard_linked_copies(sb.workspace / "lib", files=30, copies=60)
+    res = sb.phx_here("backup", code=1)
+    assert "workspace/lib/copy" in res.err and "cp -al" in res.err and "`exclude`" in res.err, res.err
+    assert "nothing was saved" in res.err, res.err
+    assert sb.snapshots() == []
+    # With the copies left out, the backup is stored and restores.
+    sb.write_config(exclude=["lib/copy*"])
+    doc = sb.backup()
+    assert doc["incomplete"] == [], doc
+    out = tmp_path / "out"
+    sb.restore_to(doc["id"], out)
+    assert (out / "workspace" / "lib" / "template" / "d" / "f029.txt").read_text() == "file 29\n"
+
+
+def test_folder_whose_list_is_larger_than_a_blob_is_refused_by_backup(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of so many entries that its tree is larger than MAX_BLOB_SIZE (about 265,000 files
+    with 255-byte names in Chinese characters, each escaped in the tree's JSON) was written, and
+    every reader refuses a blob that large: the backup exited 0 with a snapshot nothing could
+    read. It now says which folder and the fix, and stores no snapshot."""
+    sb = sandbox
+    monkeypatch.setattr(tree, "MAX_BLOB_SIZE", 64 * 1024)
+    wide = sb.workspace / "wide"
+    wide.mkdir()
+    for i in range(200):
+        (wide / ("字" * 80 + f"{i:03d}")).touch()
+    res = sb.phx_here("backup", code=1)
+    assert "the folder workspace/wide holds 200 entries" in res.err, res.err
+    assert "split it into subfolders" in res.err and "nothing was saved" in res.err, res.err
+    assert sb.snapshots() == []
