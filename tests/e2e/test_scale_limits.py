@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from e2e_support import Sandbox
+from e2e_support import Sandbox, remove_chain
 
 from phoenix_backup.repo import tree, walker
 
@@ -70,3 +70,35 @@ def test_folder_whose_list_is_larger_than_a_blob_is_refused_by_backup(
     assert "the folder workspace/wide holds 200 entries" in res.err, res.err
     assert "split it into subfolders" in res.err and "nothing was saved" in res.err, res.err
     assert sb.snapshots() == []
+
+
+def test_folder_past_path_max_is_named_with_the_fix(sandbox: Sandbox) -> None:
+    """A workspace folder whose path passes PATH_MAX (4,096 bytes, about 2,000 one-letter folders
+    deep) cannot be listed: the backup is partial (exit 3) and names it, with why and the fix,
+    not the system's "File name too long" (which reads as if one name were too long). What lies
+    above it is saved."""
+    sb = sandbox
+    top = sb.workspace / "deep"
+    top.mkdir()
+    levels = (4200 - len(str(top))) // 2  # past PATH_MAX
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+            if i == 1900:
+                leaf = os.open("leaf.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(leaf, b"deep\n")
+                os.close(leaf)
+    finally:
+        os.close(fd)
+    try:
+        doc = sb.backup(check=3)
+    finally:
+        remove_chain(top)  # pytest's clean-up of old temporary folders recurses
+    (problem,) = doc["incomplete"]
+    assert problem["path"].startswith("workspace/deep/d/d/"), problem
+    assert "PATH_MAX" in problem["error"] and "`exclude`" in problem["error"], problem
+    assert sb.phx_here("ls", doc["id"][:8], "workspace/deep/" + "d/" * 1901 + "leaf.md").out.strip()
