@@ -102,3 +102,25 @@ def test_folder_past_path_max_is_named_with_the_fix(sandbox: Sandbox) -> None:
     assert problem["path"].startswith("workspace/deep/d/d/"), problem
     assert "PATH_MAX" in problem["error"] and "`exclude`" in problem["error"], problem
     assert sb.phx_here("ls", doc["id"][:8], "workspace/deep/" + "d/" * 1901 + "leaf.md").out.strip()
+
+
+def test_file_dated_past_2262_is_saved_and_the_snapshot_reads(sandbox: Sandbox, tmp_path: Path) -> None:
+    """ext4 keeps a file dated 2300 (`touch -d 2300-01-01`), past the 64-bit nanoseconds a node
+    records: the backup wrote the time as is and exited 0, and ls, verify and restore refused the
+    snapshot ("mtimeNs is not an integer between ..."). It is saved with the nearest date a node
+    holds, said in a warning, and the snapshot restores."""
+    sb = sandbox
+    future = sb.workspace / "future.md"
+    future.write_text("from the future\n")
+    when = 2**63 + 10**18  # the year 2300
+    os.utime(future, ns=(when, when))
+    if os.stat(future).st_mtime_ns != when:
+        pytest.skip("this file system does not keep a file dated 2300")
+    doc = sb.backup()
+    assert any("workspace/future.md is dated outside" in w for w in doc["warnings"]), doc["warnings"]
+    assert "workspace/future.md" in sb.phx_here("ls", doc["id"][:8]).out
+    out = tmp_path / "out"
+    sb.restore_to(doc["id"], out)
+    restored = out / "workspace" / "future.md"
+    assert restored.read_text() == "from the future\n"
+    assert restored.stat().st_mtime_ns == 2**63 - 1

@@ -58,7 +58,16 @@ from phoenix_backup.repo.snapshot import (
     SnapshotStats,
     timestamp_name,
 )
-from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, TreeTooLarge, name_problem
+from phoenix_backup.repo.tree import (
+    TIME_NS_MAX,
+    TIME_NS_MIN,
+    Extent,
+    ExtentsBuilder,
+    Node,
+    NodeType,
+    TreeTooLarge,
+    name_problem,
+)
 from phoenix_backup.repo.walker import Trees, walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
@@ -1152,7 +1161,7 @@ def _run(
     envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
     dir_kinds: dict[str, str] = {}
-    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds)
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds, run.warnings)
     repo.flush()
     changes = _changes(nodes, run.parent_nodes, dir_kinds, run.databases, repo.stats.raw_added)
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
@@ -1324,6 +1333,7 @@ def _write_trees(
     previous_nodes: dict[str, Node] | None = None,
     trees: set[bytes] | None = None,
     kinds: dict[str, str] | None = None,
+    warnings: list[str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
     `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
@@ -1334,7 +1344,21 @@ def _write_trees(
         before.setdefault(_parent_of(logical), []).append(node)
 
     def save(logical: str, kids: list[Node]) -> bytes:
-        for kid in kids:
+        for i, kid in enumerate(kids):
+            if not (TIME_NS_MIN <= kid.mtime_ns <= TIME_NS_MAX and TIME_NS_MIN <= kid.ctime_ns <= TIME_NS_MAX):
+                # A file dated past 2262 (`touch -d 2300-01-01`; ext4 keeps it): its time as is
+                # made a tree that every later command refused, so the snapshot could not be read.
+                kids[i] = kid = dataclasses.replace(
+                    kid,
+                    mtime_ns=min(max(kid.mtime_ns, TIME_NS_MIN), TIME_NS_MAX),
+                    ctime_ns=min(max(kid.ctime_ns, TIME_NS_MIN), TIME_NS_MAX),
+                )
+                if warnings is not None:
+                    path = f"{logical}/{kid.name}" if logical else kid.name
+                    warnings.append(
+                        f"{shown(path)} is dated outside the years 1677-2262 that a snapshot records; it is saved "
+                        "with the nearest date it can hold, and a restore gives it that date"
+                    )
             # The last guard of "no snapshot a restore refuses whole": each source checks its
             # paths (a configured `memory/../x.db` once reached here as a name `..`, and every
             # later command failed on the snapshot).

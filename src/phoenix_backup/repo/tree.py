@@ -337,14 +337,14 @@ class Node:
                 name=_name(d["name"]),
                 type=t,
                 mode=_int(d, "mode", 0, 2**32 - 1) & 0o7777,
-                mtime_ns=_int(d, "mtimeNs", -(2**63), 2**63 - 1),
+                mtime_ns=_int(d, "mtimeNs", TIME_NS_MIN, TIME_NS_MAX),
                 uid=_int(d, "uid", 0, MAX_ID, 0),
                 gid=_int(d, "gid", 0, MAX_ID, 0),
             )
             if t in ("file", "sqlite"):
                 node.size = _int(d, "size", 0, 2**63 - 1)
                 node.inode = _int(d, "inode", 0, 2**64 - 1, 0)
-                node.ctime_ns = _int(d, "ctimeNs", -(2**63), 2**63 - 1, 0)
+                node.ctime_ns = _int(d, "ctimeNs", TIME_NS_MIN, TIME_NS_MAX, 0)
                 content, reach = _decode_extents(_str(d, "content"))
                 node.content = content
                 node.sha256 = _str(d, "sha256")
@@ -375,6 +375,9 @@ class Node:
             raise CorruptObject(f"a malformed node: {exc}") from exc
 
 
+# A node's times, in nanoseconds, are 64-bit (the years 1677 to 2262); ext4 and XFS keep files
+# dated up to 2446 and 2486, which a backup records as the nearest time it can (ops/backup.py).
+TIME_NS_MIN, TIME_NS_MAX = -(2**63), 2**63 - 1
 # uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown.
 MAX_ID = 2**32 - 2
 # NAME_MAX: no file system takes a longer name.
