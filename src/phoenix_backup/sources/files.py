@@ -505,6 +505,11 @@ def _root_base(layout: Layout, path: Path) -> Path:
 def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
     """Record the folders between a logical root and `path`, with their real metadata (never the
     root's own folder or what lies above it)."""
+    if layout.to_logical(path.parent) in sel.entries:
+        # The walk adds each folder before what it holds: for nearly every path its folder is
+        # known, said on the path's text. `_root_base`'s pathlib comparisons for each of 200,000
+        # files were a fifth of a backup's time when nothing had changed.
+        return
     base = _root_base(layout, path)
     parent = path.parent
     while path != base and parent != base and parent.is_relative_to(base):
