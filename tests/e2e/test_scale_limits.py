@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,27 +31,57 @@ def _hard_linked_copies(top: Path, files: int, copies: int) -> None:
         shutil.copystat(top / "template", top / f"copy{n:03d}")
 
 
-def test_hard_linked_copies_beyond_the_walk_budget_are_refused_by_backup(
+def test_seventy_hard_linked_copies_back_up_restore_and_verify(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Folders copied with `cp -al` hold equal entries (the same inodes, times and first name), so
-    their trees are one tree named many times; beyond the walk's budget restore, ls and verify
-    refuse such a snapshot as "damaged or hostile". The backup stored it and exited 0; it now
-    refuses it, naming a copy and the fix, and stores no snapshot."""
+    """70 `cp -al` copies of a folder (pnpm's `node_modules` has this shape) are one stored folder
+    named 70 times: the walk counted its entries once, and beyond its free budget (65,536 paths;
+    70 copies of 1,000 files) restore, ls and verify refused the snapshot, and red38's backup
+    refused it instead, leaving the user no backup. A tree's entries now count once per copy
+    naming it: the backup is stored, verifies, and restores the bytes and the hard links. (The
+    budget is made small here so that 30 files a copy pass it; `tests/unit/test_hostile_repository.py`
+    walks the full-size farm.)"""
     sb = sandbox
     monkeypatch.setattr(walker, "FREE_PATHS", 200)
-    _hard_linked_copies(sb.workspace / "lib", files=30, copies=60)
+    _hard_linked_copies(sb.workspace / "lib", files=30, copies=70)
+    doc = sb.backup()
+    assert doc["incomplete"] == [], doc
+    assert sb.verify()["errors"] == []
+    out = tmp_path / "out"
+    sb.restore_to(doc["id"], out)
+    lib = out / "workspace" / "lib"
+    first = lib / "template" / "d" / "f029.txt"
+    assert first.read_text() == "file 29\n"
+    for n in (0, 69):
+        copy = lib / f"copy{n:03d}" / "d"
+        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in first.parent.iterdir())
+        assert (copy / "f029.txt").stat().st_ino == first.stat().st_ino
+    assert first.stat().st_nlink == 71
+
+
+def test_copies_of_copies_beyond_the_walk_budget_are_refused_by_backup(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hard-linked copies of a folder that itself holds hard-linked copies name the files' entries
+    copies x copies times: beyond the walk's budget restore, ls and verify refuse such a snapshot
+    as "damaged or hostile". The backup stored it and exited 0; it now refuses it, naming a copy
+    and the fix, and stores no snapshot."""
+    sb = sandbox
+    monkeypatch.setattr(walker, "FREE_PATHS", 200)
+    _hard_linked_copies(sb.workspace / "lib" / "inner", files=40, copies=24)
+    for n in range(24):
+        subprocess.run(["cp", "-al", sb.workspace / "lib" / "inner", sb.workspace / f"outer{n:03d}"], check=True)
     res = sb.phx_here("backup", code=1)
-    assert "workspace/lib/copy" in res.err and "cp -al" in res.err and "`exclude`" in res.err, res.err
+    assert "workspace/" in res.err and "cp -al" in res.err and "`exclude`" in res.err, res.err
     assert "nothing was saved" in res.err, res.err
     assert sb.snapshots() == []
     # With the copies left out, the backup is stored and restores.
-    sb.write_config(exclude=["lib/copy*"])
+    sb.write_config(exclude=["outer*"])
     doc = sb.backup()
     assert doc["incomplete"] == [], doc
     out = tmp_path / "out"
     sb.restore_to(doc["id"], out)
-    assert (out / "workspace" / "lib" / "template" / "d" / "f029.txt").read_text() == "file 29\n"
+    assert (out / "workspace" / "lib" / "inner" / "template" / "d" / "f039.txt").read_text() == "file 39\n"
 
 
 def test_folder_whose_list_is_larger_than_a_blob_is_refused_by_backup(
