@@ -894,8 +894,11 @@ RACY_FINE_NS = 20_000_000
 
 def _racy_until(stats: Sequence[os.stat_result | None], taken_ns: int) -> int:
     """The clock time (ns) from which the files stat'ed at `taken_ns` could no longer change
-    unseen; at or below `taken_ns` when none could already."""
-    changed = [max(st.st_mtime_ns, st.st_ctime_ns) for st in stats if st is not None]
+    unseen; at or below `taken_ns` when none could already. A time more than a tick after
+    `taken_ns` (a file dated in the future: `touch -d 2300-01-01`, a clock set wrong) is no write
+    of this clock's, and is left out: waiting for it to pass slept until that date."""
+    limit = taken_ns + RACY_NS
+    changed = [t for st in stats if st is not None for t in (st.st_mtime_ns, st.st_ctime_ns) if t <= limit]
     if not changed:
         return 0
     # Whole-second times on every file: a file system with a clock of seconds.
@@ -950,7 +953,8 @@ def read_while_still(
         if attempt < attempts:
             check()
             # At least until the files, as last seen, can no longer change unseen.
-            wait_out = (_racy_until(after, 0) - time.time_ns()) / 1e9
+            now = time.time_ns()
+            wait_out = (_racy_until(after, now) - now) / 1e9
             sleep(max(pause * attempt * (0.5 + random.random()), wait_out))
     return result, None
 
