@@ -436,7 +436,7 @@ def encode_tree(nodes: list[Node]) -> bytes:
     if len(data) > MAX_BLOB_SIZE:
         # Every reader refuses a blob this large (repo/pack.py, repo/index.py): never write one.
         raise TreeTooLarge(
-            f"holds {len(nodes):,} entries, whose list takes {len(data) >> 20:,} MiB, more than the "
+            f"holds {len(nodes):,} entries, whose list takes {-(-len(data) >> 20):,} MiB, more than the "
             f"{MAX_BLOB_SIZE >> 20} MiB a folder's list may take in the repository"
         )
     return data
