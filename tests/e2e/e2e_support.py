@@ -775,3 +775,19 @@ def new_machine(tmp_path: Path, **secrets: str) -> dict[str, str]:
         "XDG_DATA_HOME": str(home / ".local" / "share"),
         **secrets,
     }
+
+
+def remove_chain(top: Path) -> None:
+    """Remove the chain of folders `top/d/d/…` a level at a time (the deepest moved up under `top`):
+    shutil.rmtree and pytest's clean-up of old temporary folders recurse, and fail past ~1,000."""
+    link = top / "d"
+    while link.is_dir():
+        for entry in link.iterdir():
+            if entry.name != "d":
+                entry.unlink()
+        if (link / "d").is_dir():
+            os.rename(link / "d", top / ".next")
+            link.rmdir()
+            os.rename(top / ".next", link)
+        else:
+            link.rmdir()

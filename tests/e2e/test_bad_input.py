@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import PHX, Sandbox, assert_error
+from e2e_support import PHX, Sandbox, assert_error, remove_chain
 
 # The sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process
 pytestmark = pytest.mark.phx_in_process
@@ -261,22 +261,6 @@ def test_restore_path_that_matches_nothing(backed_up: Sandbox, tmp_path: Path) -
     assert (dest / "workspace" / "SOUL.md").read_bytes() == (sb.workspace / "SOUL.md").read_bytes(), doc
 
 
-def _remove_chain(top: Path) -> None:
-    """Remove the chain of folders `top/d/d/…` a level at a time (the deepest moved up under `top`):
-    shutil.rmtree and pytest's clean-up of old temporary folders recurse, and fail past ~1,000."""
-    link = top / "d"
-    while link.is_dir():
-        for entry in link.iterdir():
-            if entry.name != "d":
-                entry.unlink()
-        if (link / "d").is_dir():
-            os.rename(link / "d", top / ".next")
-            link.rmdir()
-            os.rename(top / ".next", link)
-        else:
-            link.rmdir()
-
-
 def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Path) -> None:
     """A workspace folder 1,100 levels deep (deeper than Python's recursion limit, within PATH_MAX)
     is backed up and restored byte-equal, instead of "unexpected internal error (RecursionError)"
@@ -302,5 +286,5 @@ def test_folder_deeper_than_the_recursion_limit(backed_up: Sandbox, tmp_path: Pa
         restored = dest / "workspace" / "deep" / "/".join(["d"] * 1100) / "leaf.md"
         assert restored.read_bytes() == b"at the bottom\n"
     finally:
-        _remove_chain(folder)
-        _remove_chain(dest / "workspace" / "deep")
+        remove_chain(folder)
+        remove_chain(dest / "workspace" / "deep")

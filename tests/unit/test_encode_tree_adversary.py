@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phoenix_backup.repo import tree
 from phoenix_backup.repo.tree import TREE_VERSION, Extent, Extents, Node, TreePaths, encode_tree
 
 _any_text = st.text(max_size=10)  # lone surrogates, controls, quotes, backslashes, non-ASCII
@@ -121,3 +123,12 @@ def test_a_node_name_no_snapshot_may_hold_stops_the_backup_before_any_tree_is_wr
             _write_trees(repo, Layout(tmp_path, tmp_path), sel, nodes)  # type: ignore[arg-type]
         assert "nothing was saved" in str(err.value)
         assert repo.saved == []
+
+
+def test_a_list_just_past_the_limit_says_it_takes_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder's list of 256 MiB and a few bytes was said to take "256 MiB, more than the 256 MiB
+    # a folder's list may take": the size was rounded down. It is rounded up.
+    monkeypatch.setattr(tree, "MAX_BLOB_SIZE", 1 << 20)
+    nodes = [Node(name=f"{i:06}" + "x" * 200, type="file") for i in range(5000)]
+    with pytest.raises(tree.TreeTooLarge, match=r"whose list takes 2 MiB, more than the 1 MiB"):
+        encode_tree(nodes)

@@ -136,3 +136,18 @@ def test_a_flush_paused_half_way_is_not_taken_for_holding_still(tmp_path: Path) 
     result, attempt = read_while_still(lambda: [_stat(p) for p in paths], read, 4, 0.01, sleep=resume, settled=settled)
     assert result == (b"flush 2", b"flush 2")
     assert attempt == 2
+
+
+def test_a_file_dated_in_the_future_is_read_without_waiting_for_that_date(tmp_path: Path) -> None:
+    # A file of a database's group dated 2100 (`touch -d`, a clock set wrong) never passed the
+    # tick of its change time: the read waited until its date (`sleep` of 2.3 billion seconds),
+    # and a backup hung. A time past the clock is no write of this clock's; the read holds still.
+    f = tmp_path / "index_metadata.pickle"
+    f.write_bytes(b"x")
+    later = 4_102_444_800 * 10**9  # 2100-01-01
+    os.utime(f, ns=(later, later))
+    slept: list[float] = []
+    time.sleep(0.03)  # past the tick of the change time the write and utime set (20 ms, fine clock)
+    result, attempt = read_while_still(lambda: [_stat(f)], lambda _stats: "read", 3, 0.01, sleep=slept.append)
+    assert (result, attempt) == ("read", 1), slept
+    assert all(pause < 2 for pause in slept), slept

@@ -73,6 +73,24 @@ def test_a_dag_bomb_within_the_path_budget_is_refused_too(forger: Forger) -> Non
     assert [e.snapshot for e in result.errors] == [sid], result.errors
 
 
+def test_seventy_hard_linked_copies_of_a_folder_are_walked(forger: Forger) -> None:
+    # `cp -al` made 70 times of a folder of 1,000 files (pnpm's node_modules has this shape): one
+    # tree named by 70 entries, 70,070 paths from 1,070 stored entries, past FREE_PATHS. The walk
+    # counted the folder's entries once and refused it as a bomb; they count once per copy.
+    files = forger.tree(*(file_node(f"f{i:04}.txt", inode=i + 1) for i in range(1000)))
+    copy = forger.tree(dir_node("d", files))
+    root = forger.tree(*(dir_node(f"copy{n:03}", copy) for n in range(70)))
+    forger.repo.flush()
+    started = cpu_seconds()
+    assert sum(1 for _ in walk_tree(forger.repo, root)) == 70 * 1002
+    assert cpu_seconds() - started < 2
+    # Copies of those copies multiply the paths, not the entries naming a tree: still refused.
+    outer = forger.tree(*(dir_node(f"outer{n:03}", root) for n in range(70)))
+    forger.repo.flush()
+    with pytest.raises(CorruptObject, match=r"names 4,909,\d+ paths|paths a walk allows"):
+        next(walk_tree(forger.repo, outer))
+
+
 def test_folders_shared_a_few_times_are_walked(forger: Forger) -> None:
     # Equal folders are one tree (folders of empty folders with the same times, say): a real
     # snapshot may name one tree from a few places, and is walked.

@@ -59,8 +59,17 @@ from phoenix_backup.repo.snapshot import (
     of_agent,
     timestamp_name,
 )
-from phoenix_backup.repo.tree import Extent, ExtentsBuilder, Node, NodeType, name_problem
-from phoenix_backup.repo.walker import walk_tree
+from phoenix_backup.repo.tree import (
+    TIME_NS_MAX,
+    TIME_NS_MIN,
+    Extent,
+    ExtentsBuilder,
+    Node,
+    NodeType,
+    TreeTooLarge,
+    name_problem,
+)
+from phoenix_backup.repo.walker import Trees, walk_tree
 from phoenix_backup.reporting import Reporter
 from phoenix_backup.shell import ShellStep, StopScope
 from phoenix_backup.sources import sqlite as sqlite_source
@@ -886,8 +895,11 @@ RACY_FINE_NS = 20_000_000
 
 def _racy_until(stats: Sequence[os.stat_result | None], taken_ns: int) -> int:
     """The clock time (ns) from which the files stat'ed at `taken_ns` could no longer change
-    unseen; at or below `taken_ns` when none could already."""
-    changed = [max(st.st_mtime_ns, st.st_ctime_ns) for st in stats if st is not None]
+    unseen; at or below `taken_ns` when none could already. A time more than a tick after
+    `taken_ns` (a file dated in the future: `touch -d 2300-01-01`, a clock set wrong) is no write
+    of this clock's, and is left out: waiting for it to pass slept until that date."""
+    limit = taken_ns + RACY_NS
+    changed = [t for st in stats if st is not None for t in (st.st_mtime_ns, st.st_ctime_ns) if t <= limit]
     if not changed:
         return 0
     # Whole-second times on every file: a file system with a clock of seconds.
@@ -942,7 +954,8 @@ def read_while_still(
         if attempt < attempts:
             check()
             # At least until the files, as last seen, can no longer change unseen.
-            wait_out = (_racy_until(after, 0) - time.time_ns()) / 1e9
+            now = time.time_ns()
+            wait_out = (_racy_until(after, now) - now) / 1e9
             sleep(max(pause * attempt * (0.5 + random.random()), wait_out))
     return result, None
 
@@ -1156,7 +1169,7 @@ def _run(
     envx.progress.phase("writing trees and index")
     trees: set[bytes] = set()
     dir_kinds: dict[str, str] = {}
-    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds)
+    root = _write_trees(repo, layout, sel, nodes, run.parent, run.parent_nodes, trees, dir_kinds, run.warnings)
     repo.flush()
     changes = _changes(nodes, run.parent_nodes, dir_kinds, run.databases, repo.stats.raw_added)
     files = sum(1 for n in nodes.values() if n.type in ("file", "sqlite", "symlink"))
@@ -1328,6 +1341,7 @@ def _write_trees(
     previous_nodes: dict[str, Node] | None = None,
     trees: set[bytes] | None = None,
     kinds: dict[str, str] | None = None,
+    warnings: list[str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
     `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
@@ -1338,7 +1352,21 @@ def _write_trees(
         before.setdefault(_parent_of(logical), []).append(node)
 
     def save(logical: str, kids: list[Node]) -> bytes:
-        for kid in kids:
+        for i, kid in enumerate(kids):
+            if not (TIME_NS_MIN <= kid.mtime_ns <= TIME_NS_MAX and TIME_NS_MIN <= kid.ctime_ns <= TIME_NS_MAX):
+                # A file dated past 2262 (`touch -d 2300-01-01`; ext4 keeps it): its time as is
+                # made a tree that every later command refused, so the snapshot could not be read.
+                kids[i] = kid = dataclasses.replace(
+                    kid,
+                    mtime_ns=min(max(kid.mtime_ns, TIME_NS_MIN), TIME_NS_MAX),
+                    ctime_ns=min(max(kid.ctime_ns, TIME_NS_MIN), TIME_NS_MAX),
+                )
+                if warnings is not None:
+                    path = f"{logical}/{kid.name}" if logical else kid.name
+                    warnings.append(
+                        f"{shown(path)} is dated outside the years 1677-2262 that a snapshot records; it is saved "
+                        "with the nearest date it can hold, and a restore gives it that date"
+                    )
             # The last guard of "no snapshot a restore refuses whole": each source checks its
             # paths (a configured `memory/../x.db` once reached here as a name `..`, and every
             # later command failed on the snapshot).
@@ -1356,8 +1384,17 @@ def _write_trees(
                 )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):
-            tree_id = repo.save_tree(kids)[0]
+            try:
+                tree_id = repo.save_tree(kids)[0]
+            except TreeTooLarge as exc:
+                raise SourceError(
+                    f"the folder {shown(logical or '/')} {exc}: nothing was saved, so that no snapshot is written "
+                    "that a restore would refuse; split it into subfolders or leave part of it out (`exclude`) and "
+                    "back up again"
+                ) from exc
         used.add(tree_id)
+        budget.nodes.setdefault(tree_id, kids)
+        uses.setdefault(tree_id, []).append(logical)
         if kinds is not None and logical:
             # `kinds` (the summary): each folder but the root, new, changed or unmodified.
             old = (previous_nodes or {}).get(logical)
@@ -1374,6 +1411,10 @@ def _write_trees(
                 return prev.subtree
         return None
 
+    # The snapshot's trees, held as a walk of it will load them, to check the walk's budget on them
+    # before the snapshot is written: a backup must not store what every later command refuses.
+    budget = Trees(repo)
+    uses: dict[bytes, list[str]] = {}  # each tree -> the folders it stands for
     children: dict[str, list[Node]] = {}
     dirs: dict[str, Entry] = {k: e for k, e in sel.entries.items() if e.kind == "dir"}
     for parent in all_ancestors(nodes):
@@ -1395,7 +1436,40 @@ def _write_trees(
             subtree=subtree,
         )
         children.setdefault(_parent_of(logical), []).append(node)
-    return save("", children.get("", []))
+    root = save("", children.get("", []))
+    try:
+        budget.check(root)
+    except CorruptObject as exc:
+        raise SourceError(_over_budget(budget, uses)) from exc
+    return root
+
+
+def _over_budget(budget: Trees, uses: dict[bytes, list[str]]) -> str:
+    """Why a backup's trees are more than a walk of them allows (repo/walker.py), with the folders
+    to leave out: a snapshot that deep or that large, or naming the same folder over and over
+    (copies made with hard links, `cp -al`, hold equal entries), is refused by restore, ls and
+    verify as damaged or hostile."""
+    folders = sum(len(v) for v in uses.values())
+    paths = sum(len(budget.nodes[t]) * len(v) for t, v in uses.items())
+    deepest = max((f for v in uses.values() for f in v), key=lambda f: f.count("/") if f else -1)
+    end = "; nothing was saved, so that no snapshot is written that a restore would refuse"
+    if deepest and deepest.count("/") + 1 > budget.max_depth:
+        return (
+            f"{shown(deepest)} lies more than {budget.max_depth:,} folders deep, deeper than a restore "
+            f"reads{end}; leave that folder out (`exclude`) and back up again"
+        )
+    if paths > budget.max_paths:
+        return (
+            f"the backup names {paths:,} paths in {folders:,} folders, more than the {budget.max_paths:,} a "
+            f"restore reads{end}; leave folders out (`exclude`) or back them up with another config"
+        )
+    where = max(uses.items(), key=lambda item: (len(item[1]) - 1) * len(budget.nodes[item[0]]))[1]
+    return (
+        f"{shown(where[0])} and {len(where) - 1:,} other folders hold the very same entries (copies made with "
+        f"hard links, as `cp -al` makes, or of links only), so the backup names {paths:,} paths but stores the "
+        f"entries of far fewer; a restore refuses a snapshot that repeats folders this much{end}; leave the "
+        "copies out (`exclude`) and back up again"
+    )
 
 
 def _same_nodes(a: list[Node], b: list[Node]) -> bool:

@@ -337,14 +337,14 @@ class Node:
                 name=_name(d["name"]),
                 type=t,
                 mode=_int(d, "mode", 0, 2**32 - 1) & 0o7777,
-                mtime_ns=_int(d, "mtimeNs", -(2**63), 2**63 - 1),
+                mtime_ns=_int(d, "mtimeNs", TIME_NS_MIN, TIME_NS_MAX),
                 uid=_int(d, "uid", 0, MAX_ID, 0),
                 gid=_int(d, "gid", 0, MAX_ID, 0),
             )
             if t in ("file", "sqlite"):
                 node.size = _int(d, "size", 0, 2**63 - 1)
                 node.inode = _int(d, "inode", 0, 2**64 - 1, 0)
-                node.ctime_ns = _int(d, "ctimeNs", -(2**63), 2**63 - 1, 0)
+                node.ctime_ns = _int(d, "ctimeNs", TIME_NS_MIN, TIME_NS_MAX, 0)
                 content, reach = _decode_extents(_str(d, "content"))
                 node.content = content
                 node.sha256 = _str(d, "sha256")
@@ -375,6 +375,9 @@ class Node:
             raise CorruptObject(f"a malformed node: {exc}") from exc
 
 
+# A node's times, in nanoseconds, are 64-bit (the years 1677 to 2262); ext4 and XFS keep files
+# dated up to 2446 and 2486, which a backup records as the nearest time it can (ops/backup.py).
+TIME_NS_MIN, TIME_NS_MAX = -(2**63), 2**63 - 1
 # uid_t and gid_t are 32 bits, and (uid_t)-1 means "leave unchanged" to chown.
 MAX_ID = 2**32 - 2
 # NAME_MAX: no file system takes a longer name.
@@ -406,6 +409,10 @@ def _str(d: dict[str, Any], key: str) -> str:
     return value
 
 
+class TreeTooLarge(ValueError):
+    """A folder whose tree would be larger than any blob may be (MAX_BLOB_SIZE): no reader takes it."""
+
+
 def encode_tree(nodes: list[Node]) -> bytes:
     """The tree's bytes: `{"nodes": [each node's JSON, by name], "version": 1}`, keys sorted, no
     spaces. Written node by node, each node's extents spliced in as the base64 bytes they are
@@ -425,7 +432,14 @@ def encode_tree(nodes: list[Node]) -> bytes:
         else:
             parts.append(text)
     parts.append(b'],"version":' + json.dumps(TREE_VERSION).encode() + b"}")
-    return b"".join(parts)
+    data = b"".join(parts)
+    if len(data) > MAX_BLOB_SIZE:
+        # Every reader refuses a blob this large (repo/pack.py, repo/index.py): never write one.
+        raise TreeTooLarge(
+            f"holds {len(nodes):,} entries, whose list takes {-(-len(data) >> 20):,} MiB, more than the "
+            f"{MAX_BLOB_SIZE >> 20} MiB a folder's list may take in the repository"
+        )
+    return data
 
 
 _CONTENT = b'{"content":"'

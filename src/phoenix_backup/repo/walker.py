@@ -8,8 +8,12 @@ counts the paths and the depth below its root from those trees alone, and refuse
 names more than MAX_PATHS paths or is deeper than MAX_DEPTH folders before it yields anything.
 Within that budget, a tree naming more than MAX_REUSE times as many paths as the entries stored
 below it is refused too (beyond FREE_PATHS paths): a bomb of 20 levels names 3 million paths from
-21 trees, and walking them took minutes and gigabytes. The cost of a walk is then bounded by what
-the repository really stores, and by the budget.
+21 trees, and walking them took minutes and gigabytes. A tree's entries count as many times as
+the widest copying above it (the most entries of one tree naming it or a tree above it): a folder
+copied with hard links (`cp -al`, pnpm's `node_modules`) is one tree named from each copy, and its
+paths are no more than that count, whereas a bomb's folders, each naming the one below twice,
+double the paths per level and count twice. The cost of
+a walk is then bounded by the entries the repository's trees name, and by the budget.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ MAX_PATHS = 4_000_000
 MAX_DEPTH = 2048
 # A backup stores each folder's entries once per distinct folder: a path is named twice only when two
 # folders are equal to the byte (same names, modes, times and files), and a file node records its
-# inode, so only folders of folders can be. Beyond FREE_PATHS, a walk may name at most MAX_REUSE
-# paths per entry stored below its root.
+# inode, so only folders of folders can be, and folders copied with hard links (`cp -al`, pnpm):
+# one tree named from each copy. Beyond FREE_PATHS, a walk may name at most MAX_REUSE paths per
+# entry stored below its root, each tree's entries counted as often as the widest copying above it
+# (so 70 hard-linked copies of a folder pass, and a bomb, 2^n paths from 4n such entries, does not).
 FREE_PATHS = 65_536
 MAX_REUSE = 8
 
@@ -95,7 +101,7 @@ class Trees:
         if paths > self.max_paths:
             raise self._too_many(root, prefix)
         if paths > FREE_PATHS:
-            stored = self._stored(root, enough=-(-paths // MAX_REUSE))
+            stored = self._stored(root)
             if paths > MAX_REUSE * stored:
                 raise CorruptObject(
                     f"tree {root.hex()[:16]} (at {prefix or '/'}) names {paths:,} paths but only {stored} entries are "
@@ -104,19 +110,37 @@ class Trees:
                 )
         return paths
 
-    def _stored(self, root: bytes, enough: int) -> int:
-        """The entries of the distinct loaded trees below `root` (each tree counted once), counted
-        until there are `enough`."""
-        seen = {root}
+    def _stored(self, root: bytes) -> int:
+        """The entries of the distinct loaded trees below `root`, each tree's entries counted as
+        many times as the widest copying above it: the most entries of one tree that name it, or
+        that name a tree above it. 70 hard-linked copies of a folder (one tree named by 70 entries
+        of their parent, and the trees below it) count 70 times, as many as the paths they name;
+        a bomb's trees, each named twice by the one above, count twice, however many levels deep.
+        The trees are met parents before children (the loaded trees name no cycle: `_size`)."""
+        naming: dict[bytes, int] = {root: 0}  # tree -> entries of distinct trees naming it
         stack = [root]
+        while stack:
+            for node in self.nodes.get(stack.pop(), ()):
+                if node.type == "dir" and node.subtree is not None:
+                    if node.subtree not in naming:
+                        naming[node.subtree] = 0
+                        stack.append(node.subtree)
+                    naming[node.subtree] += 1
+        copies = {tree_id: max(count, 1) for tree_id, count in naming.items()}
+        waiting = dict(naming)
+        ready = [root]
         total = 0
-        while stack and total < enough:
-            nodes = self.nodes.get(stack.pop(), ())
-            total += len(nodes)
+        while ready:
+            tree_id = ready.pop()
+            nodes = self.nodes.get(tree_id, ())
+            total += len(nodes) * copies[tree_id]
             for node in nodes:
-                if node.type == "dir" and node.subtree is not None and node.subtree not in seen:
-                    seen.add(node.subtree)
-                    stack.append(node.subtree)
+                if node.type == "dir" and node.subtree is not None:
+                    sub = node.subtree
+                    copies[sub] = max(copies[sub], copies[tree_id])
+                    waiting[sub] -= 1
+                    if not waiting[sub]:
+                        ready.append(sub)
         return total
 
     def _size(self, root: bytes, prefix: str) -> tuple[int, int]:

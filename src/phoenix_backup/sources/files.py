@@ -261,7 +261,7 @@ def select(
             with os.scandir(path) as it:
                 return iter(sorted(it, key=lambda e: e.name))
         except OSError as exc:
-            sel.errors.append((str(path), exc.strerror or str(exc)))
+            sel.errors.append((str(path), _unreadable_reason(exc)))
             return None
 
     def walk(top: Path, whole: bool) -> None:
@@ -286,7 +286,7 @@ def select(
                     sel.errors.append((str(cpath), exc.strerror or str(exc)))
                 continue
             except OSError as exc:
-                sel.errors.append((str(cpath), exc.strerror or str(exc)))
+                sel.errors.append((str(cpath), _unreadable_reason(exc)))
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
             if cpath in never:
@@ -321,6 +321,19 @@ def select(
     # A folder both a pattern and a walk could not read is one problem.
     sel.errors = list(dict.fromkeys(sel.errors))
     return sel
+
+
+def _unreadable_reason(exc: OSError) -> str:
+    """Why a folder or file met by the walk was not saved. A path past PATH_MAX (a folder about
+    2,000 levels deep) is said as such, with the fix: the system's "File name too long" reads as
+    if one name were too long."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return (
+            "its path is longer than the 4,096 bytes (PATH_MAX) a file system call takes, so it and what lies "
+            "below it are not saved; move that folder higher up (or the workspace to a shorter path), or leave "
+            "it out (`exclude`)"
+        )
+    return exc.strerror or str(exc)
 
 
 def _outermost(
@@ -492,6 +505,11 @@ def _root_base(layout: Layout, path: Path) -> Path:
 def _add_parents(layout: Layout, path: Path, sel: Selection) -> None:
     """Record the folders between a logical root and `path`, with their real metadata (never the
     root's own folder or what lies above it)."""
+    if layout.to_logical(path.parent) in sel.entries:
+        # The walk adds each folder before what it holds: for nearly every path its folder is
+        # known, said on the path's text. `_root_base`'s pathlib comparisons for each of 200,000
+        # files were a fifth of a backup's time when nothing had changed.
+        return
     base = _root_base(layout, path)
     parent = path.parent
     while path != base and parent != base and parent.is_relative_to(base):
