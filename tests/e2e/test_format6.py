@@ -7,6 +7,7 @@ they name."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from e2e_support import DATABASES, Sandbox, db_dump
+from test_format5 import _watch_once
 from test_key_rotate_history import _repo
 from test_pack_ids import remake_as_format_2
 
@@ -97,6 +99,8 @@ def test_daily_backups_restore_every_snapshot_and_keep_unchanged_lists(
     for i, (sid, rows) in enumerate(history):
         assert _restored_rows(sb, sid, tmp_path / f"r{i}") == rows
     assert sb.verify("--read-data")["ok"] is True
+    # A day without a change: every database is its parent's (listed and captured again compare equal).
+    assert sb.backup()["databasesCaptured"] == 0
 
 
 def test_prune_after_forget_keeps_every_list_blob_and_what_it_names(
@@ -202,3 +206,28 @@ def test_an_older_format_keeps_inline_extents(make_sandbox: Any, small_lists: No
             assert not isinstance(node.content, ListedExtents) and len(node.content) > tree.INLINE_EXTENTS
     for i, (sid, rows) in enumerate(history):
         assert _restored_rows(sb, sid, tmp_path / f"r{i}") == rows
+    assert sb.backup()["databasesCaptured"] == 0
+
+
+def test_a_watch_writes_no_config_to_a_format_6_repository(make_sandbox: Any, tmp_path: Path) -> None:
+    """Format 6 is format 5 and more: it may hold capture segments, so a watch has nothing to mark."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    before = (sb.repo / "config").read_bytes()
+    _watch_once(sb)
+    assert any((sb.repo / "captures").iterdir())
+    assert (sb.repo / "config").read_bytes() == before
+    assert sb.verify()["ok"] is True
+
+
+@pytest.mark.parametrize("lowered", [5, 4])
+def test_a_format_6_config_put_back_as_a_lower_format_is_refused(make_sandbox: Any, lowered: int) -> None:
+    """Signed by the same key, so only the pin (6) tells it: refused as a downgrade, nothing read."""
+    sb: Sandbox = make_sandbox()
+    sb.backup()
+    with _repo(sb) as repo:
+        config = dataclasses.replace(repo.config, extent_lists=False, captures=lowered == 5).signed(repo.secrets)
+    assert config.version == lowered
+    (sb.repo / "config").write_bytes(config.to_bytes())
+    res = sb.phx_here("list", code=1)
+    assert f"is format {lowered}" in res.err and "saw it format 6" in res.err and "downgraded" in res.err, res

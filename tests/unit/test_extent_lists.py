@@ -180,3 +180,27 @@ def test_a_list_blob_is_a_tree_blob_of_the_repository(tmp_path: Path) -> None:
         (data_id, 0, 100)
     ]
     repo.close()
+
+
+def test_a_listed_node_equals_the_inline_node_of_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list splits an extent at its cuts; the same database captured again (inline, merged) is
+    the same node, so a daily backup that finds it unchanged keeps its parent's node and tree."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 2)
+    monkeypatch.setattr(tree, "LIST_SPAN", 16 * 4096)
+    repo = _repo(tmp_path)
+    out = ExtentsBuilder()
+    for i in range(10):
+        out.add(_blob(i), 0, 40 * 4096)  # each crosses a cut
+    content = out.build()
+    node = Node(name="memory.db", type="sqlite", size=content.size, content=content, sha256="0" * 64)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    assert isinstance(loaded.content, ListedExtents) and len(loaded.content) > len(content)
+    assert loaded == node and node == loaded and loaded.content == content
+    other = ExtentsBuilder()
+    other.add(_blob(99), 0, content.size)
+    assert loaded.content != other.build()
+    repo.close()

@@ -336,8 +336,12 @@ class ListedExtents(Sequence[Extent]):
             return True
         if not isinstance(other, (ListedExtents, Extents, list)):
             return NotImplemented
-        try:  # equal extents however they are stored (an inline node and a listed one)
-            return self.whole() == Extents.of(other)
+        # Equal when they name the same bytes of the same blobs, however stored: a list splits
+        # an extent at its cuts, which the same database captured again (an inline node, or its
+        # next backup's) does not, so both are compared merged (a daily backup that finds a
+        # database unchanged keeps its parent's node and tree).
+        try:
+            return _merged(self.records()) == _merged(Extents.of(other).records())
         except CorruptObject:
             return False  # a list blob that cannot be read equals nothing
 
@@ -349,6 +353,13 @@ class ListedExtents(Sequence[Extent]):
 
     def __repr__(self) -> str:
         return f"ListedExtents({list(self.refs)!r})"
+
+
+def _merged(records: Iterable[tuple[bytes, int, int]]) -> Extents:
+    out = ExtentsBuilder()
+    for record in records:
+        out.add(*record)
+    return out.build()
 
 
 def encode_list(records: Iterable[tuple[bytes, int, int]]) -> bytes:
@@ -377,26 +388,30 @@ def read_list(data: bytes, ref: ListRef, what: str) -> Extents:
 def cut_lists(records: Iterable[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
     """(list blob bytes, bytes covered, extent count) of each list blob of a content, in order:
     cut at every multiple of LIST_SPAN bytes of the content (an extent crossing one is split
-    there) and after MAX_LIST_EXTENTS extents. One list blob is held at a time."""
+    there) and after MAX_LIST_EXTENTS extents. One list blob is held at a time, encoded as it
+    fills (no object an extent)."""
     span, most = LIST_SPAN, MAX_LIST_EXTENTS
-    part: list[tuple[bytes, int, int]] = []
-    size = pos = 0
+    part = bytearray(LIST_MAGIC)
+    count = size = pos = 0
     for blob, offset, length in records:
         while True:
-            room = span - pos % span
-            take = min(length, room)
-            part.append((blob, offset, take))
+            take = min(length, span - pos % span)
+            part += blob
+            _varint(part, offset)
+            _varint(part, take)
+            count += 1
             size += take
             pos += take
-            if pos % span == 0 or len(part) >= most:
-                yield encode_list(part), size, len(part)
-                part, size = [], 0
+            if pos % span == 0 or count >= most:
+                yield bytes(part), size, count
+                part = bytearray(LIST_MAGIC)
+                count = size = 0
             if take == length:
                 break
             offset += take
             length -= take
-    if part:
-        yield encode_list(part), size, len(part)
+    if count:
+        yield bytes(part), size, count
 
 
 def _lists_json(d: dict[str, Any], name: str) -> tuple[ListRef, ...]:
