@@ -274,10 +274,8 @@ class ListedExtents(Sequence[Extent]):
         return ListedExtents(self.refs, load, name)
 
     def read(self, index: int) -> Extents:
-        """The extents of list blob `index`, checked against its `ListRef`."""
-        last = self._last
-        if last is not None and last[0] == index:
-            return last[1]
+        """The extents of list blob `index`, checked against its `ListRef` (read each time: a node
+        held by a walk keeps none of them)."""
         ref = self.refs[index]
         what = f"the extent list {ref.blob.hex()[:16]} of {self.name!r}"
         if self._load is None:
@@ -286,9 +284,7 @@ class ListedExtents(Sequence[Extent]):
             data = self._load(ref.blob)
         except (CorruptObject, ObjectNotFound) as exc:
             raise CorruptObject(f"{what} cannot be read ({exc}); the database's content is lost") from exc
-        extents = read_list(data, ref, what)
-        self._last = (index, extents)
-        return extents
+        return read_list(data, ref, what)
 
     def whole(self) -> Extents:
         out = ExtentsBuilder(merge=False)
@@ -327,7 +323,10 @@ class ListedExtents(Sequence[Extent]):
             raise IndexError("extent index out of range")
         for i, ref in enumerate(self.refs):
             if index < ref.count:
-                return self.read(i)[index]
+                last = self._last  # the list blob indexed last, for a caller walking by index
+                if last is None or last[0] != i:
+                    last = self._last = (i, self.read(i))
+                return last[1][index]
             index -= ref.count
         raise IndexError("extent index out of range")  # pragma: no cover - counts sum to _count
 
@@ -346,7 +345,7 @@ class ListedExtents(Sequence[Extent]):
             return False  # a list blob that cannot be read equals nothing
 
     def __hash__(self) -> int:
-        return hash(self.whole())
+        return hash(_merged(self.records()))  # as equality compares
 
     def __reduce__(self) -> tuple[type[Extents], tuple[bytes, int]]:
         return Extents, (self.whole()._data, self.size)
