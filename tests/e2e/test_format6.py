@@ -231,3 +231,38 @@ def test_a_format_6_config_put_back_as_a_lower_format_is_refused(make_sandbox: A
     (sb.repo / "config").write_bytes(config.to_bytes())
     res = sb.phx_here("list", code=1)
     assert f"is format {lowered}" in res.err and "saw it format 6" in res.err and "downgraded" in res.err, res
+
+
+def test_a_key_rotation_reseals_the_list_blobs(make_sandbox: Any, small_lists: None, tmp_path: Path) -> None:
+    """The list blobs are tree blobs: a rotation re-seals them with the trees; every snapshot restores."""
+    sb: Sandbox = make_sandbox()
+    history = _history(sb, 2)
+    refs = _refs(sb, history[-1][0])
+    sb.phx_here("key", "rotate")
+    rotated = [s["id"] for s in sorted(sb.snapshots(), key=lambda s: s["time"])]  # re-sealed: new ids
+    assert len(rotated) == len(history)
+    assert _refs(sb, rotated[-1]) == refs  # the same list blobs: nothing rewritten, only re-sealed
+    for i, (sid, (_old, rows)) in enumerate(zip(rotated, history, strict=True)):
+        assert _restored_rows(sb, sid, tmp_path / f"r{i}") == rows
+    assert sb.verify("--read-data")["ok"] is True
+
+
+def test_a_write_only_machine_reuses_its_listed_databases_and_the_reader_restores(
+    make_sandbox: Any, small_lists: None, tmp_path: Path
+) -> None:
+    """The machine that backs up a write-only repository reads its parent's lists from its own tree
+    cache (it can open nothing in the repository): an unchanged database is its parent's, a
+    changed one is compared region by region; the reading machine restores every snapshot."""
+    from test_write_only import Reader, writer
+
+    sb, identity = writer(make_sandbox, tmp_path)
+    assert json.loads((sb.repo / "config").read_text())["version"] == 6
+    history = _history(sb, 3)
+    assert len(_refs(sb, history[-1][0])) >= 3  # read from the machine's own tree cache
+    doc = sb.backup()
+    assert doc["databasesCaptured"] == 0, doc  # nothing changed: every database is its parent's
+    reader = Reader(sb, tmp_path / "reader", identity)
+    for i, (sid, rows) in enumerate(history):
+        reader.phx("restore", "--backup", sid, "--to", tmp_path / f"r{i}")
+        assert {lg: db_dump(tmp_path / f"r{i}" / lg) for lg in DATABASES} == rows
+    assert reader.phx("verify", "--read-data", "--json").json()["ok"] is True
