@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phoenix_backup.repo import keys
+from phoenix_backup.repo.chunker import ExtentMap
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.tree import Extents, ExtentsBuilder, Node, encode_tree
 from phoenix_backup.repo.walker import Trees
@@ -81,12 +82,25 @@ def measure(root: Path, lists: bool, count: int, changed: int, rounds: int, spre
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     [node] = trees.nodes[tree1]
+    del trees
+    gc.collect()
+    # A daily backup's comparison with this parent: its tree loaded, then every region of 256
+    # pages resolved to the parent's extents, in order (repo/chunker.py `ExtentMap`).
+    tracemalloc.start()
+    [parent] = repo.load_tree(tree1)
+    prev = ExtentMap(parent.content)
+    for start in range(0, prev.size, 256 * PAGE):
+        prev.slice(start, 256 * PAGE)
+    _now, compare_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del prev, parent
     read_cpu = _cpu(lambda: Extents.of(node.content), rounds)
     load_cpu = _cpu(lambda: repo.load_tree(tree1), rounds)
     repo.close()
     return {
         "held_mb": held / MB,
         "peak_mb": peak / MB,
+        "compare_peak_mb": compare_peak / MB,
         "day2_added_kb": added2 / 1024,
         "full_added_kb": added1 / 1024,
         "cut_cpu": save_cpu,
@@ -103,16 +117,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(
-        "| memory.db node | walk holds MB | walk peak MB | tree+lists of day 1 KiB | day 2 adds KiB "
-        "| encode node CPU-s | load tree CPU-s | read extents CPU-s |"
+        "| memory.db node | walk holds MB | walk peak MB | comparison peak MB | tree+lists of day 1 KiB "
+        "| day 2 adds KiB | encode node CPU-s | load tree CPU-s | read extents CPU-s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for lists in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             m = measure(Path(tmp) / "repo", lists, args.extents, args.changed, args.rounds, args.spread)
         name = "format 6, lists" if lists else "format 4/5, inline"
         print(
-            f"| {name} | {m['held_mb']:.2f} | {m['peak_mb']:.2f} | {m['full_added_kb']:,.0f} | "
+            f"| {name} | {m['held_mb']:.2f} | {m['peak_mb']:.2f} | {m['compare_peak_mb']:.2f} | "
+            f"{m['full_added_kb']:,.0f} | "
             f"{m['day2_added_kb']:,.0f} | {m['cut_cpu']:.3f} | {m['load_tree_cpu']:.3f} | {m['read_extents_cpu']:.3f} |"
         )
 

@@ -630,8 +630,7 @@ class _Run:
     def present(self, node: Node) -> bool:
         """Whether every blob of a parent's node is still indexed in a pack the store holds
         (`Repository.drop_missing_packs` forgot those of lost packs): only then may it be reused."""
-        needed = node.needed_blobs()
-        return needed is not None and all(map(self.repo.index.has, needed))
+        return node.blobs_present(self.repo.index.has)
 
     def file_node(self, entry: Entry, *, warn: bool = True) -> Node:
         """`warn`: whether a file that never holds still is named in the warnings (not when the

@@ -396,7 +396,7 @@ class _Scanner:
                 if subtree != node.subtree:
                     node = dataclasses.replace(node, subtree=subtree)
                 kept.append(node)
-            elif (needed := node.needed_blobs()) is None or not all(map(self.present, needed)):
+            elif not node.blobs_present(self.present):
                 out.lost.append(node.name)
                 out.lost_files += 1
                 out.lost_bytes += node.size

@@ -339,8 +339,10 @@ class ListedExtents(Sequence[Extent]):
         # an extent at its cuts, which the same database captured again (an inline node, or its
         # next backup's) does not, so both are compared merged (a daily backup that finds a
         # database unchanged keeps its parent's node and tree).
-        try:
-            return _merged(self.records()) == _merged(Extents.of(other).records())
+        theirs = other.records() if isinstance(other, (ListedExtents, Extents)) else Extents.of(other).records()
+        try:  # list blob by list blob: neither is held whole
+            pairs = itertools.zip_longest(_merged_records(self.records()), _merged_records(theirs))
+            return all(a == b for a, b in pairs)
         except CorruptObject:
             return False  # a list blob that cannot be read equals nothing
 
@@ -359,6 +361,20 @@ def _merged(records: Iterable[tuple[bytes, int, int]]) -> Extents:
     for record in records:
         out.add(*record)
     return out.build()
+
+
+def _merged_records(records: Iterable[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
+    """The records with each one that continues the last in the same blob joined to it, as they come."""
+    last: tuple[bytes, int, int] | None = None
+    for blob, offset, length in records:
+        if last is not None and last[0] == blob and last[1] + last[2] == offset:
+            last = (blob, last[1], last[2] + length)
+            continue
+        if last is not None:
+            yield last
+        last = (blob, offset, length)
+    if last is not None:
+        yield last
 
 
 def encode_list(records: Iterable[tuple[bytes, int, int]]) -> bytes:
@@ -534,6 +550,14 @@ class Node:
             return [*self.list_blobs(), *self.blobs()]
         except CorruptObject:
             return None
+
+    def blobs_present(self, has: Callable[[bytes], bool]) -> bool:
+        """Whether `has` every blob the content needs (`needed_blobs`, streamed: a listed
+        database's ids are not collected); False when a list blob cannot be read."""
+        try:
+            return all(map(has, itertools.chain(self.list_blobs(), self.blobs())))
+        except CorruptObject:
+            return False
 
     def list_blobs(self) -> tuple[bytes, ...]:
         """The ids of the extent-list blobs that hold the content's extents (format 6), or ()."""
