@@ -235,3 +235,30 @@ def test_a_daily_backups_comparison_with_a_listed_parent_holds_one_list_at_a_tim
     assert sliced == 50_000 * 4096
     assert peak < 0.5 * MB, f"the comparison's peak: {peak / MB:.2f} MB"
     repo.close()
+
+
+def test_a_tree_naming_one_huge_list_from_many_nodes_is_refused() -> None:
+    """A list is stored once: a small hostile tree naming a list of 2^20 extents from 100 nodes
+    would have every walk read 100 million extents. A tree's lists name at most what one tree blob
+    could hold inline."""
+    ref = {"id": "01" * 32, "size": 1 << 32, "count": tree.LIST_EXTENTS_LIMIT}
+    nodes = [
+        {
+            "content": "",
+            "contentLists": [ref],
+            "gid": 0,
+            "inode": 0,
+            "ctimeNs": 0,
+            "mode": 420,
+            "mtimeNs": 0,
+            "name": f"db{i}",
+            "sha256": "0" * 64,
+            "size": 1 << 32,
+            "type": "sqlite",
+            "uid": 0,
+        }
+        for i in range(100)
+    ]
+    with pytest.raises(CorruptObject, match="more extents in extent lists"):
+        decode_tree(json.dumps({"nodes": nodes, "version": 1}).encode(), "tree x")
+    assert len(decode_tree(json.dumps({"nodes": nodes[:7], "version": 1}).encode(), "tree x")) == 7

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
-from phoenix_backup.errors import CorruptObject, ObjectNotFound, UnsafePath
+from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UnsafePath
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE
 
 NodeType = Literal["dir", "file", "symlink", "sqlite"]
@@ -236,6 +236,10 @@ LIST_SPAN = 64 * 2**20
 MAX_LIST_EXTENTS = 65536
 # The bound a reader enforces on one list blob's extent count (whatever a writer was set to).
 LIST_EXTENTS_LIMIT = 1 << 20
+# The extents the lists of one tree's nodes may name together: as many as one tree blob could hold
+# inline (34 bytes the shortest). Lists are stored once and may be named by many nodes; without it
+# a small hostile tree naming one huge list from thousands of nodes made a walk read it as often.
+TREE_LIST_EXTENTS_LIMIT = MAX_BLOB_SIZE // (ID_SIZE + 2)
 
 LoadList = Callable[[bytes], bytes]
 
@@ -282,8 +286,12 @@ class ListedExtents(Sequence[Extent]):
             raise CorruptObject(f"{what} cannot be read here")
         try:
             data = self._load(ref.blob)
-        except (CorruptObject, ObjectNotFound) as exc:
-            raise CorruptObject(f"{what} cannot be read ({exc}); the database's content is lost") from exc
+        except (CorruptObject, ObjectNotFound, IdentityRequired) as exc:
+            # IdentityRequired: a write-only machine's tree cache without it (the machine then reads
+            # the database again, as for any parent node it cannot use).
+            raise CorruptObject(
+                f"{what} cannot be read ({exc}); the database cannot be read from this copy of the repository"
+            ) from exc
         return read_list(data, ref, what)
 
     def whole(self) -> Extents:
@@ -731,4 +739,6 @@ def decode_tree(data: bytes, what: str = "a tree", load_list: LoadList | None = 
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise CorruptObject(f"{what} holds the same name twice")
+    if sum(len(n.content) for n in nodes if isinstance(n.content, ListedExtents)) > TREE_LIST_EXTENTS_LIMIT:
+        raise CorruptObject(f"{what} names more extents in extent lists than a tree may ({TREE_LIST_EXTENTS_LIMIT:,})")
     return nodes
