@@ -50,6 +50,19 @@ def _helpers_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
         e2e_support.HELPERS_IN_PROCESS = False
 
 
+@pytest.fixture(autouse=True)
+def _small_extent_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Format 6's extent lists made small for every test (repo/tree.py's module constants): a
+    database node of more than 2 extents keeps them in list blobs of at most 4 extents, cut every
+    16 KiB, so the suite's attacks, prunes, syncs and restores run on listed databases in this
+    process (a `phx` subprocess writes lists only past the real sizes)."""
+    from phoenix_backup.repo import tree
+
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 2, raising=False)  # raising: the suite runs on older code too
+    monkeypatch.setattr(tree, "LIST_SPAN", 16384, raising=False)
+    monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 4, raising=False)
+
+
 @pytest.fixture
 def make_sandbox(tmp_path: Path) -> Callable[..., Sandbox]:
     """`make_sandbox(size="tiny", seed=7, encryption=True, root=None)`: a fresh sandbox."""

@@ -141,7 +141,7 @@ def test_repository_of_a_newer_format(backed_up: Sandbox, tmp_path: Path) -> Non
     config_file = sb.repo / "config"
     original = config_file.read_bytes()
     doc = json.loads(original)
-    assert doc["version"] == 4  # a new repository: format 4 (packs named by BLAKE3)
+    assert doc["version"] == 6  # a new repository: format 6 (packs named by BLAKE3, extent lists)
     config_file.chmod(0o600)
     config_file.write_text(json.dumps({**doc, "version": 99}, indent=2))
     before = repository_files(sb)

@@ -62,7 +62,7 @@ def test_a_new_repository_names_its_packs_by_blake3(make_sandbox, tmp_path: Path
     state = sb.state()
     doc = sb.backup()
     config = json.loads((sb.repo / "config").read_text())
-    assert config["version"] == 4 and config["packIds"] == "blake3"
+    assert config["version"] == 6 and config["packIds"] == "blake3"
     packs = _packs(sb)
     assert len(packs) >= 2  # data and trees
     for pack in packs:

@@ -723,7 +723,7 @@ def test_repo_config_round_trip(config: RepoConfig) -> None:
     assert json.loads(raw)["format"] == "phoenix-repository"
 
 
-@pytest.mark.parametrize("version", [6, 99, 2**40])
+@pytest.mark.parametrize("version", [7, 99, 2**40])
 def test_repo_config_of_a_newer_version_is_unsupported(version: int) -> None:
     config = RepoConfig(
         "ab" * 16, FORMAT_VERSION, "2026-01-01T00:00:00+00:00", False, {"min": 64, "avg": 128, "max": 256}, 64

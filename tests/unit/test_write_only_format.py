@@ -138,7 +138,7 @@ def test_a_write_only_config_is_format_3_and_its_recipients_are_authenticated() 
     doc["writeOnly"] = {"recipients": ["age1notakey"]}
     with pytest.raises(CorruptObject, match="no age key"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
-    doc["version"] = 6
+    doc["version"] = 7
     with pytest.raises(UnsupportedFormat):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
 
@@ -174,9 +174,29 @@ def test_a_config_that_may_hold_capture_segments_is_format_5_and_says_its_pack_i
     doc = json.loads(wo.to_bytes())
     doc["version"] = 4
     assert RepoConfig.from_bytes(json.dumps(doc).encode(), "repo").writer_problem(WriteKey.of(master)) is not None
-    doc["version"] = 6
-    with pytest.raises(UnsupportedFormat, match="newer than this Phoenix reads \\(5\\)"):
+    doc["version"] = 7
+    with pytest.raises(UnsupportedFormat, match="newer than this Phoenix reads \\(6\\)"):
         RepoConfig.from_bytes(json.dumps(doc).encode(), "repo")
+
+
+def test_a_config_with_extent_lists_is_format_6_and_never_lowered() -> None:
+    """Format 6 (docs/repository-format.md, "Version 6"): format 5 and more (`packIds` always, it
+    may hold capture segments), signed again as 6 by a conversion or rotation; read back as 6; a
+    format 6 config made 5 no longer verifies, and 7 is newer."""
+    _identity, recipient = _keys()
+    master = MasterSecrets.generate()
+    six = replace(_config(recipient, master), write_only=None, pack_ids=PackIds.BLAKE3, extent_lists=True).signed(
+        master
+    )
+    doc = json.loads(six.to_bytes())
+    assert six.version == 6 and six.captures and doc["packIds"] == "blake3"
+    again = RepoConfig.from_bytes(six.to_bytes(), "repo")
+    assert again == six and again.extent_lists and again.captures and again.problem(master, "x") is None
+    assert replace(six, write_only=(recipient,)).signed(WriteKey.of(master)).version == 6
+    assert six.signed(MasterSecrets.generate()).version == 6
+    assert not six.same_but_captures(replace(six, extent_lists=False).signed(master))
+    doc["version"] = 5
+    assert RepoConfig.from_bytes(json.dumps(doc).encode(), "repo").problem(master, "x") is not None
 
 
 def test_a_write_only_repository_with_blake3_pack_names_is_format_4() -> None:

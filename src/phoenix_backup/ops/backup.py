@@ -640,7 +640,7 @@ class _Run:
     def present(self, node: Node) -> bool:
         """Whether every blob of a parent's node is still indexed in a pack the store holds
         (`Repository.drop_missing_packs` forgot those of lost packs): only then may it be reused."""
-        return all(map(self.repo.index.has, node.blobs()))
+        return node.blobs_present(self.repo.index.has)
 
     def file_node(self, entry: Entry, *, warn: bool = True) -> Node:
         """`warn`: whether a file that never holds still is named in the warnings (not when the
@@ -1203,7 +1203,7 @@ def _run(
     # The commit point. Before it: every pack the snapshot refers to is still in the store, and
     # our lock is still there and ours (`save_snapshot` confirms it: had another process removed
     # it, a prune may have run).
-    repo.confirm_present(trees | {blob for node in nodes.values() for blob in node.blobs()})
+    repo.confirm_present(trees | {blob for node in nodes.values() for blob in node.needed_blobs() or ()})
     sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,

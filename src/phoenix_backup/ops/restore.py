@@ -439,7 +439,12 @@ class _Restore:
                 if logical in nodes
                 else [n for lg, n in self.server_dbs if lg.startswith(f"{logical}/")]
             )
-            packs = {pack_name(loc.pack_id) for node in needs for b in node.blobs() if (loc := self.repo.index.get(b))}
+            packs = {
+                pack_name(loc.pack_id)
+                for node in needs
+                for b in node.needed_blobs() or node.list_blobs()
+                if (loc := self.repo.index.get(b))
+            }
             holders = [name for name, held in others.items() if packs <= held]
             older = None if holders or logical not in nodes else self.older_copy(logical, nodes[logical])
             hint = (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import blake3
 
-from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder
+from phoenix_backup.repo.tree import Extent, Extents, ExtentsBuilder, ListedExtents
 
 if TYPE_CHECKING:
     from pyfastcdc import FastCDC
@@ -213,12 +213,42 @@ class PageState:
 class ExtentMap:
     """Byte ranges of an earlier copy, resolved to its extents. Over packed `Extents` (the
     node's own, not a copy) and the start of each extent in an array: 8 bytes an extent beside
-    the 48 of the records; extents are unpacked only for the slices asked."""
+    the 48 of the records; extents are unpacked only for the slices asked. A node in extent lists
+    (format 6) is mapped one list blob at a time: the list holding the bytes asked is read when
+    they are (a backup asks region by region, in order), so the parent's extents are never held
+    whole (issue 20)."""
 
     def __init__(self, extents: Sequence[Extent]) -> None:
-        self.extents = Extents.of(extents)
-        self.starts = array("Q", itertools.accumulate(self.extents.lengths(), initial=0))
-        self.size = self.starts.pop()
+        self._listed = extents if isinstance(extents, ListedExtents) else None
+        self._part = -1  # the list blob mapped (listed), or 0: the whole node
+        if self._listed is not None:
+            self._bounds = array("Q", itertools.accumulate((r.size for r in self._listed.refs), initial=0))
+            self.size = self._bounds[-1]
+            self._set(Extents(), 0)
+        else:
+            self._bounds = array("Q", [0])
+            self._part = 0
+            self._set(Extents.of(extents), 0)
+            self.size = self._end
+
+    def _set(self, extents: Extents, base: int) -> None:
+        self.extents = extents
+        self._base = base  # where the mapped extents start in the copy
+        self.starts = array("Q", itertools.accumulate(self.extents.lengths(), initial=base))
+        self._end = self.starts.pop()
+
+    def _map(self, offset: int) -> bool:
+        """Map the list blob holding byte `offset` (listed); False when none holds it."""
+        if self._listed is None:
+            return True
+        part = bisect.bisect_right(self._bounds, offset) - 1
+        if not 0 <= part < len(self._listed.refs):
+            return False
+        if part != self._part:
+            self._set(Extents(), 0)  # the last list goes before the next is read
+            self._set(self._listed.read(part), self._bounds[part])
+            self._part = part
+        return True
 
     def slice(self, offset: int, length: int) -> Extents:
         """The extents of bytes [offset, offset + length) of the copy (as many as it has)."""
@@ -228,6 +258,14 @@ class ExtentMap:
 
     def slice_into(self, out: ExtentsBuilder, offset: int, length: int) -> None:
         """Append the extents of bytes [offset, offset + length) to `out`."""
+        end = offset + length
+        while offset < end and self._map(offset):
+            self._slice_mapped(out, offset, min(end, self._end) - offset)
+            if self._listed is None or self._end <= offset:
+                break
+            offset = self._end
+
+    def _slice_mapped(self, out: ExtentsBuilder, offset: int, length: int) -> None:
         i = bisect.bisect_right(self.starts, offset) - 1
         end = offset + length
         while length > 0 and 0 <= i < len(self.starts):

@@ -466,7 +466,12 @@ def snapshot_blobs(repo: Repository, snapshots: list[Any]) -> set[bytes]:
                 "repository; run `phx verify` to see what is affected"
             ) from exc
 
-    return used_blobs(snapshots, load)
+    try:
+        return used_blobs(snapshots, load)
+    except CorruptObject as exc:  # a database's extent list (format 6): the blobs it names are unknown
+        raise RepositoryError(
+            f"{exc}; prune refuses to run on a damaged repository; run `phx verify` to see what is affected"
+        ) from exc
 
 
 def _choose_repack(partial: list[PackUse], report: TargetPrune, now: float, kept_bytes: int) -> list[PackUse]:

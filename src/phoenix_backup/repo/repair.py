@@ -46,7 +46,7 @@ from phoenix_backup.repo.locks import DELETED, MORE_COMMITTED
 from phoenix_backup.repo.pack import PackEntry, PackIds, PackOrigin, names_content, pack_name
 from phoenix_backup.repo.repository import RepoConfig, Repository
 from phoenix_backup.repo.snapshot import Snapshot, timestamp_name
-from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.tree import ListedExtents, Node
 from phoenix_backup.repo.walker import used_blobs
 from phoenix_backup.storage.base import Backend
 
@@ -396,7 +396,7 @@ class _Scanner:
                 if subtree != node.subtree:
                     node = dataclasses.replace(node, subtree=subtree)
                 kept.append(node)
-            elif not all(map(self.present, node.blobs())):
+            elif not node.blobs_present(self.present):
                 out.lost.append(node.name)
                 out.lost_files += 1
                 out.lost_bytes += node.size
@@ -670,12 +670,27 @@ def _needed_blobs(repo: Repository, other: Repository, snapshots: list[Snapshot]
     """Every blob (trees and content) the snapshots refer to. A tree this target cannot read is
     read from the other target; one that neither can read hides what lies below it."""
 
+    def load_list(list_id: bytes) -> bytes:
+        for source in (repo, other):
+            try:
+                return source.load_list(list_id)
+            except (CorruptObject, ObjectNotFound):
+                continue
+        raise CorruptObject(f"extent list {list_id.hex()[:16]} cannot be read on either target")
+
     def load(tree_id: bytes) -> list[Node]:
         for source in (repo, other):
             try:
-                return source.load_tree(tree_id)
+                nodes = source.load_tree(tree_id)
             except (CorruptObject, ObjectNotFound):
                 continue
+            # A database's extent lists (format 6) are read from either target, as trees are.
+            return [
+                dataclasses.replace(n, content=n.content.bind(load_list, n.name))
+                if isinstance(n.content, ListedExtents)
+                else n
+                for n in nodes
+            ]
         return []
 
     return used_blobs(snapshots, load)

@@ -39,6 +39,7 @@ from phoenix_backup.errors import (
     UsageError,
 )
 from phoenix_backup.repo import keys as keyslots
+from phoenix_backup.repo import tree as tree_module
 from phoenix_backup.repo import writeonly
 from phoenix_backup.repo.crypto import (
     BlobIds,
@@ -70,7 +71,7 @@ from phoenix_backup.repo.pack import (
 )
 from phoenix_backup.repo.pins import Pin, Pins
 from phoenix_backup.repo.snapshot import SNAPSHOT_AAD, Latest, Snapshot, choose_latest, is_future
-from phoenix_backup.repo.tree import Node, decode_tree, encode_tree
+from phoenix_backup.repo.tree import Extents, ListedExtents, ListRef, Node, cut_lists, decode_tree, encode_tree
 from phoenix_backup.repo.writeonly import KeyedSealer, Keyring, WriteKey, cover_index, uncover_index
 from phoenix_backup.storage.base import Backend, max_object_size
 from phoenix_backup.units import human_size
@@ -87,11 +88,15 @@ if TYPE_CHECKING:
 # Format 5 is any of those that may hold capture segments of `phx watch` (repo/captures.py): the
 # watch writes it before its first segment reaches a target, so a Phoenix from before segments
 # were re-sealed by `phx key rotate` refuses it as newer instead of rotating them away.
-FORMAT_VERSION = 5
+# Format 6 is format 5 (BLAKE3 pack names, may hold capture segments) whose database nodes may keep
+# their extents in extent-list blobs (repo/tree.py `ListedExtents`): only `phx init` writes it, so
+# a Phoenix that reads only up to 5 refuses it as newer and never misses the blobs those lists name.
+FORMAT_VERSION = 6
 BASE_FORMAT_VERSION = 2
 WRITE_ONLY_FORMAT_VERSION = 3
 PACK_IDS_FORMAT_VERSION = 4
 CAPTURES_FORMAT_VERSION = 5
+EXTENT_LISTS_FORMAT_VERSION = 6
 FORMAT_NAME = "phoenix-repository"
 
 # FastCDC parameters for files: restic's proven sizes. Small agent notes are one chunk each.
@@ -138,6 +143,8 @@ class RepoConfig:
     pack_ids: PackIds = PackIds.SHA256
     # Format 5: `phx watch` may have written capture segments here (`Repository.mark_captures`).
     captures: bool = False
+    # Format 6: database nodes may keep their extents in extent-list blobs (implies `captures`).
+    extent_lists: bool = False
 
     def document(self) -> dict[str, Any]:
         """The config without its MAC: what the MAC authenticates."""
@@ -174,8 +181,11 @@ class RepoConfig:
 
     def signed(self, secrets_: keyslots.MasterSecrets | WriteKey) -> RepoConfig:
         """This config in the current format, authenticated by `secrets_` (a write-only one by its
-        write key). Format 5 stays format 5: `captures` is never dropped here."""
-        if self.captures:
+        write key). Format 5 stays format 5: `captures` is never dropped here, nor format 6's
+        `extent_lists`."""
+        if self.extent_lists:
+            version = EXTENT_LISTS_FORMAT_VERSION
+        elif self.captures:
             version = CAPTURES_FORMAT_VERSION
         elif self.pack_ids != PackIds.SHA256:
             version = PACK_IDS_FORMAT_VERSION
@@ -183,12 +193,13 @@ class RepoConfig:
             version = WRITE_ONLY_FORMAT_VERSION
         else:
             version = BASE_FORMAT_VERSION
-        config = replace(self, version=version)
+        config = replace(self, version=version, captures=self.captures or self.extent_lists)
         config = replace(config, mac=config._mac(secrets_))
         return replace(config, raw=config.to_bytes())
 
     def same_but_captures(self, other: RepoConfig) -> bool:
-        """Whether `other` holds the same parameters, whatever its format 5 mark, version and MAC."""
+        """Whether `other` holds the same parameters, whatever its format 5 mark, version and MAC
+        (a format 6 config is never the same as one of a lower format: `extent_lists` differs)."""
         return replace(self, captures=False, version=0, mac=None) == replace(other, captures=False, version=0, mac=None)
 
     def fields_digest(self) -> str:
@@ -288,6 +299,7 @@ class RepoConfig:
                 write_only=write_only,
                 pack_ids=pack_ids,
                 captures=version >= CAPTURES_FORMAT_VERSION,
+                extent_lists=version >= EXTENT_LISTS_FORMAT_VERSION,
             )
             if version >= 2 and set(d) - {"mac"} != set(config.document()):
                 raise CorruptObject(f"the repository config at {where} has unknown or missing fields")
@@ -528,13 +540,15 @@ class Repository:
         pins: Pins | None = None,
         write_only: tuple[str, ...] | None = None,
         pack_ids: PackIds = PackIds.BLAKE3,
+        extent_lists: bool = True,
         **kwargs: Any,
     ) -> Repository:
         """Create a new repository; its first key slot comes from `slot_factory`. With `pins`,
         this user trusts its key from now on (it made it). `write_only`: the age recipients of a
         write-only repository (the slot must be an age slot to them). `pack_ids`: how its packs
         are named (BLAKE3, format 4; SHA-256 makes a format 2 or 3 repository, as older Phoenix
-        versions did)."""
+        versions did). `extent_lists` (with BLAKE3): format 6, database extents kept in list blobs;
+        without it, format 4 as Phoenix wrote before format 6 (tests make old repositories so)."""
         backend.create()
         master = keyslots.MasterSecrets.generate()
         slot = slot_factory(master)
@@ -547,6 +561,7 @@ class Repository:
             sqlite_run_pages=SQLITE_RUN_PAGES,
             write_only=write_only,
             pack_ids=pack_ids,
+            extent_lists=extent_lists and pack_ids == PackIds.BLAKE3,
         ).signed(master)
         backend.write(f"keys/{slot.id}", slot.to_json(), exclusive=True)
         # The config is written last: a repository is "there" only once it is complete.
@@ -1559,10 +1574,42 @@ class Repository:
     # -- trees -------------------------------------------------------------------------
 
     def save_tree(self, nodes: list[Node]) -> tuple[bytes, int]:
-        return self.save_blob(BlobType.TREE, encode_tree(nodes))
+        return self.save_blob(BlobType.TREE, encode_tree(self.listed(nodes)))
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
-        return decode_tree(self.load_blob(BlobType.TREE, tree_id), f"tree {tree_id.hex()[:16]}")
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id), f"tree {tree_id.hex()[:16]}", self.load_list)
+
+    def load_list(self, list_id: bytes) -> bytes:
+        """An extent-list blob (format 6): stored as a tree blob, so sealed, packed and named as
+        trees are; `ListedExtents` checks what it holds against its node."""
+        return self.load_blob(BlobType.TREE, list_id)
+
+    def save_list(self, data: bytes) -> bytes:
+        return self.save_blob(BlobType.TREE, data)[0]
+
+    def listed(self, nodes: list[Node]) -> list[Node]:
+        """The nodes as this repository stores them: in format 6 a database node of more than
+        INLINE_EXTENTS extents keeps them in list blobs, written here one at a time (`cut_lists`);
+        a node already listed keeps its lists. Below format 6 every node is inline (a listed one,
+        which only a format 6 repository gives, is read whole), so an older Phoenix reads it."""
+        out = []
+        for node in nodes:
+            content = node.content
+            if node.type in ("file", "sqlite") and isinstance(content, ListedExtents) and not self.config.extent_lists:
+                node = replace(node, content=content.whole())
+            elif (
+                node.type == "sqlite"
+                and self.config.extent_lists
+                and not isinstance(content, ListedExtents)
+                and len(content) > tree_module.INLINE_EXTENTS
+            ):
+                refs = tuple(
+                    ListRef(self.save_list(data), size, count)
+                    for data, size, count in cut_lists(Extents.of(content).records())
+                )
+                node = replace(node, content=ListedExtents(refs, self.load_list, node.name))
+            out.append(node)
+        return out
 
     # -- snapshots ---------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ import json
 import operator
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
-from phoenix_backup.errors import CorruptObject, UnsafePath
+from phoenix_backup.errors import CorruptObject, IdentityRequired, ObjectNotFound, UnsafePath
 from phoenix_backup.repo.crypto import ID_SIZE, MAX_BLOB_SIZE
 
 NodeType = Literal["dir", "file", "symlink", "sqlite"]
@@ -57,9 +57,12 @@ class Extents(Sequence[Extent]):
 
     @classmethod
     def of(cls, extents: Iterable[Extent]) -> Extents:
-        """Extents packed from `Extent` objects, in order, as given (not merged)."""
+        """Extents packed from `Extent` objects, in order, as given (not merged); a node's
+        `ListedExtents` read whole from its list blobs."""
         if isinstance(extents, Extents):
             return extents
+        if isinstance(extents, ListedExtents):
+            return extents.whole()
         out = ExtentsBuilder(merge=False)
         for e in extents:
             out.add(e.blob, e.offset, e.length)
@@ -160,12 +163,18 @@ def encode_extents(extents: Iterable[Extent]) -> str:
 
 def _extents_base64(extents: Iterable[Extent]) -> bytes:
     """`encode_extents` as ASCII bytes, encoded from the varints' buffer without a copy of it."""
+    if isinstance(extents, ListedExtents):
+        return b""  # stored in its list blobs; the node names them (`contentLists`)
     out = bytearray()
-    for blob, offset, length in Extents.of(extents).records():
+    _encode_records(out, Extents.of(extents).records())
+    return base64.b64encode(out)
+
+
+def _encode_records(out: bytearray, records: Iterable[tuple[bytes, int, int]]) -> None:
+    for blob, offset, length in records:
         out += blob
         _varint(out, offset)
         _varint(out, length)
-    return base64.b64encode(out)
 
 
 def decode_extents(text: str) -> Extents:
@@ -183,8 +192,15 @@ def _decode_extents(text: str) -> tuple[Extents, int]:
         data = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise CorruptObject("malformed content extents") from exc
+    return _decode_records(data, 0, None)
+
+
+def _decode_records(data: bytes, pos: int, most: int | None) -> tuple[Extents, int]:
+    """The binary extents of `data` from `pos`: `_decode_extents` without the base64; more than
+    `most` of them is CorruptObject as soon as it is seen (a list blob says how many it holds)."""
     out = ExtentsBuilder(merge=False)
-    reach = pos = 0
+    count = 0
+    reach = 0
     end = len(data)
     while pos < end:
         if pos + ID_SIZE > end:
@@ -193,9 +209,247 @@ def _decode_extents(text: str) -> tuple[Extents, int]:
         offset, pos = _read_varint(data, pos + ID_SIZE)
         length, pos = _read_varint(data, pos)
         reach = max(reach, offset + length)
+        count += 1
+        if most is not None and count > most:
+            raise CorruptObject("more extents than its node says")
         # Beyond 64 bits (10-byte varints) the node is refused for its reach: kept clamped till then.
         out.add(blob, min(offset, _MAX_FIELD), min(length, _MAX_FIELD))
     return out.build(), reach
+
+
+# -- extent lists (repository format 6) ------------------------------------------------------
+#
+# In a version 6 repository a database node of more than INLINE_EXTENTS extents keeps its extents
+# in extent-list blobs: tree blobs (sealed, packed and named like trees) holding LIST_MAGIC and
+# then the extents in the binary encoding of `content` (before base64). The node's
+# `contentLists` names each list blob with the bytes of the database it covers and its extent
+# count, so a reader knows both before loading it. A list is cut at every multiple of LIST_SPAN
+# bytes of the database (an extent crossing one is split there) and after MAX_LIST_EXTENTS
+# extents, so a day that changes one region of a database rewrites the list blobs of that region
+# only; the others keep their ids (docs/repository-format.md, "Version 6").
+
+LIST_MAGIC = b"phoenix extent list 1\n"
+# Module constants (tests set them small); what they are when a list is written only decides
+# where it is cut: a reader takes any cut within the bounds below.
+INLINE_EXTENTS = 4096
+LIST_SPAN = 64 * 2**20
+MAX_LIST_EXTENTS = 65536
+# The bound a reader enforces on one list blob's extent count (whatever a writer was set to).
+LIST_EXTENTS_LIMIT = 1 << 20
+# The extents the lists of one tree's nodes may name together: as many as one tree blob could hold
+# inline (34 bytes the shortest). Lists are stored once and may be named by many nodes; without it
+# a small hostile tree naming one huge list from thousands of nodes made a walk read it as often.
+TREE_LIST_EXTENTS_LIMIT = MAX_BLOB_SIZE // (ID_SIZE + 2)
+
+LoadList = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ListRef:
+    """One extent-list blob of a node: its id, the bytes of the content it covers, its extents."""
+
+    blob: bytes
+    size: int
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "id": self.blob.hex(), "size": self.size}
+
+
+class ListedExtents(Sequence[Extent]):
+    """A node's extents kept in list blobs (format 6): held as the list blobs' `ListRef`s, read
+    one list blob at a time through `load` (the repository's, bound when its tree was loaded) as
+    they are iterated. Every list blob is checked as it is read against what the node says of it
+    (`read_list`): other bytes, another count, a reach beyond any blob or a blob that is no list
+    is a CorruptObject naming the node. The one way every caller reads a node's extents: it is
+    the node's `content`, so whatever iterates, indexes or packs (`Extents.of`) it reads them."""
+
+    __slots__ = ("_count", "_last", "_load", "name", "refs", "size")
+
+    def __init__(self, refs: tuple[ListRef, ...], load: LoadList | None, name: str = "") -> None:
+        self.refs = refs
+        self.size = sum(r.size for r in refs)
+        self._count = sum(r.count for r in refs)
+        self._load = load
+        self.name = name
+        self._last: tuple[int, Extents] | None = None  # the list blob indexed last
+
+    def bind(self, load: LoadList | None, name: str) -> ListedExtents:
+        return ListedExtents(self.refs, load, name)
+
+    def read(self, index: int) -> Extents:
+        """The extents of list blob `index`, checked against its `ListRef` (read each time: a node
+        held by a walk keeps none of them)."""
+        ref = self.refs[index]
+        what = f"the extent list {ref.blob.hex()[:16]} of {self.name!r}"
+        if self._load is None:
+            raise CorruptObject(f"{what} cannot be read here")
+        try:
+            data = self._load(ref.blob)
+        except (CorruptObject, ObjectNotFound, IdentityRequired) as exc:
+            # IdentityRequired: a write-only machine's tree cache without it (the machine then reads
+            # the database again, as for any parent node it cannot use).
+            raise CorruptObject(
+                f"{what} cannot be read ({exc}); the database cannot be read from this copy of the repository"
+            ) from exc
+        return read_list(data, ref, what)
+
+    def whole(self) -> Extents:
+        out = ExtentsBuilder(merge=False)
+        for i in range(len(self.refs)):
+            out.extend(self.read(i))
+        return out.build()
+
+    def records(self) -> Iterator[tuple[bytes, int, int]]:
+        for i in range(len(self.refs)):
+            yield from self.read(i).records()
+
+    def blobs(self) -> Iterator[bytes]:
+        return map(_FIRST, self.records())
+
+    def lengths(self) -> Iterator[int]:
+        return (length for _blob, _offset, length in self.records())
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Extent]:
+        return itertools.starmap(Extent, self.records())
+
+    @overload
+    def __getitem__(self, index: int) -> Extent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Extent]: ...
+
+    def __getitem__(self, index: int | slice) -> Extent | list[Extent]:
+        if isinstance(index, slice):
+            return self.whole()[index]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("extent index out of range")
+        for i, ref in enumerate(self.refs):
+            if index < ref.count:
+                last = self._last  # the list blob indexed last, for a caller walking by index
+                if last is None or last[0] != i:
+                    last = self._last = (i, self.read(i))
+                return last[1][index]
+            index -= ref.count
+        raise IndexError("extent index out of range")  # pragma: no cover - counts sum to _count
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ListedExtents) and self.refs == other.refs:
+            return True
+        if not isinstance(other, (ListedExtents, Extents, list)):
+            return NotImplemented
+        # Equal when they name the same bytes of the same blobs, however stored: a list splits
+        # an extent at its cuts, which the same database captured again (an inline node, or its
+        # next backup's) does not, so both are compared merged (a daily backup that finds a
+        # database unchanged keeps its parent's node and tree).
+        theirs = other.records() if isinstance(other, (ListedExtents, Extents)) else Extents.of(other).records()
+        try:  # list blob by list blob: neither is held whole
+            pairs = itertools.zip_longest(_merged_records(self.records()), _merged_records(theirs))
+            return all(a == b for a, b in pairs)
+        except CorruptObject:
+            return False  # a list blob that cannot be read equals nothing
+
+    def __hash__(self) -> int:
+        return hash(_merged(self.records()))  # as equality compares
+
+    def __reduce__(self) -> tuple[type[Extents], tuple[bytes, int]]:
+        return Extents, (self.whole()._data, self.size)
+
+    def __repr__(self) -> str:
+        return f"ListedExtents({list(self.refs)!r})"
+
+
+def _merged(records: Iterable[tuple[bytes, int, int]]) -> Extents:
+    out = ExtentsBuilder()
+    for record in records:
+        out.add(*record)
+    return out.build()
+
+
+def _merged_records(records: Iterable[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
+    """The records with each one that continues the last in the same blob joined to it, as they come."""
+    last: tuple[bytes, int, int] | None = None
+    for blob, offset, length in records:
+        if last is not None and last[0] == blob and last[1] + last[2] == offset:
+            last = (blob, last[1], last[2] + length)
+            continue
+        if last is not None:
+            yield last
+        last = (blob, offset, length)
+    if last is not None:
+        yield last
+
+
+def encode_list(records: Iterable[tuple[bytes, int, int]]) -> bytes:
+    """A list blob's bytes: LIST_MAGIC, then each extent as `content` encodes it (no base64)."""
+    out = bytearray(LIST_MAGIC)
+    _encode_records(out, records)
+    return bytes(out)
+
+
+def read_list(data: bytes, ref: ListRef, what: str) -> Extents:
+    """A list blob's extents, refused (CorruptObject naming `what`) unless they are exactly what
+    the node says: its count and bytes, none reaching beyond a blob."""
+    if not data.startswith(LIST_MAGIC):
+        raise CorruptObject(f"{what} is not an extent list")
+    try:
+        extents, reach = _decode_records(data, len(LIST_MAGIC), ref.count)
+    except CorruptObject as exc:
+        raise CorruptObject(f"{what} is damaged: {exc}") from exc
+    if reach > MAX_BLOB_SIZE:
+        raise CorruptObject(f"{what} points beyond the end of a blob")
+    if len(extents) != ref.count or extents.size != ref.size:
+        raise CorruptObject(f"{what} holds {len(extents)} extents of {extents.size} bytes, not the node's")
+    return extents
+
+
+def cut_lists(records: Iterable[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
+    """(list blob bytes, bytes covered, extent count) of each list blob of a content, in order:
+    cut at every multiple of LIST_SPAN bytes of the content (an extent crossing one is split
+    there) and after MAX_LIST_EXTENTS extents. One list blob is held at a time, encoded as it
+    fills (no object an extent)."""
+    span, most = LIST_SPAN, MAX_LIST_EXTENTS
+    part = bytearray(LIST_MAGIC)
+    count = size = pos = 0
+    for blob, offset, length in records:
+        while True:
+            take = min(length, span - pos % span)
+            part += blob
+            _varint(part, offset)
+            _varint(part, take)
+            count += 1
+            size += take
+            pos += take
+            if pos % span == 0 or count >= most:
+                yield bytes(part), size, count
+                part = bytearray(LIST_MAGIC)
+                count = size = 0
+            if take == length:
+                break
+            offset += take
+            length -= take
+    if count:
+        yield bytes(part), size, count
+
+
+def _lists_json(d: dict[str, Any], name: str) -> tuple[ListRef, ...]:
+    raw = d["contentLists"]
+    if not isinstance(raw, list) or not raw:
+        raise CorruptObject(f"{name!r} has malformed extent lists")
+    refs = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise CorruptObject(f"{name!r} has malformed extent lists")
+        blob = bytes.fromhex(_str(item, "id"))
+        if len(blob) != ID_SIZE:
+            raise CorruptObject(f"{name!r} has a malformed extent list id")
+        refs.append(ListRef(blob, _int(item, "size", 0, 2**63 - 1), _int(item, "count", 1, LIST_EXTENTS_LIMIT)))
+    return tuple(refs)
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -291,10 +545,33 @@ class Node:
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
 
     def blobs(self) -> Iterator[bytes]:
-        """The blob id of each extent of the content, in order (no `Extent` made when packed)."""
-        if isinstance(self.content, Extents):
+        """The blob id of each extent of the content, in order (no `Extent` made when packed);
+        a listed content's list blobs are read one at a time (`list_blobs` names them)."""
+        if isinstance(self.content, (Extents, ListedExtents)):
             return self.content.blobs()
         return (e.blob for e in self.content)
+
+    def needed_blobs(self) -> list[bytes] | None:
+        """Every blob the node's content needs: its extent-list blobs (format 6), then the blob of
+        each extent; None when a list blob cannot be read (the node's content is lost)."""
+        try:
+            return [*self.list_blobs(), *self.blobs()]
+        except CorruptObject:
+            return None
+
+    def blobs_present(self, has: Callable[[bytes], bool]) -> bool:
+        """Whether `has` every blob the content needs (`needed_blobs`, streamed: a listed
+        database's ids are not collected); False when a list blob cannot be read."""
+        try:
+            return all(map(has, itertools.chain(self.list_blobs(), self.blobs())))
+        except CorruptObject:
+            return False
+
+    def list_blobs(self) -> tuple[bytes, ...]:
+        """The ids of the extent-list blobs that hold the content's extents (format 6), or ()."""
+        if isinstance(self.content, ListedExtents):
+            return tuple(r.blob for r in self.content.refs)
+        return ()
 
     def to_json(self, *, content: bool = True) -> dict[str, Any]:
         """The node as stored; `content=False`: its extents left out (`"content": ""`), for
@@ -312,6 +589,8 @@ class Node:
             d["inode"] = self.inode
             d["ctimeNs"] = self.ctime_ns
             d["content"] = encode_extents(self.content) if content else ""
+            if isinstance(self.content, ListedExtents):
+                d["contentLists"] = [r.to_json() for r in self.content.refs]
             d["sha256"] = self.sha256
         if self.type == "dir":
             assert self.subtree is not None
@@ -325,7 +604,7 @@ class Node:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Node:
+    def from_json(cls, d: dict[str, Any], load_list: LoadList | None = None) -> Node:
         """A node from its JSON, every field checked against what a restore, an archive or a
         dump can take: ids, hashes and owners of the right shape, times within 64 bits, a size
         that is exactly its content. Raises CorruptObject (or UnsafePath for a bad name)."""
@@ -347,12 +626,16 @@ class Node:
                 node.ctime_ns = _int(d, "ctimeNs", TIME_NS_MIN, TIME_NS_MAX, 0)
                 content, reach = _decode_extents(_str(d, "content"))
                 node.content = content
+                if "contentLists" in d:
+                    if len(content):
+                        raise CorruptObject(f"{node.name!r} has both extents and extent lists")
+                    node.content = ListedExtents(_lists_json(d, node.name), load_list, node.name)
                 node.sha256 = _str(d, "sha256")
                 if len(node.sha256) != 64 or node.sha256.strip("0123456789abcdef"):
                     raise CorruptObject(f"{node.name!r} has a malformed sha256")
                 if reach > MAX_BLOB_SIZE:
                     raise CorruptObject(f"{node.name!r} points beyond the end of a blob")
-                if content.size != node.size:
+                if node.content.size != node.size:
                     raise CorruptObject(f"{node.name!r} claims {node.size} bytes but its content differs")
             if t == "dir":
                 subtree = bytes.fromhex(_str(d, "subtree"))
@@ -446,8 +729,9 @@ _CONTENT = b'{"content":"'
 _EMPTY_CONTENT = b'{"content":""'
 
 
-def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
-    """The nodes of a tree blob; any fault is one CorruptObject (or UnsafePath) naming `what`."""
+def decode_tree(data: bytes, what: str = "a tree", load_list: LoadList | None = None) -> list[Node]:
+    """The nodes of a tree blob; any fault is one CorruptObject (or UnsafePath) naming `what`.
+    `load_list` loads a node's extent-list blob when its extents are read (format 6)."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -460,7 +744,7 @@ def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
     nodes: list[Node] = []
     try:
         for i, d in enumerate(raw_nodes):
-            nodes.append(Node.from_json(d))
+            nodes.append(Node.from_json(d, load_list))
             raw_nodes[i] = None  # its `content` text goes now, not with the whole document
     except CorruptObject as exc:
         raise CorruptObject(f"{what} holds {exc}") from exc
@@ -469,4 +753,6 @@ def decode_tree(data: bytes, what: str = "a tree") -> list[Node]:
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise CorruptObject(f"{what} holds the same name twice")
+    if sum(len(n.content) for n in nodes if isinstance(n.content, ListedExtents)) > TREE_LIST_EXTENTS_LIMIT:
+        raise CorruptObject(f"{what} names more extents in extent lists than a tree may ({TREE_LIST_EXTENTS_LIMIT:,})")
     return nodes

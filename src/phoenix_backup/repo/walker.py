@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from phoenix_backup.errors import CorruptObject, ObjectNotFound, PhoenixError, UnsafePath, UsageError
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Snapshot
-from phoenix_backup.repo.tree import Node
+from phoenix_backup.repo.tree import ListedExtents, Node
 
 # Paths one walk may visit (and distinct nodes it may load): far more than any agent workspace
 # holds, and small enough that a restore's plan of that many paths fits in memory.
@@ -262,8 +262,10 @@ def node_at(repo: Repository, snap: Snapshot, logical: str) -> Node:
 
 
 def used_blobs(snapshots: Iterable[Snapshot], load_tree: Callable[[bytes], list[Node]]) -> set[bytes]:
-    """Every blob the snapshots refer to: their trees and the content of every file. Each distinct
-    tree is loaded once (`load_tree` says how, and what an unreadable one does); no paths, no budget."""
+    """Every blob the snapshots refer to: their trees, the extent-list blobs of their databases
+    (format 6) and the content of every file. Each distinct tree is loaded once (`load_tree` says
+    how, and what an unreadable one does), each list blob read once; no paths, no budget. A list
+    blob that cannot be read raises CorruptObject (the blobs it names are unknown)."""
     used: set[bytes] = set()
     stack = [s.tree for s in snapshots]
     while stack:
@@ -274,5 +276,12 @@ def used_blobs(snapshots: Iterable[Snapshot], load_tree: Callable[[bytes], list[
         for node in load_tree(tree_id):
             if node.subtree is not None:
                 stack.append(node.subtree)
-            used.update(node.blobs())
+            content = node.content
+            if isinstance(content, ListedExtents):
+                for i, ref in enumerate(content.refs):
+                    if ref.blob not in used:
+                        used.update(content.read(i).blobs())
+                        used.add(ref.blob)
+            else:
+                used.update(node.blobs())
     return used

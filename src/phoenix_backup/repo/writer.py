@@ -272,7 +272,13 @@ class WriterRepository(Repository):
         raise IdentityRequired(self.backend.location, "the data of its snapshots")
 
     def save_tree(self, nodes: list[TreeNode]) -> tuple[bytes, int]:
-        data = encode_tree(nodes)
+        return self._save_tree_blob(encode_tree(self.listed(nodes)))
+
+    def save_list(self, data: bytes) -> bytes:
+        # Kept with the trees (and in the tree cache): the next backup reads the parent's lists.
+        return self._save_tree_blob(data)[0]
+
+    def _save_tree_blob(self, data: bytes) -> tuple[bytes, int]:
         tree_id = self.ids.blob_id(BlobType.TREE, data)
         self._new_trees[tree_id] = data
         return self.save_blob(BlobType.TREE, data, tree_id)
@@ -288,7 +294,8 @@ class WriterRepository(Repository):
         return sid
 
     def _reachable(self, root: bytes) -> dict[bytes, bytes] | None:
-        """The encoded trees below `root`, from this run's and the cache's; None if one is missing."""
+        """The encoded trees below `root` and the extent-list blobs they name (format 6), from this
+        run's and the cache's; None if one is missing."""
         out: dict[bytes, bytes] = {}
         stack = [root]
         while stack:
@@ -299,7 +306,14 @@ class WriterRepository(Repository):
             if data is None:
                 return None
             out[tree_id] = data
-            stack.extend(n.subtree for n in decode_tree(data, "tree") if n.subtree is not None)
+            for n in decode_tree(data, "tree"):
+                if n.subtree is not None:
+                    stack.append(n.subtree)
+                for list_id in n.list_blobs():
+                    listed = self._new_trees.get(list_id) or self._cached_trees().get(list_id)
+                    if listed is None:
+                        return None
+                    out[list_id] = listed
         return out
 
     def load_index(self) -> None:
@@ -470,12 +484,20 @@ class WriterRepository(Repository):
             data = trees.get(tree_id)
             if data is None:
                 continue
-            for node in decode_tree(data, "tree"):
+            for node in decode_tree(data, "tree", trees.__getitem__):
                 if node.subtree is not None:
                     stack.append(node.subtree)
-                for ext in node.content:
-                    if not self.index.has(ext.blob):
-                        report.error(f"blob {ext.blob.hex()[:16]}", snap.id, f"{node.name}: its data is in no index")
+                for list_id in node.list_blobs():
+                    if not self.index.has(list_id):
+                        report.error(f"extent list {list_id.hex()[:16]}", snap.id, f"{node.name}: it is in no index")
+                if not all(b in trees for b in node.list_blobs()):
+                    continue  # not cached here: its extents are not known to this machine
+                try:
+                    for blob in node.blobs():
+                        if not self.index.has(blob):
+                            report.error(f"blob {blob.hex()[:16]}", snap.id, f"{node.name}: its data is in no index")
+                except CorruptObject as exc:
+                    report.error(f"tree {tree_id.hex()[:16]}", snap.id, str(exc))
         report.checked["trees"] = report.checked.get("trees", 0) + len(seen)
 
 
@@ -573,5 +595,6 @@ def convert(repo: Repository, recipients: tuple[str, ...], root: Path) -> Conver
         with contextlib.suppress(PhoenixError):  # an unreadable tree only means a full read later
             trees = Trees(repo)
             trees.load(snap.tree)
-            store.save_trees(host, scope, {tid: repo.load_blob(BlobType.TREE, tid) for tid in trees.nodes})
+            lists = {b for nodes in trees.nodes.values() for n in nodes for b in n.list_blobs()}
+            store.save_trees(host, scope, {tid: repo.load_blob(BlobType.TREE, tid) for tid in [*trees.nodes, *lists]})
     return Conversion(slot, recipients, removed, len(old), len(snapshots), store.key_path, converted)

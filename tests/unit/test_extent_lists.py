@@ -1,0 +1,264 @@
+"""Format 6's extent lists (repo/tree.py `ListedExtents`, docs/repository-format.md "Version 6"):
+a database node of many extents keeps them in list blobs, so a walk of a snapshot's trees holds
+their ids, not the extents; every list blob is checked against its node when it is read."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from phoenix_backup.errors import CorruptObject
+from phoenix_backup.repo import keys, tree
+from phoenix_backup.repo.chunker import ExtentMap
+from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType
+from phoenix_backup.repo.repository import Repository
+from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.tree import ExtentsBuilder, ListedExtents, ListRef, Node, cut_lists, decode_tree, encode_list
+from phoenix_backup.repo.walker import Trees, used_blobs
+from phoenix_backup.storage.local import LocalBackend
+
+MB = 1024 * 1024
+
+
+def _repo(tmp_path: Path, **kwargs: bool) -> Repository:
+    return Repository.init(
+        LocalBackend(tmp_path / "repo"),
+        lambda m: keys.wrap_passphrase(m, "pw", kdf_params={"n": 2**10, "r": 8, "p": 1}),
+        encrypted=True,
+        **kwargs,
+    )
+
+
+def _blob(i: int) -> bytes:
+    return hashlib.sha256(i.to_bytes(8, "big")).digest()
+
+
+def _fragmented(count: int, page: int = 4096) -> Node:
+    """A database of `count` pages, each page an extent of another blob (one a page, after many days)."""
+    out = ExtentsBuilder(merge=False)
+    for i in range(count):
+        out.add(_blob(i % 5000), (i // 5000) * page, page)
+    content = out.build()
+    return Node(name="memory.db", type="sqlite", size=content.size, content=content, sha256="0" * 64)
+
+
+def test_a_walk_of_the_trees_does_not_hold_a_databases_extents(tmp_path: Path) -> None:
+    """200,000 extents (9.6 MB packed, 8 MB of base64 in the tree): a restore's walk held them with
+    the trees (format 5); in format 6 the tree names a few list blobs and the walk holds those."""
+    repo = _repo(tmp_path)
+    node = _fragmented(200_000)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    del node
+    gc.collect()
+    tracemalloc.start()
+    try:
+        trees = Trees(repo)
+        trees.load(tree_id)
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    [loaded] = trees.nodes[tree_id]
+    assert loaded.size == 200_000 * 4096
+    assert held < 1 * MB, f"the walk holds {held / MB:.1f} MB"
+    repo.close()
+
+
+def test_a_listed_node_reads_back_the_extents_it_was_written_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 10)
+    monkeypatch.setattr(tree, "LIST_SPAN", 64 * 4096)
+    monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 50)
+    repo = _repo(tmp_path)
+    node = _fragmented(1000)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    assert (
+        isinstance(loaded.content, ListedExtents) and len(loaded.content.refs) == 1000 // 64 * 2 + 1
+    )  # 50 + 14 a span
+    assert loaded.content == node.content and list(loaded.content.records()) == list(node.content.records())
+    assert loaded.content[777] == node.content[777] and len(loaded.content) == 1000
+    # Every list blob and every data blob they name is used by a snapshot holding the tree.
+    snap = Snapshot.__new__(Snapshot)
+    object.__setattr__(snap, "tree", tree_id)
+    used = used_blobs([snap], repo.load_tree)
+    assert set(loaded.list_blobs()) <= used and set(node.blobs()) <= used
+    # A format 4 repository keeps the same node inline.
+    old = _repo(tmp_path / "old", extent_lists=False)
+    old_tree, _added = old.save_tree([node])
+    old.flush()
+    [inline] = old.load_tree(old_tree)
+    assert not isinstance(inline.content, ListedExtents) and inline.content == node.content
+    repo.close()
+    old.close()
+
+
+def test_an_unchanged_region_keeps_its_list_blob(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut at fixed offsets of the database: a day that changes one page rewrites one list blob."""
+    monkeypatch.setattr(tree, "LIST_SPAN", 16 * 4096)
+    monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 1000)
+    day1 = _fragmented(200).content
+    out = ExtentsBuilder(merge=False)
+    for i, record in enumerate(day1.records()):
+        out.add(*((_blob(99_999), 0, 4096) if i == 100 else record))
+    day2 = out.build()
+    lists1 = [data for data, _size, _count in cut_lists(day1.records())]
+    lists2 = [data for data, _size, _count in cut_lists(day2.records())]
+    assert len(lists1) == len(lists2) == 13
+    assert [a == b for a, b in zip(lists1, lists2, strict=True)].count(False) == 1
+    # An extent crossing a cut is split there: each list covers exactly LIST_SPAN bytes.
+    sizes = [size for _data, size, _count in cut_lists([(_blob(1), 0, 40 * 4096)])]
+    assert sizes == [16 * 4096, 16 * 4096, 8 * 4096]
+
+
+def _listed(data: bytes, ref: ListRef, name: str = "memory.db") -> ListedExtents:
+    return ListedExtents((ref,), lambda _bid: data, name)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other bytes", "another count", "beyond a blob", "not a list", "a data blob", "huge"],
+)
+def test_a_planted_list_blob_is_corrupt_object_naming_the_database(case: str) -> None:
+    records = [(_blob(1), 0, 4096), (_blob(2), 4096, 4096)]
+    ref = ListRef(b"\1" * 32, 8192, 2)
+    data = encode_list(records)
+    if case == "other bytes":
+        data = encode_list([(_blob(1), 0, 4096), (_blob(2), 4096, 4095)])
+    elif case == "another count":
+        data = encode_list([*records, (_blob(3), 0, 0)])
+    elif case == "beyond a blob":
+        data = encode_list([(_blob(1), MAX_BLOB_SIZE, 4096), (_blob(2), 4096, 4096)])
+    elif case == "not a list":
+        data = b'{"nodes":[],"version":1}'
+    elif case == "a data blob":
+        data = bytes(range(256)) * 16
+    elif case == "huge":
+        data = encode_list([(_blob(1), 0, 1)] * 100_000)
+    with pytest.raises(CorruptObject, match=r"memory\.db"):
+        list(_listed(data, ref).records())
+
+
+def test_a_node_whose_lists_do_not_add_up_is_refused() -> None:
+    node = Node(
+        name="memory.db", type="sqlite", size=8192, content=ListedExtents((ListRef(b"\1" * 32, 8192, 2),), None)
+    )
+    node.sha256 = "0" * 64
+    doc = json.loads(tree.encode_tree([node]))
+    assert decode_tree(json.dumps(doc).encode())[0].size == 8192
+    for change in (
+        {"size": 8191},
+        {"contentLists": []},
+        {"contentLists": [{"id": "ab", "size": 8192, "count": 2}]},
+        {"contentLists": [{"id": "01" * 32, "size": 8192, "count": 0}]},
+        {"contentLists": [{"id": "01" * 32, "size": 8192, "count": tree.LIST_EXTENTS_LIMIT + 1}]},
+        {"contentLists": "x"},
+        {"content": tree.encode_extents([tree.Extent(b"\2" * 32, 0, 1)])},
+    ):
+        bad = json.loads(json.dumps(doc))
+        bad["nodes"][0].update(change)
+        with pytest.raises(CorruptObject, match=r"memory\.db|size|count|id"):
+            decode_tree(json.dumps(bad).encode(), "tree x")
+
+
+def test_a_list_blob_is_a_tree_blob_of_the_repository(tmp_path: Path) -> None:
+    """Sealed and packed as trees are (the same keys, tree packs): a data blob's id is no list."""
+    repo = _repo(tmp_path)
+    data_id, _ = repo.save_blob(BlobType.DATA, b"x" * 100)
+    list_id = repo.save_list(encode_list([(data_id, 0, 100)]))
+    repo.flush()
+    assert repo.index.get(list_id) is not None and repo.index.get(list_id).type == BlobType.TREE  # type: ignore[union-attr]
+    with pytest.raises(CorruptObject, match=r"memory\.db"):
+        list(ListedExtents((ListRef(data_id, 100, 1),), repo.load_list, "memory.db").records())
+    assert list(ListedExtents((ListRef(list_id, 100, 1),), repo.load_list, "memory.db").records()) == [
+        (data_id, 0, 100)
+    ]
+    repo.close()
+
+
+def test_a_listed_node_equals_the_inline_node_of_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list splits an extent at its cuts; the same database captured again (inline, merged) is
+    the same node, so a daily backup that finds it unchanged keeps its parent's node and tree."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 2)
+    monkeypatch.setattr(tree, "LIST_SPAN", 16 * 4096)
+    repo = _repo(tmp_path)
+    out = ExtentsBuilder()
+    for i in range(10):
+        out.add(_blob(i), 0, 40 * 4096)  # each crosses a cut
+    content = out.build()
+    node = Node(name="memory.db", type="sqlite", size=content.size, content=content, sha256="0" * 64)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    assert isinstance(loaded.content, ListedExtents) and len(loaded.content) > len(content)
+    assert loaded == node and node == loaded and loaded.content == content
+    other = ExtentsBuilder()
+    other.add(_blob(99), 0, content.size)
+    assert loaded.content != other.build()
+    repo.close()
+
+
+def test_a_daily_backups_comparison_with_a_listed_parent_holds_one_list_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup's comparison (`ExtentMap`, region by region in order) over a parent of 50,000
+    extents: loading its tree and slicing every region held the node whole (2.4 MB packed, an
+    11 MB peak decoding the tree); over a listed node (lists of 4 MiB here), one list at a time."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 1024)
+    monkeypatch.setattr(tree, "LIST_SPAN", 4 * MB)
+    repo = _repo(tmp_path)
+    node = _fragmented(50_000)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    del node
+    gc.collect()
+    region = 256 * 4096
+    tracemalloc.start()
+    try:
+        [parent] = repo.load_tree(tree_id)
+        prev = ExtentMap(parent.content)
+        sliced = 0
+        for start in range(0, prev.size, region):
+            sliced += prev.slice(start, region).size
+        _held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sliced == 50_000 * 4096
+    assert peak < 0.5 * MB, f"the comparison's peak: {peak / MB:.2f} MB"
+    repo.close()
+
+
+def test_a_tree_naming_one_huge_list_from_many_nodes_is_refused() -> None:
+    """A list is stored once: a small hostile tree naming a list of 2^20 extents from 100 nodes
+    would have every walk read 100 million extents. A tree's lists name at most what one tree blob
+    could hold inline."""
+    ref = {"id": "01" * 32, "size": 1 << 32, "count": tree.LIST_EXTENTS_LIMIT}
+    nodes = [
+        {
+            "content": "",
+            "contentLists": [ref],
+            "gid": 0,
+            "inode": 0,
+            "ctimeNs": 0,
+            "mode": 420,
+            "mtimeNs": 0,
+            "name": f"db{i}",
+            "sha256": "0" * 64,
+            "size": 1 << 32,
+            "type": "sqlite",
+            "uid": 0,
+        }
+        for i in range(100)
+    ]
+    with pytest.raises(CorruptObject, match="more extents in extent lists"):
+        decode_tree(json.dumps({"nodes": nodes, "version": 1}).encode(), "tree x")
+    assert len(decode_tree(json.dumps({"nodes": nodes[:7], "version": 1}).encode(), "tree x")) == 7
