@@ -1326,8 +1326,9 @@ def _write_trees(
     kinds: dict[str, str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
-    `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
-    tree (the same bytes, so the same id) without encoding it again, while the store holds it."""
+    `trees`, and every extent-list blob a tree names). A folder whose nodes equal those it had in
+    the parent snapshot keeps the parent's tree (the same bytes, so the same id) without encoding
+    it again, while the store holds it."""
     used = trees if trees is not None else set()
     before: dict[str, list[Node]] = {}
     for logical, node in (previous_nodes or {}).items():
@@ -1352,8 +1353,14 @@ def _write_trees(
                 )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):
+            kids = repo.listed(kids)  # format 6: a database's list blobs written (or found stored) here
             tree_id = repo.save_tree(kids)[0]
+        else:
+            kids = before[logical]  # the parent's nodes, as the tree kept names them
         used.add(tree_id)
+        # The list blobs its databases name (format 6) are confirmed present with the trees before
+        # the commit: most are found already stored, in packs a prune elsewhere may have removed.
+        used.update(b for kid in kids for b in kid.list_blobs())
         if kinds is not None and logical:
             # `kinds` (the summary): each folder but the root, new, changed or unmodified.
             old = (previous_nodes or {}).get(logical)
