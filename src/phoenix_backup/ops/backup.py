@@ -1344,8 +1344,9 @@ def _write_trees(
     warnings: list[str] | None = None,
 ) -> bytes:
     """Write directory trees bottom-up; return the root tree's id (every tree id goes into
-    `trees`). A folder whose nodes equal those it had in the parent snapshot keeps the parent's
-    tree (the same bytes, so the same id) without encoding it again, while the store holds it."""
+    `trees`, and every extent-list blob a tree names). A folder whose nodes equal those it had in
+    the parent snapshot keeps the parent's tree (the same bytes, so the same id) without encoding
+    it again, while the store holds it."""
     used = trees if trees is not None else set()
     before: dict[str, list[Node]] = {}
     for logical, node in (previous_nodes or {}).items():
@@ -1384,6 +1385,7 @@ def _write_trees(
                 )
         tree_id = reuse(logical, kids)
         if tree_id is None or not repo.has_blob(tree_id):
+            kids = repo.listed(kids)  # format 6: a database's list blobs written (or found stored) here
             try:
                 tree_id = repo.save_tree(kids)[0]
             except TreeTooLarge as exc:
@@ -1392,7 +1394,12 @@ def _write_trees(
                     "that a restore would refuse; split it into subfolders or leave part of it out (`exclude`) and "
                     "back up again"
                 ) from exc
+        else:
+            kids = before[logical]  # the parent's nodes, as the tree kept names them
         used.add(tree_id)
+        # The list blobs its databases name (format 6) are confirmed present with the trees before
+        # the commit: most are found already stored, in packs a prune elsewhere may have removed.
+        used.update(b for kid in kids for b in kid.list_blobs())
         budget.nodes.setdefault(tree_id, kids)
         uses.setdefault(tree_id, []).append(logical)
         if kinds is not None and logical:

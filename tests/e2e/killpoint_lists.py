@@ -1,0 +1,22 @@
+"""tests/e2e/killpoint.py with format 6's extent lists made small in the killed `phx` (as
+conftest.py makes them in the test process): a backup of the tiny sample then writes list blobs,
+so its kill points include theirs (tests/e2e/test_format6_adversary.py)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+from phoenix_backup.repo import tree
+
+tree.INLINE_EXTENTS = 2
+tree.LIST_SPAN = 16384
+tree.MAX_LIST_EXTENTS = 4
+
+SCRIPT = Path(__file__).resolve()
+
+if __name__ == "__main__":
+    target = str(SCRIPT.with_name("killpoint.py"))
+    sys.argv[0] = target
+    runpy.run_path(target, run_name="__main__")
