@@ -310,8 +310,8 @@ def test_a_fragmented_databases_tree_is_saved_holding_it_three_times_at_most(tmp
     assert peak < 3.35 * size, (peak, size)
 
 
-def _back_up_in_process(tmp_path: Path, files: int, monkeypatch: Any) -> int:
-    """Traced peak (bytes) of a first `phx backup` (in this process) of `files` small files in one folder."""
+def _workspace(tmp_path: Path, files: int, monkeypatch: Any) -> Path:
+    """A repository and a workspace of `files` small files in one folder; the config's path."""
     from click.testing import CliRunner
 
     from phoenix_backup.cli.main import cli
@@ -331,25 +331,65 @@ def _back_up_in_process(tmp_path: Path, files: int, monkeypatch: Any) -> int:
     # The whole workspace, nothing excluded.
     doc = {"workspace": str(workspace), "backupDir": str(repo), "include": [], "exclude": [], "retention": {"last": -1}}
     config.write_text(json.dumps(doc))
+    return config
+
+
+def _traced_phx(*args: str | Path) -> tuple[int, str]:
+    """`phx ARGS` in this process: the traced peak (bytes) and its output."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
     gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        result = CliRunner().invoke(cli, ["backup", "--config", str(config), "--json"])
+        result = CliRunner().invoke(cli, [str(a) for a in args])
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["files"] >= files
-    return peak
+    return peak, result.stdout
 
 
 def test_a_backup_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
     """A workspace of 200,000 small files (a node_modules) took a gigabyte to back up, ~5 KB a
     file: every file waited as a future (~1.3 KB) until all were read, and each node kept a
-    `__dict__`. Files are handed to the reading threads a bounded number at a time, and nodes
-    and entries have slots: each file more costs under 2.5 KB (docs/benchmarks.md)."""
-    small = _back_up_in_process(tmp_path, 500, monkeypatch)
-    large = _back_up_in_process(tmp_path, 2500, monkeypatch)
-    per_file = (large - small) / 2000
-    assert per_file < 2500, f"{per_file:.0f} bytes a file"  # 3,600 before, 1,600 now
+    `__dict__`. Files are handed to the reading threads a bounded number at a time (a small
+    bound here, so that a few files show it), nodes and entries have slots: each file more costs
+    under 2.5 KB at the peak (docs/benchmarks.md)."""
+    from phoenix_backup.ops import backup
+
+    monkeypatch.setattr(backup, "READ_AHEAD", 64)
+    peaks = []
+    for files in (300, 3300):
+        config = _workspace(tmp_path, files, monkeypatch)
+        peak, out = _traced_phx("backup", "--config", config, "--json")
+        assert json.loads(out)["files"] >= files
+        peaks.append(peak)
+    per_file = (peaks[1] - peaks[0]) / 3000
+    assert per_file < 2500, f"{per_file:.0f} bytes a file"  # 3,600 before, 1,500 now
+
+
+def test_a_restore_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """Restoring them took 1.1 GB: every file waited as one or two futures until all were
+    written. Files are handed to the writing threads a bounded number at a time: each file more
+    costs under 4 KB at the peak (5.5 KB before; docs/benchmarks.md)."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+    from phoenix_backup.ops import restore
+
+    monkeypatch.setattr(restore, "WRITE_AHEAD", 64)
+    peaks = []
+    for files in (300, 1500):
+        config = _workspace(tmp_path, files, monkeypatch)
+        assert CliRunner().invoke(cli, ["backup", "--config", str(config)]).exit_code == 0
+        dest = tmp_path / f"restored{files}"
+        peak, _ = _traced_phx("restore", "--latest", "--to", dest, "--yes", "--config", config)
+        restored = sorted(p.name for p in (dest / "workspace" / "many").iterdir())
+        assert restored == [f"file{i:06d}.js" for i in range(files)]
+        assert (dest / "workspace" / "many" / "file000299.js").read_text() == "module.exports = 299;\n"
+        peaks.append(peak)
+    per_file = (peaks[1] - peaks[0]) / 1200
+    assert per_file < 4000, f"{per_file:.0f} bytes a file"  # 5,500 before, 2,700 now
