@@ -334,62 +334,75 @@ def _workspace(tmp_path: Path, files: int, monkeypatch: Any) -> Path:
     return config
 
 
-def _traced_phx(*args: str | Path) -> tuple[int, str]:
-    """`phx ARGS` in this process: the traced peak (bytes) and its output."""
+def _held_at(module: Any, name: str, monkeypatch: Any, *args: str | Path) -> tuple[int, str]:
+    """`phx ARGS` in this process: the most Python memory (traced, bytes) held at any call of
+    `module.name`, a point where only what the run keeps is alive (no read or write in flight,
+    whose buffers come and go with the threads' timing); and the command's output."""
     from click.testing import CliRunner
 
     from phoenix_backup.cli.main import cli
 
+    held = [0]
+    original = getattr(module, name)
+
+    def sampled(*a: Any, **k: Any) -> Any:
+        held[0] = max(held[0], tracemalloc.get_traced_memory()[0])
+        return original(*a, **k)
+
+    monkeypatch.setattr(module, name, sampled)
     gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         result = CliRunner().invoke(cli, [str(a) for a in args])
-        peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
+        monkeypatch.setattr(module, name, original)
     assert result.exit_code == 0, result.output
-    return peak, result.stdout
+    assert held[0], f"{name} was never called"
+    return held[0] - base, result.stdout
 
 
 def test_a_backup_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
     """A workspace of 200,000 small files (a node_modules) took a gigabyte to back up, ~5 KB a
     file: every file waited as a future (~1.3 KB) until all were read, and each node kept a
     `__dict__`. Files are handed to the reading threads a bounded number at a time (a small
-    bound here, so that a few files show it), nodes and entries have slots: each file more costs
-    under 2.5 KB at the peak (docs/benchmarks.md)."""
+    bound here, so that a few files show it), nodes and entries have slots: once every file is
+    read, each file more holds under 2.8 KB (docs/benchmarks.md)."""
     from phoenix_backup.ops import backup
 
     monkeypatch.setattr(backup, "READ_AHEAD", 64)
-    peaks = []
+    held = []
     for files in (300, 3300):
         config = _workspace(tmp_path, files, monkeypatch)
-        peak, out = _traced_phx("backup", "--config", config, "--json")
+        kept, out = _held_at(backup, "_write_trees", monkeypatch, "backup", "--config", config, "--json")
         assert json.loads(out)["files"] >= files
-        peaks.append(peak)
-    per_file = (peaks[1] - peaks[0]) / 3000
-    assert per_file < 2500, f"{per_file:.0f} bytes a file"  # 3,600 before, 1,500 now
+        held.append(kept)
+    per_file = (held[1] - held[0]) / 3000
+    assert per_file < 2800, f"{per_file:.0f} bytes a file"  # 3,770 before, 1,960 now
 
 
 def test_a_restore_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
     """Restoring them took 1.1 GB: every file waited as one or two futures until all were
-    written. Files are handed to the writing threads a bounded number at a time: each file more
-    costs under 4 KB at the peak (5.5 KB before; docs/benchmarks.md)."""
+    written. Files are handed to the writing threads a bounded number at a time: while files
+    are written, each file more holds under 4 KB (docs/benchmarks.md)."""
     from click.testing import CliRunner
 
     from phoenix_backup.cli.main import cli
     from phoenix_backup.ops import restore
 
     monkeypatch.setattr(restore, "WRITE_AHEAD", 64)
-    peaks = []
+    held = []
     for files in (300, 1500):
         config = _workspace(tmp_path, files, monkeypatch)
         assert CliRunner().invoke(cli, ["backup", "--config", str(config)]).exit_code == 0
         dest = tmp_path / f"restored{files}"
-        peak, _ = _traced_phx("restore", "--latest", "--to", dest, "--yes", "--config", config)
+        kept, _ = _held_at(
+            restore, "_record", monkeypatch, "restore", "--latest", "--to", dest, "--yes", "--config", config
+        )
         restored = sorted(p.name for p in (dest / "workspace" / "many").iterdir())
         assert restored == [f"file{i:06d}.js" for i in range(files)]
         assert (dest / "workspace" / "many" / "file000299.js").read_text() == "module.exports = 299;\n"
-        peaks.append(peak)
-    per_file = (peaks[1] - peaks[0]) / 1200
-    assert per_file < 4000, f"{per_file:.0f} bytes a file"  # 5,500 before, 2,700 now
+        held.append(kept)
+    per_file = (held[1] - held[0]) / 1200
+    assert per_file < 4000, f"{per_file:.0f} bytes a file"  # 5,550 before, 2,300-2,600 now

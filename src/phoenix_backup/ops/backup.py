@@ -864,8 +864,35 @@ GROUP_PAUSE = 0.05
 T = TypeVar("T")
 
 
+class _InFlight:
+    """At most `limit` files handed to the reading threads. The thread handing them waits, once
+    full, until half have been read: woken once per `limit // 2` files, not after every file
+    (each wake-up a switch between threads and a turn of the GIL)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def enter(self) -> None:
+        with self._changed:
+            if self.count >= self.limit:
+                self._changed.wait_for(lambda: self.count <= self.limit // 2)
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._changed:
+            self.count -= 1
+            if self.count in (self.limit // 2, 0):
+                self._changed.notify_all()
+
+    def drain(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.count == 0)
+
+
 def _keep_outcome(
-    outcomes: dict[str, Node | BaseException], logical: str, slots: threading.BoundedSemaphore, future: Future[Node]
+    outcomes: dict[str, Node | BaseException], logical: str, reading: _InFlight, future: Future[Node]
 ) -> None:
     """A file's read is done: its node or its error is kept (the future goes) and its slot freed."""
     try:
@@ -873,7 +900,7 @@ def _keep_outcome(
     except BaseException as exc:  # raised or reported where the outcomes are taken
         outcomes[logical] = exc
     finally:
-        slots.release()
+        reading.leave()
 
 
 def _stats(paths: Sequence[Path]) -> list[os.stat_result | None]:
@@ -1097,7 +1124,7 @@ def _run(
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
         # Files are handed READ_AHEAD at a time; each read's node (or error) is kept, not its future.
-        read_slots = threading.BoundedSemaphore(READ_AHEAD)
+        reading = _InFlight(READ_AHEAD)
         read_order: list[str] = []
         read_outcomes: dict[str, Node | BaseException] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
@@ -1116,11 +1143,11 @@ def _run(
                 envx.progress.advance(files=1)
                 continue  # another name of a file read once, below
             if entry.kind == "file":
-                read_slots.acquire()
+                reading.enter()
                 read_order.append(entry.logical)
                 future = pool.submit(run.file_node, entry)
                 future.add_done_callback(run.count_done)
-                future.add_done_callback(partial(_keep_outcome, read_outcomes, entry.logical, read_slots))
+                future.add_done_callback(partial(_keep_outcome, read_outcomes, entry.logical, reading))
             elif entry.kind == "sqlite":
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
                 db_futures[entry.logical].add_done_callback(run.count_done)
@@ -1160,8 +1187,7 @@ def _run(
             total += len(outcome.nodes)  # a dump's files count as the summary counts them
             envx.progress.phase("reading files", files=total, size=total_size)
             envx.progress.advance(files=len(outcome.nodes))
-        for _ in range(READ_AHEAD):
-            read_slots.acquire()  # every file read: its outcome is kept
+        reading.drain()  # every file read: its outcome is kept
         for logical in read_order:
             read = read_outcomes.pop(logical)
             if isinstance(read, (OSError, PhoenixError)):
