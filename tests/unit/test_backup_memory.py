@@ -16,6 +16,7 @@ import time
 import tracemalloc
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.cache import Cache
@@ -307,3 +308,101 @@ def test_a_fragmented_databases_tree_is_saved_holding_it_three_times_at_most(tmp
         tracemalloc.stop()
     repo.flush()
     assert peak < 3.35 * size, (peak, size)
+
+
+def _workspace(tmp_path: Path, files: int, monkeypatch: Any) -> Path:
+    """A repository and a workspace of `files` small files in one folder; the config's path."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
+    root = tmp_path / f"w{files}"
+    many = root / "workspace" / "many"
+    many.mkdir(parents=True)
+    (root / "home").mkdir()
+    for i in range(files):
+        (many / f"file{i:06d}.js").write_text(f"module.exports = {i};\n")
+    monkeypatch.setenv("HOME", str(root / "home"))
+    monkeypatch.setenv("PHX_PASSPHRASE", "pw")
+    monkeypatch.setenv("PHX_CACHE_DIR", str(root / "cache"))
+    workspace, repo, config = root / "workspace", root / "repo", root / "phx.json"
+    init = ["init", "--config", str(root / "init.json"), "--workspace", str(workspace), "--repo", str(repo)]
+    assert CliRunner().invoke(cli, [*init, "--encryption", "passphrase"]).exit_code == 0
+    # The whole workspace, nothing excluded.
+    doc = {"workspace": str(workspace), "backupDir": str(repo), "include": [], "exclude": [], "retention": {"last": -1}}
+    config.write_text(json.dumps(doc))
+    return config
+
+
+def _held_at(module: Any, name: str, monkeypatch: Any, *args: str | Path) -> tuple[int, str]:
+    """`phx ARGS` in this process: the most Python memory (traced, bytes) held at any call of
+    `module.name`, a point where only what the run keeps is alive (no read or write in flight,
+    whose buffers come and go with the threads' timing); and the command's output."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+
+    held = [0]
+    original = getattr(module, name)
+
+    def sampled(*a: Any, **k: Any) -> Any:
+        held[0] = max(held[0], tracemalloc.get_traced_memory()[0])
+        return original(*a, **k)
+
+    monkeypatch.setattr(module, name, sampled)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        tracemalloc.stop()
+        monkeypatch.setattr(module, name, original)
+    assert result.exit_code == 0, result.output
+    assert held[0], f"{name} was never called"
+    return held[0] - base, result.stdout
+
+
+def test_a_backup_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """A workspace of 200,000 small files (a node_modules) took a gigabyte to back up, ~5 KB a
+    file: every file waited as a future (~1.3 KB) until all were read, and each node kept a
+    `__dict__`. Files are handed to the reading threads a bounded number at a time (a small
+    bound here, so that a few files show it), nodes and entries have slots: once every file is
+    read, each file more holds under 2.8 KB (docs/benchmarks.md)."""
+    from phoenix_backup.ops import backup
+
+    monkeypatch.setattr(backup, "READ_AHEAD", 64)
+    held = []
+    for files in (300, 3300):
+        config = _workspace(tmp_path, files, monkeypatch)
+        kept, out = _held_at(backup, "_write_trees", monkeypatch, "backup", "--config", config, "--json")
+        assert json.loads(out)["files"] >= files
+        held.append(kept)
+    per_file = (held[1] - held[0]) / 3000
+    assert per_file < 2800, f"{per_file:.0f} bytes a file"  # 3,770 before, 1,960 now
+
+
+def test_a_restore_of_many_small_files_holds_little_a_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """Restoring them took 1.1 GB: every file waited as one or two futures until all were
+    written. Files are handed to the writing threads a bounded number at a time: while files
+    are written, each file more holds under 4 KB (docs/benchmarks.md)."""
+    from click.testing import CliRunner
+
+    from phoenix_backup.cli.main import cli
+    from phoenix_backup.ops import restore
+
+    monkeypatch.setattr(restore, "WRITE_AHEAD", 64)
+    held = []
+    for files in (300, 1500):
+        config = _workspace(tmp_path, files, monkeypatch)
+        assert CliRunner().invoke(cli, ["backup", "--config", str(config)]).exit_code == 0
+        dest = tmp_path / f"restored{files}"
+        kept, _ = _held_at(
+            restore, "_record", monkeypatch, "restore", "--latest", "--to", dest, "--yes", "--config", config
+        )
+        restored = sorted(p.name for p in (dest / "workspace" / "many").iterdir())
+        assert restored == [f"file{i:06d}.js" for i in range(files)]
+        assert (dest / "workspace" / "many" / "file000299.js").read_text() == "module.exports = 299;\n"
+        held.append(kept)
+    per_file = (held[1] - held[0]) / 1200
+    assert per_file < 4000, f"{per_file:.0f} bytes a file"  # 5,550 before, 2,300-2,600 now

@@ -102,6 +102,9 @@ P = ParamSpec("P")
 # A file modified this close to the parent backup's start may have changed within the same
 # timestamp tick after it was read, so it is read again.
 RACY_NS = 1_000_000_000
+# Files handed to the reading threads and not yet read: each waits as a future (~1.3 KB), so a
+# workspace of 200,000 small files held a quarter gigabyte of them when all were handed at once.
+READ_AHEAD = 1024
 # Reads of a file that changes while it is read, before it is saved as it was last read.
 READ_ATTEMPTS = 3
 # How far past its stat size a file is read (see _Run.file_node).
@@ -871,6 +874,45 @@ GROUP_PAUSE = 0.05
 T = TypeVar("T")
 
 
+class _InFlight:
+    """At most `limit` files handed to the reading threads. The thread handing them waits, once
+    full, until half have been read: woken once per `limit // 2` files, not after every file
+    (each wake-up a switch between threads and a turn of the GIL)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def enter(self) -> None:
+        with self._changed:
+            if self.count >= self.limit:
+                self._changed.wait_for(lambda: self.count <= self.limit // 2)
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._changed:
+            self.count -= 1
+            if self.count in (self.limit // 2, 0):
+                self._changed.notify_all()
+
+    def drain(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.count == 0)
+
+
+def _keep_outcome(
+    outcomes: dict[str, Node | BaseException], logical: str, reading: _InFlight, future: Future[Node]
+) -> None:
+    """A file's read is done: its node or its error is kept (the future goes) and its slot freed."""
+    try:
+        outcomes[logical] = future.result()
+    except BaseException as exc:  # raised or reported where the outcomes are taken
+        outcomes[logical] = exc
+    finally:
+        reading.leave()
+
+
 def _stats(paths: Sequence[Path]) -> list[os.stat_result | None]:
     out: list[os.stat_result | None] = []
     for path in paths:
@@ -1098,7 +1140,10 @@ def _run(
     envx.progress.phase("reading files", files=total, size=total_size)
     workers = max(2, min(8, (os.cpu_count() or 2) + 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phx-read") as pool, run.stop_on_error(pool):
-        futures: dict[str, Future[Node]] = {}
+        # Files are handed READ_AHEAD at a time; each read's node (or error) is kept, not its future.
+        reading = _InFlight(READ_AHEAD)
+        read_order: list[str] = []
+        read_outcomes: dict[str, Node | BaseException] = {}
         db_futures: dict[str, Future[tuple[Node, DatabaseInfo]]] = {}
         # A chromadb store (its database and the index files beside it) is read as one state.
         groups = database_groups(sel.entries)
@@ -1115,8 +1160,11 @@ def _run(
                 envx.progress.advance(files=1)
                 continue  # another name of a file read once, below
             if entry.kind == "file":
-                futures[entry.logical] = pool.submit(run.file_node, entry)
-                futures[entry.logical].add_done_callback(run.count_done)
+                reading.enter()
+                read_order.append(entry.logical)
+                future = pool.submit(run.file_node, entry)
+                future.add_done_callback(run.count_done)
+                future.add_done_callback(partial(_keep_outcome, read_outcomes, entry.logical, reading))
             elif entry.kind == "sqlite":
                 db_futures[entry.logical] = pool.submit(run.sqlite_node, entry)
                 db_futures[entry.logical].add_done_callback(run.count_done)
@@ -1156,11 +1204,16 @@ def _run(
             total += len(outcome.nodes)  # a dump's files count as the summary counts them
             envx.progress.phase("reading files", files=total, size=total_size)
             envx.progress.advance(files=len(outcome.nodes))
-        for logical, ffut in futures.items():
-            try:
-                nodes[logical] = ffut.result()
-            except (OSError, PhoenixError) as exc:
-                run.incomplete.append({"path": logical, "error": _reason(exc)})
+        reading.drain()  # every file read: its outcome is kept
+        for logical in read_order:
+            read = read_outcomes.pop(logical)
+            if isinstance(read, (OSError, PhoenixError)):
+                run.incomplete.append({"path": logical, "error": _reason(read)})
+            elif isinstance(read, BaseException):
+                raise read
+            else:
+                nodes[logical] = read
+        del read_order
     run.aux.shutdown()
     _link_nodes(nodes, links, run.incomplete, lambda logical: run.file_node(sel.entries[logical]))
     for path, message in sel.errors:

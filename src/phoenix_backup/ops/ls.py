@@ -28,7 +28,7 @@ def rfc3339_ns(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per path listed
 class LsEntry:
     path: str
     node: Node

@@ -521,7 +521,7 @@ class TreePaths:
         return None
 
 
-@dataclass
+@dataclass(slots=True)  # no per-node __dict__: a snapshot of 200,000 files holds that many
 class Node:
     name: str
     type: NodeType

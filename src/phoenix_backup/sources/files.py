@@ -32,7 +32,7 @@ SQLITE_MAGIC = b"SQLite format 3\0"
 COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per file and folder selected
 class Entry:
     logical: str
     path: Path
