@@ -10,13 +10,13 @@ from pathlib import Path
 
 from phoenix_backup.repo import tree
 
-tree.INLINE_EXTENTS = 2
-tree.LIST_SPAN = 16384
-tree.MAX_LIST_EXTENTS = 4
-
 SCRIPT = Path(__file__).resolve()
 
 if __name__ == "__main__":
+    # Only in the killed `phx`: a test that imports SCRIPT keeps the real sizes in its process.
+    tree.INLINE_EXTENTS = 2
+    tree.LIST_SPAN = 16384
+    tree.MAX_LIST_EXTENTS = 4
     target = str(SCRIPT.with_name("killpoint.py"))
     sys.argv[0] = target
     runpy.run_path(target, run_name="__main__")

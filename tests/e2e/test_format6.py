@@ -170,7 +170,7 @@ def test_a_planted_list_blob_is_named_with_the_database_path(
         planted_id = repo.save_list(planted)
         repo.flush()
         refs = (tree.ListRef(planted_id, first.size, first.count), *node.content.refs[1:])
-        fake = Node(**{**node.__dict__, "content": ListedExtents(refs, repo.load_list, node.name)})
+        fake = dataclasses.replace(node, content=ListedExtents(refs, repo.load_list, node.name))
         problem = None
         try:
             list(fake.content.records())

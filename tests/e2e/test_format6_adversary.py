@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,17 @@ def test_a_database_crossing_the_list_threshold_and_back_restores_every_day(
         sb.restore_to(sid, tmp_path / f"p{sid[:8]}", "--path", MEMORY)
         assert db_dump(tmp_path / f"p{sid[:8]}" / MEMORY) == rows
     assert sb.verify("--read-data")["ok"] is True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_lists_for_the_module() -> Iterator[None]:
+    """Small lists in this process for the whole module, the kill suite's world (made once a
+    module, before the autouse fixture of each test) included; undone after it, so no other
+    module's memory bounds run with them."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("INLINE_EXTENTS", 2), ("LIST_SPAN", 16384), ("MAX_LIST_EXTENTS", 4)):
+            mp.setattr(tree, name, value)
+        yield
 
 
 def _killed_backup(w: World, kill_at: int) -> tuple[str, int, str]:
