@@ -865,7 +865,9 @@ def check_data(
     """
     needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
     for logical, node in nodes:
-        for blob, offset, length in Extents.of(node.content).records():
+        content = node.content
+        records = content.records() if isinstance(content, (Extents, ListedExtents)) else Extents.of(content).records()
+        for blob, offset, length in records:  # a listed node's one list blob at a time
             users, prev = needed.get(blob, ([], 0))
             if not users or users[-1] != logical:
                 users.append(logical)
