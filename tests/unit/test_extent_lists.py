@@ -407,3 +407,19 @@ def test_verify_read_data_of_a_listed_database_holds_two_lists_at_a_time(
     assert not result.errors and result.checked["files"] == 1
     assert peak < 2 * MB, f"verify's peak: {peak / MB:.2f} MB"
     repo.close()
+
+
+def test_the_blobs_a_listed_database_needs_are_named_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Node.needed_blobs` (a backup's commit check, a damaged restore's packs): a fragmented
+    database of 20,000 extents over 5,000 blobs gave 20,000 ids and its lists; now each once."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 1024)
+    monkeypatch.setattr(tree, "LIST_SPAN", 4 * MB)
+    repo = _repo(tmp_path)
+    node = _fragmented(20_000)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    needed = loaded.needed_blobs()
+    assert needed is not None and len(loaded.list_blobs()) == 20
+    assert needed == [*loaded.list_blobs(), *(_blob(i) for i in range(5000))]
+    repo.close()
