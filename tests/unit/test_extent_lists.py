@@ -288,8 +288,8 @@ def _repeating_database(repo: Repository, count: int, blobs: int, piece: int = 6
 def test_a_restores_reader_of_a_listed_database_holds_two_lists_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The restore's reader (`NodeReader`, `_Ahead`) of a node of 50,000 extents whose 500 blobs
-    are named again in each of its 49 lists: it packed the node whole and counted its repeated
+    """The restore's reader (`NodeReader`, `_Ahead`) of a node of 30,000 extents whose 500 blobs
+    are named again in each of its 30 lists: it packed the node whole and counted its repeated
     blobs over all of it; now it holds the list blob handed out and the next (and its read-ahead,
     bounded, made small here), and the bytes it hands out are the database's, proven by its
     SHA-256."""
@@ -298,7 +298,7 @@ def test_a_restores_reader_of_a_listed_database_holds_two_lists_at_a_time(
     for bound in ("READ_AHEAD", "READ_RANGE", "BLOB_CACHE_BYTES"):
         monkeypatch.setattr(reader_module, bound, 64 * 1024)
     repo = _repo(tmp_path)
-    node, whole = _repeating_database(repo, 50_000, 500)
+    node, whole = _repeating_database(repo, 30_000, 500)
     expected = hashlib.sha256(whole).hexdigest()
     tree_id, _added = repo.save_tree([node])
     repo.flush()
@@ -307,7 +307,7 @@ def test_a_restores_reader_of_a_listed_database_holds_two_lists_at_a_time(
     tracemalloc.start()
     try:
         [loaded] = repo.load_tree(tree_id)
-        assert isinstance(loaded.content, ListedExtents) and len(loaded.content.refs) == 49
+        assert isinstance(loaded.content, ListedExtents) and len(loaded.content.refs) == 30
         reader = NodeReader(repo, "memory.db", loaded)
         digest = hashlib.sha256()
         for chunk in reader.chunks():
@@ -369,7 +369,7 @@ def test_a_listed_database_whose_blobs_repeat_across_lists_restores_its_bytes(
 def test_verify_read_data_of_a_listed_database_holds_two_lists_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`verify --read-data` of a snapshot holding a listed database of 50,000 extents: its walk
+    """`verify --read-data` of a snapshot holding a listed database of 30,000 extents: its walk
     packed the node whole to key it (`Extents.of`) and held it to the end with the nodes to prove;
     now the node is keyed by its list blobs and proved through the restore's reader, a window of
     list blobs at a time; it still proves the bytes (ok) and checks every extent against the index."""
@@ -378,7 +378,7 @@ def test_verify_read_data_of_a_listed_database_holds_two_lists_at_a_time(
     for bound in ("READ_AHEAD", "READ_RANGE", "BLOB_CACHE_BYTES"):
         monkeypatch.setattr(reader_module, bound, 64 * 1024)
     repo = _repo(tmp_path)
-    node, whole = _repeating_database(repo, 50_000, 500)
+    node, whole = _repeating_database(repo, 30_000, 500)
     sub, _added = repo.save_tree([node])
     root, _added = repo.save_tree([Node("workspace", "dir", mode=0o755, subtree=sub)])
     repo.flush()
