@@ -42,6 +42,17 @@ from phoenix_backup.repo.walker import Trees
 # in this process (tests/e2e/conftest.py).
 pytestmark = pytest.mark.phx_in_process
 
+
+@pytest.fixture(autouse=True)
+def _inline_databases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pack pass's proofs of nodes of several extents: databases kept inline here (the suite's
+    conftest lists any of more than 2 extents). A listed database is never taken into the pass: the
+    restore's reader proves it a window of list blobs at a time (tests/unit/test_extent_lists.py)."""
+    from phoenix_backup.repo import tree
+
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 4096)
+
+
 PLANTED = "planted.txt"
 TEXT = b"hello, world"  # one blob: extents (b, 0, 7) and (b, 7, 5) are "hello, " and "world"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import random
 import tracemalloc
 from pathlib import Path
 
@@ -14,10 +15,13 @@ import pytest
 
 from phoenix_backup.errors import CorruptObject
 from phoenix_backup.repo import keys, tree
+from phoenix_backup.repo import reader as reader_module
+from phoenix_backup.repo.checker import verify_repository
 from phoenix_backup.repo.chunker import ExtentMap
 from phoenix_backup.repo.crypto import MAX_BLOB_SIZE, BlobType
+from phoenix_backup.repo.reader import NodeReader
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.snapshot import Snapshot
+from phoenix_backup.repo.snapshot import Snapshot, SnapshotStats
 from phoenix_backup.repo.tree import ExtentsBuilder, ListedExtents, ListRef, Node, cut_lists, decode_tree, encode_list
 from phoenix_backup.repo.walker import Trees, used_blobs
 from phoenix_backup.storage.local import LocalBackend
@@ -262,3 +266,160 @@ def test_a_tree_naming_one_huge_list_from_many_nodes_is_refused() -> None:
     with pytest.raises(CorruptObject, match="more extents in extent lists"):
         decode_tree(json.dumps({"nodes": nodes, "version": 1}).encode(), "tree x")
     assert len(decode_tree(json.dumps({"nodes": nodes[:7], "version": 1}).encode(), "tree x")) == 7
+
+
+def _repeating_database(repo: Repository, count: int, blobs: int, piece: int = 64) -> tuple[Node, bytes]:
+    """A database of `count` extents of `piece` bytes over `blobs` data blobs, each named again in
+    every list blob (blob k at extents k, k + blobs, ...), and its bytes."""
+    rng = random.Random(7)
+    datas = [rng.randbytes(16 * piece) for _ in range(blobs)]
+    ids = [repo.save_blob(BlobType.DATA, d)[0] for d in datas]
+    out = ExtentsBuilder(merge=False)
+    whole = bytearray()
+    for i in range(count):
+        k, at = i % blobs, (i // blobs) % 16 * piece
+        out.add(ids[k], at, piece)
+        whole += datas[k][at : at + piece]
+    content = out.build()
+    sha = hashlib.sha256(whole).hexdigest()
+    return Node(name="memory.db", type="sqlite", size=content.size, content=content, sha256=sha), bytes(whole)
+
+
+def test_a_restores_reader_of_a_listed_database_holds_two_lists_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restore's reader (`NodeReader`, `_Ahead`) of a node of 30,000 extents whose 500 blobs
+    are named again in each of its 30 lists: it packed the node whole and counted its repeated
+    blobs over all of it; now it holds the list blob handed out and the next (and its read-ahead,
+    bounded, made small here), and the bytes it hands out are the database's, proven by its
+    SHA-256."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 1024)
+    monkeypatch.setattr(tree, "LIST_SPAN", 64 * 1024)
+    for bound in ("READ_AHEAD", "READ_RANGE", "BLOB_CACHE_BYTES"):
+        monkeypatch.setattr(reader_module, bound, 64 * 1024)
+    repo = _repo(tmp_path)
+    node, whole = _repeating_database(repo, 30_000, 500)
+    expected = hashlib.sha256(whole).hexdigest()
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    del node, whole
+    gc.collect()
+    tracemalloc.start()
+    try:
+        [loaded] = repo.load_tree(tree_id)
+        assert isinstance(loaded.content, ListedExtents) and len(loaded.content.refs) == 30
+        reader = NodeReader(repo, "memory.db", loaded)
+        digest = hashlib.sha256()
+        for chunk in reader.chunks():
+            digest.update(chunk)
+        reader.finish()
+        _held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest.hexdigest() == expected
+    assert peak < 1 * MB, f"the restore's reader's peak: {peak / MB:.2f} MB"
+    repo.close()
+
+
+@pytest.mark.parametrize("cache", [reader_module.BLOB_CACHE_BYTES, 1])
+def test_a_listed_database_whose_blobs_repeat_across_lists_restores_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: int
+) -> None:
+    """A blob named in list 1 and again in list 5 (and in none between), and blobs repeated within
+    a list: the bytes read back are the database's, in the restore's reader, a stream's (`prove`)
+    and `read_node`, whether the blob is still kept or was dropped and is read again (a cache of
+    one blob)."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 4)
+    monkeypatch.setattr(tree, "LIST_SPAN", 8 * 4096)
+    monkeypatch.setattr(reader_module, "BLOB_CACHE_BYTES", cache)
+    repo = _repo(tmp_path)
+    rng = random.Random(5)
+    datas = [rng.randbytes(4 * 4096) for _ in range(12)]
+    ids = [repo.save_blob(BlobType.DATA, d)[0] for d in datas]
+    # 8 pages a list: list 1 (the second) and list 5 name blob 0; list 2 names blob 1 four times.
+    pages = [(2 + i % 10, i % 4) for i in range(7 * 8)]
+    pages[8] = pages[5 * 8 + 3] = (0, 1)
+    for i in range(2 * 8, 2 * 8 + 4):
+        pages[i] = (1, i % 4)
+    out = ExtentsBuilder(merge=False)
+    whole = bytearray()
+    for k, page in pages:
+        out.add(ids[k], page * 4096, 4096)
+        whole += datas[k][page * 4096 : (page + 1) * 4096]
+    content = out.build()
+    node = Node(
+        name="memory.db",
+        type="sqlite",
+        size=content.size,
+        content=content,
+        sha256=hashlib.sha256(whole).hexdigest(),
+    )
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    assert isinstance(loaded.content, ListedExtents) and len(loaded.content.refs) == 7
+    assert reader_module.read_node(repo, "memory.db", loaded) == whole
+    assert b"".join(reader_module.stream_blocks(repo, "memory.db", loaded)) == whole
+    r = NodeReader(repo, "memory.db", loaded)
+    assert b"".join(bytes(c) for c in r.chunks()) == whole
+    r.finish()
+    repo.close()
+
+
+def test_verify_read_data_of_a_listed_database_holds_two_lists_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify --read-data` of a snapshot holding a listed database of 30,000 extents: its walk
+    packed the node whole to key it (`Extents.of`) and held it to the end with the nodes to prove;
+    now the node is keyed by its list blobs and proved through the restore's reader, a window of
+    list blobs at a time; it still proves the bytes (ok) and checks every extent against the index."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 1024)
+    monkeypatch.setattr(tree, "LIST_SPAN", 64 * 1024)
+    for bound in ("READ_AHEAD", "READ_RANGE", "BLOB_CACHE_BYTES"):
+        monkeypatch.setattr(reader_module, bound, 64 * 1024)
+    repo = _repo(tmp_path)
+    node, whole = _repeating_database(repo, 30_000, 500)
+    sub, _added = repo.save_tree([node])
+    root, _added = repo.save_tree([Node("workspace", "dir", mode=0o755, subtree=sub)])
+    repo.flush()
+    snap = Snapshot(
+        time="2026-01-01T00:00:00+00:00",
+        name="2026-01-01T00:00",
+        host="h",
+        username="u",
+        scope="full",
+        tags=(),
+        tree=root,
+        parent=None,
+        sources={},
+        databases=(),
+        stats=SnapshotStats(files=1),
+    )
+    repo.save_snapshot(snap)
+    del node, whole
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = verify_repository(repo, read_data=True)
+        _held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not result.errors and result.checked["files"] == 1
+    assert peak < 2 * MB, f"verify's peak: {peak / MB:.2f} MB"
+    repo.close()
+
+
+def test_the_blobs_a_listed_database_needs_are_named_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Node.needed_blobs` (a backup's commit check, a damaged restore's packs): a fragmented
+    database of 20,000 extents over 5,000 blobs gave 20,000 ids and its lists; now each once."""
+    monkeypatch.setattr(tree, "INLINE_EXTENTS", 1024)
+    monkeypatch.setattr(tree, "LIST_SPAN", 4 * MB)
+    repo = _repo(tmp_path)
+    node = _fragmented(20_000)
+    tree_id, _added = repo.save_tree([node])
+    repo.flush()
+    [loaded] = repo.load_tree(tree_id)
+    needed = loaded.needed_blobs()
+    assert needed is not None and len(loaded.list_blobs()) == 20
+    assert needed == [*loaded.list_blobs(), *(_blob(i) for i in range(5000))]
+    repo.close()

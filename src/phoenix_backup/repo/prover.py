@@ -37,11 +37,11 @@ error text as ever.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from phoenix_backup.repo.crypto import Sha256, sha256_hex
 from phoenix_backup.repo.index import Index
-from phoenix_backup.repo.tree import Extents
+from phoenix_backup.repo.tree import Extent, Extents, ListedExtents
 
 # Sealed bytes held for nodes that need a blob further on, at most (a blob held for several nodes
 # counts once). Past it the blobs held longest are let go and read again from their pack when a
@@ -60,8 +60,50 @@ HOLD_BUDGET = 1024 * 1024
 # took 4.26 CPU-s against 0.87 with no cap; now 0.75: docs/benchmarks.md.)
 MAX_WAITING = 10_000
 
+
+class ListedContent:
+    """A listed node's extents (format 6, `ListedExtents`) as the key of a node to prove: equal and
+    hashed by its list blobs' ids, so keying it reads no list blob (a `ListedExtents` hashes and
+    compares its extents, read whole); its extents are streamed one list blob at a time. The same
+    bytes stored inline elsewhere are another key: proved twice, never wrongly."""
+
+    __slots__ = ("extents",)
+
+    def __init__(self, extents: ListedExtents) -> None:
+        self.extents = extents
+
+    @property
+    def size(self) -> int:
+        return self.extents.size
+
+    def records(self) -> Iterator[tuple[bytes, int, int]]:
+        return self.extents.records()
+
+    def blobs(self) -> Iterator[bytes]:
+        return self.extents.blobs()
+
+    def blob(self, index: int) -> bytes:
+        return self.extents[index].blob
+
+    def __len__(self) -> int:
+        return len(self.extents)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ListedContent) and self.extents.refs == other.extents.refs
+
+    def __hash__(self) -> int:
+        return hash(self.extents.refs)
+
+
+def content_key(extents: Sequence[Extent]) -> Extents | ListedContent:
+    """A node's extents as the key of its content: a listed node's by its list blobs (nothing read)."""
+    if isinstance(extents, ListedExtents):
+        return ListedContent(extents)
+    return Extents.of(extents)
+
+
 # A distinct node to prove: its extents, its size and its SHA-256 (the same bytes, proved once).
-Content = tuple[Extents, int, str | None]
+Content = tuple[Extents | ListedContent, int, str | None]
 
 
 # Opens a held blob again as a restore opens it: from `sealed`, its sealed bytes held since the
@@ -136,6 +178,10 @@ class NodeProver:
         """Take a node to prove in the pass: False for a node of several extents with a blob in no
         pack of the run (it would hold the others to the end), or past the cap."""
         extents, size, sha256 = content
+        if isinstance(extents, ListedContent):
+            # Not taken: a proof here keeps 4 bytes and more an extent (`again`, `first`, `last`);
+            # the restore's reader proves it a window of list blobs at a time (repo/checker.py).
+            return False
         if extents.size != size:
             return True  # never proved here: the reader names it (a decoded tree cannot hold one)
         if not len(extents):
@@ -196,6 +242,7 @@ class NodeProver:
         for node in self.waiting.pop(blob, ()):
             if isinstance(node, tuple):  # one extent: hashed at once
                 extents, _size, sha256 = node
+                assert isinstance(extents, Extents)  # a listed node is never taken (`add`)
                 _blob, offset, length = extents.record(0)
                 if offset + length <= len(plain) and sha256_hex(memoryview(plain)[offset : offset + length]) == sha256:
                     self.proved(node)
@@ -229,6 +276,7 @@ class NodeProver:
     def _advance(self, proof: _Proof, blob: bytes, plain: bytes, sealed: bytes | memoryview) -> None:
         """Hash `proof` forward from its next extent, which is in `blob`, while its blobs are here."""
         extents, _size, sha256 = proof.content
+        assert isinstance(extents, Extents)  # a listed node is never taken (`add`)
         count = len(extents)
         if proof.digest is None:
             proof.digest = Sha256()

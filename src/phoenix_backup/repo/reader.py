@@ -28,7 +28,7 @@ from phoenix_backup.repo.crypto import BackgroundSha256, BlobType, Sha256
 from phoenix_backup.repo.index import BlobLocation
 from phoenix_backup.repo.pack import pack_name
 from phoenix_backup.repo.repository import Repository
-from phoenix_backup.repo.tree import Extent, Extents, Node
+from phoenix_backup.repo.tree import Extent, Extents, ListedExtents, Node
 
 # A database's extents come back to the same page-run blobs again and again (the pages that did
 # not change since it was first stored): blobs the node needs again are kept instead of being
@@ -229,19 +229,21 @@ def pack_ranges(
 _REPEAT_BUCKETS = 16
 
 
-def repeated_blobs(extents: Extents) -> dict[bytes, int]:
-    """How many extents name each blob that more than one names; a blob missing from it is named
-    once. Held by a node's reader while it is read, so it costs only what repeats (a region written
-    once, the common case, costs nothing): the ids are first sorted into a bit a bucket by their
+def repeated_blobs(extents: Extents, *more: Extents) -> dict[bytes, int]:
+    """How many extents of `extents` and `more` (a listed node's window of list blobs, `_Ahead`)
+    name each blob that more than one names; a blob missing from it is named once. Held by a
+    node's reader while it is read, so it costs only what repeats (a region written once, the
+    common case, costs nothing): the ids are first sorted into a bit a bucket by their
     first bytes (blob ids are keyed hashes), and only those whose bucket an earlier id had set are
     counted (every id named twice, and about one id in 32 besides, dropped again after)."""
-    n = len(extents)
+    parts = (extents, *more)
+    n = sum(map(len, parts))
     if n < 2:
         return {}
     buckets = n * _REPEAT_BUCKETS
     seen = bytearray((buckets + 7) // 8)
     counts: Counter[bytes] = Counter()  # the ids whose bucket an earlier id had set, then their uses
-    for blob in extents.blobs():
+    for blob in itertools.chain.from_iterable(part.blobs() for part in parts):
         h = int.from_bytes(blob[:8], "little") % buckets
         bit = 1 << (h & 7)
         if seen[h >> 3] & bit:
@@ -255,7 +257,7 @@ def repeated_blobs(extents: Extents) -> dict[bytes, int]:
     # second pass's ids and a dict of those named twice held twice as much at their peak as a
     # count of every blob did, for a node whose every blob is named twice (14.6 MB against 6.8 MB
     # at 91,000 extents, tracemalloc; tests/unit/test_node_reader.py).
-    counts.update(filter(counts.__contains__, extents.blobs()))
+    counts.update(filter(counts.__contains__, itertools.chain.from_iterable(part.blobs() for part in parts)))
     candidates = len(counts)
     for blob in [blob for blob, k in counts.items() if k < 2]:
         del counts[blob]
@@ -265,7 +267,14 @@ def repeated_blobs(extents: Extents) -> dict[bytes, int]:
 
 class _Ahead:
     """A node's blobs, read ahead in coalesced ranges and opened on the decode pool, handed out in
-    the order of its extents; blobs needed again later are kept (bounded), others dropped."""
+    the order of its extents; blobs needed again later are kept (bounded), others dropped.
+
+    A listed node (format 6, `ListedExtents`) is read through a window of at most two list blobs:
+    the one whose extents are handed out and the next, which the reading ahead reaches into. What
+    is "needed again later" is counted over that window alone (`repeated_blobs` of its two lists,
+    counted afresh as the window moves): a blob named again further on (in list 1 and list 5) is
+    dropped and read again on its turn, like one evicted from the kept ones. Nothing of the node
+    is held whole: what it holds is bounded by two list blobs, not by the database's size."""
 
     def __init__(
         self,
@@ -286,31 +295,76 @@ class _Ahead:
         # A node of a restore's `PackSchedule`: its blobs were read with those of the nodes around
         # it, pack by pack; this reader plans no read of its own.
         self.shared = shared
-        # Packed (a decoded node's already are): blob ids by position, read from the records. A
-        # restore asks for each extent's blob twice and iterates the node twice; as `Extent`
-        # objects made on each access that cost ~0.2 CPU-s on a 91,000-extent database.
-        self.extents = Extents.of(extents)
-        # The uses of each blob named more than once (any other is used once): a count of every
-        # blob was a dict entry and a 32-byte key an extent, ~95 bytes (tracemalloc), 1.07 MB for
-        # the 3 GB sample's three databases (11,221 regions) while they are written, 0.21 MB at
-        # 600 MB: it grew with the database (tests/unit/test_node_reader.py).
-        self.uses: dict[bytes, int] = repeated_blobs(self.extents)
-        self.planned = 0  # extents[:planned] have their blobs kept, ready or on the way
+        # A listed node's lists, read one list blob at a time into `window`; any other node is
+        # one part, packed (a decoded node's already are): blob ids by position, read from the
+        # records. A restore asks for each extent's blob twice and iterates the node twice; as
+        # `Extent` objects made on each access that cost ~0.2 CPU-s on a 91,000-extent database.
+        self.listed = extents if isinstance(extents, ListedExtents) else None
+        self.window: dict[int, Extents] = {}  # part -> its extents: the consumer's part and the next
+        if self.listed is None:
+            self.extents: Extents | None = Extents.of(extents)
+            self.counts: tuple[int, ...] = (len(self.extents),)
+            self.window[0] = self.extents
+            self.size = self.extents.size  # the decode pool serves the largest first
+        else:
+            self.extents = None  # never held whole
+            self.counts = tuple(ref.count for ref in self.listed.refs)
+            self.size = self.listed.size
+        self.part = 0  # the part whose extents are handed out
+        self.base = 0  # the index of its first extent in the node
+        self.planned_part = 0
+        self.planned = 0  # planned_part[:planned] and every part before have their blobs kept, ready or on the way
         self.pending: dict[bytes, tuple[Future[Opened], int]] = {}  # blob -> (its range, raw size)
         self.in_flight = 0  # raw bytes planned and not yet handed out the first time
         self.kept: OrderedDict[bytes, bytes] = OrderedDict()
         self.kept_bytes = 0
-        self.size = self.extents.size  # the decode pool serves the largest first
+        # The uses of each blob named more than once in the window (any other is used once): a
+        # count of every blob was a dict entry and a 32-byte key an extent, ~95 bytes
+        # (tracemalloc), 1.07 MB for the 3 GB sample's three databases (11,221 regions) while they
+        # are written, 0.21 MB at 600 MB: it grew with the database (tests/unit/test_node_reader.py).
+        self.uses: dict[bytes, int] = {}
+        self._enter(0)
+
+    def _extents_of(self, part: int) -> Extents:
+        got = self.window.get(part)
+        if got is None:
+            assert self.listed is not None  # an unlisted node's only part is always there
+            got = self.window[part] = self.listed.read(part)
+        return got
+
+    def _enter(self, part: int) -> None:
+        """Hand out the extents of `part` from now on: the window moves to it and the next part,
+        and the blobs named again in it are counted afresh."""
+        self.part = part
+        for old in [k for k in self.window if k < part]:
+            del self.window[old]
+        if self.planned_part < part:
+            self.planned_part, self.planned = part, 0
+        if part >= len(self.counts):
+            self.uses = {}
+            return
+        parts = [self._extents_of(part)]
+        if part + 1 < len(self.counts):
+            parts.append(self._extents_of(part + 1))
+        self.uses = repeated_blobs(*parts)
+
+    def _planned_all(self) -> bool:
+        return self.planned_part == len(self.counts) - 1 and self.planned >= self.counts[-1]
 
     def plan(self) -> None:
-        """Start reading the next READ_AHEAD bytes of blobs."""
+        """Start reading the next READ_AHEAD bytes of blobs (of the window's parts at most)."""
         if self.shared is not None:
             return
         located: list[tuple[bytes, BlobLocation]] = []
         seen: set[bytes] = set()
         budget = READ_AHEAD
-        while self.planned < len(self.extents) and budget > 0:
-            blob = self.extents.blob(self.planned)
+        while budget > 0:
+            if self.planned >= self.counts[self.planned_part]:
+                if self.planned_part > self.part or self.planned_part + 1 >= len(self.counts):
+                    break  # the window's end: planned on when the writer enters the next part
+                self.planned_part, self.planned = self.planned_part + 1, 0
+                continue
+            blob = self._extents_of(self.planned_part).blob(self.planned)
             self.planned += 1
             if blob in self.kept or blob in self.pending or blob in seen or blob in self.proven:
                 continue
@@ -325,7 +379,7 @@ class _Ahead:
         # writer would only wait for a decoding thread, and the waking of each (with the GIL held
         # by the other threads) cost a workspace file ~3 ms, the 287 files of the medium sample
         # ~1 s of waiting on 0.2 CPU-s (py-spy, issue 20). It is read in the writer's thread.
-        inline = self.size <= INLINE_READ and self.planned == len(self.extents) and len(ranges) == 1
+        inline = self.size <= INLINE_READ and self._planned_all() and len(ranges) == 1
         pool = None if inline else _decode_pool()
         for pack, run in ranges:
             call = functools.partial(read_blobs, self.repo, pack, run, self.prove)
@@ -341,11 +395,22 @@ class _Ahead:
                 self.pending[blob] = (fut, loc.raw)
                 self.in_flight += loc.raw
 
+    def each(self) -> Iterator[tuple[bytes, int, int]]:
+        """(the blob's bytes, offset, length) of each extent, in order."""
+        index = 0
+        for part in range(len(self.counts)):
+            for _id, offset, length in self._extents_of(part).records():
+                yield self.get(index), offset, length
+                index += 1
+
     def get(self, index: int) -> bytes:
         """The blob of extent `index` (called in order)."""
+        while index >= self.base + self.counts[self.part]:
+            self.base += self.counts[self.part]
+            self._enter(self.part + 1)
         if self.in_flight < READ_AHEAD // 2:
             self.plan()
-        blob = self.extents.blob(index)
+        blob = self._extents_of(self.part).blob(index - self.base)
         left = self.uses.pop(blob, 1) - 1  # its uses after this one
         if left:
             self.uses[blob] = left
@@ -553,8 +618,7 @@ def extent_ranges(
     """(blob, start, end) of each extent in order: its bytes are blob[start:end]; with `prove`,
     from blobs each proven by its id (`_Ahead`)."""
     ahead = _Ahead(repo, extents, shared, proven, prove)
-    for i, (_id, offset, length) in enumerate(ahead.extents.records()):
-        blob = ahead.get(i)
+    for blob, offset, length in ahead.each():
         if offset + length > len(blob):
             raise NodeMismatch(f"data of {logical} is shorter than the snapshot says (damaged)")
         yield blob, offset, offset + length
@@ -690,7 +754,7 @@ def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) 
     when every first copy proves (the fault is not in a blob), and CorruptObject naming the blob and
     its packs when one has no copy that proves."""
     proven: dict[bytes, BlobLocation] = {}
-    for blob in dict.fromkeys(node.blobs()):
+    for blob in _distinct_blobs(node):
         try:
             loc = repo.prove_blob(BlobType.DATA, blob)
         except CorruptObject as exc:
@@ -703,6 +767,17 @@ def prove_node(repo: Repository, logical: str, node: Node, error: NodeMismatch) 
     if not proven:
         raise error
     return proven
+
+
+def _distinct_blobs(node: Node) -> Iterator[bytes]:
+    """The node's blob ids, each once; a listed node's once a list blob (read one at a time: one
+    named in two lists comes twice), so no set of a database's every id is held."""
+    content = node.content
+    if isinstance(content, ListedExtents):
+        for i in range(len(content.refs)):
+            yield from dict.fromkeys(content.read(i).blobs())
+    else:
+        yield from dict.fromkeys(node.blobs())
 
 
 def read_proving(
@@ -790,7 +865,9 @@ def check_data(
     """
     needed: dict[bytes, tuple[list[str], int]] = {}  # blob -> (the paths using it, the end of its furthest extent)
     for logical, node in nodes:
-        for blob, offset, length in Extents.of(node.content).records():
+        content = node.content
+        records = content.records() if isinstance(content, (Extents, ListedExtents)) else Extents.of(content).records()
+        for blob, offset, length in records:  # a listed node's one list blob at a time
             users, prev = needed.get(blob, ([], 0))
             if not users or users[-1] != logical:
                 users.append(logical)
