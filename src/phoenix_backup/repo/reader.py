@@ -834,17 +834,32 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
 
 
 def damaged_pack(repo: Repository, node: Node) -> str | None:
-    """The pack holding the first blob of `node` that cannot be read, to name the damaged object."""
-    for blob in node.blobs():
-        loc = repo.index.get(blob)
+    """The pack holding the first blob of `node` that cannot be read, to name the damaged object:
+    its extent-list blobs first (format 6), whose extents name the rest. A list that cannot be
+    read raised out of here, out of the handler naming the damage (a drill of a database whose
+    list blob is damaged ended as a bare error, its report lost); a list that opens but does
+    not match its node names no pack (None)."""
+    for list_id in node.list_blobs():
+        loc = repo.index.get(list_id)
         if loc is None:
-            return f"blob {blob.hex()[:16]}"
+            return f"extent list {list_id.hex()[:16]}"
         try:
-            repo.load_blob(BlobType.DATA, blob)
-        except CorruptObject:
+            repo.load_list(list_id)
+        except Exception:  # damaged, or a storage error: the pack is named just the same
             return pack_name(loc.pack_id)
-        except Exception:  # a storage error names the pack just as well
-            return pack_name(loc.pack_id)
+    try:
+        for blob in node.blobs():
+            loc = repo.index.get(blob)
+            if loc is None:
+                return f"blob {blob.hex()[:16]}"
+            try:
+                repo.load_blob(BlobType.DATA, blob)
+            except CorruptObject:
+                return pack_name(loc.pack_id)
+            except Exception:  # a storage error names the pack just as well
+                return pack_name(loc.pack_id)
+    except CorruptObject:
+        return None
     return None
 
 
