@@ -290,3 +290,25 @@ def test_a_drill_of_a_database_whose_list_blob_is_damaged_names_it_and_checks_th
         "home/.argentos/data/dashboard.db",
         "home/.argentos/observations.db",
     }
+
+
+def test_an_export_of_a_database_whose_data_is_damaged_names_it(
+    make_sandbox: Any, small_lists: None, tmp_path: Path
+) -> None:
+    """An export copies each database of the snapshot through the restore's reader: a damaged data
+    blob of memory.db was said as the blob alone ("blob … fails authentication"), naming neither
+    the database nor what to do; it is named with its path and the fix, as `phx dump` says it."""
+    sb: Sandbox = make_sandbox()
+    sid = sb.backup()["id"]
+    with _repo(sb) as repo:
+        node = _node(repo, sid)
+        blob = list(node.content.blobs())[len(node.content) // 2]
+        loc = repo.index.get(blob)
+        assert loc is not None
+        pack = sb.repo / pack_name(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.stored // 2] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    res = sb.phx_here("export", "--backup", sid, "--output", tmp_path / "x", code=1)
+    assert f"{MEMORY} cannot be read from the repository" in str(res), res
+    assert "phx verify --read-data" in str(res), res

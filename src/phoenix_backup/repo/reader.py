@@ -694,10 +694,7 @@ class NodeReader:
             if isinstance(self.digest, BackgroundSha256):
                 self.digest.close()
             if self.prove and isinstance(exc, CorruptObject) and not isinstance(exc, NodeMismatch):
-                raise CorruptObject(
-                    f"{self.logical} cannot be read from the repository: {exc}; "
-                    "run `phx verify --read-data` and use another snapshot or target"
-                ) from exc
+                raise unreadable(self.logical, exc) from exc
             raise
         # Every byte handed out: the digest is read now, which ends the hashing thread, whether the
         # consumer then calls `finish` or fails first (a write after the last extent, a size that
@@ -829,8 +826,21 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
                 f.write(chunk)
         reader.finish()
 
-    read_proving(repo, logical, node, write)
+    try:
+        read_proving(repo, logical, node, write)
+    except CorruptObject as exc:  # named with its path (export, diff, merge said only the blob)
+        if isinstance(exc, NodeMismatch):
+            raise
+        raise unreadable(logical, exc) from exc
     return dest
+
+
+def unreadable(logical: str, exc: CorruptObject) -> CorruptObject:
+    """A node's damaged or missing data, named with its path and what to do."""
+    return CorruptObject(
+        f"{logical} cannot be read from the repository: {exc}; "
+        "run `phx verify --read-data` and use another snapshot or target"
+    )
 
 
 def damaged_pack(repo: Repository, node: Node) -> str | None:
