@@ -266,3 +266,49 @@ def test_a_write_only_machine_reuses_its_listed_databases_and_the_reader_restore
         reader.phx("restore", "--backup", sid, "--to", tmp_path / f"r{i}")
         assert {lg: db_dump(tmp_path / f"r{i}" / lg) for lg in DATABASES} == rows
     assert reader.phx("verify", "--read-data", "--json").json()["ok"] is True
+
+
+def test_a_drill_of_a_database_whose_list_blob_is_damaged_names_it_and_checks_the_rest(
+    make_sandbox: Any, small_lists: None
+) -> None:
+    """A drill names a file that cannot be restored with the pack holding its damage, found by
+    reading its blobs again: a listed database's damaged list blob raised out of that search, so
+    the drill ended as a bare error and its report (every other file and database) was lost."""
+    sb: Sandbox = make_sandbox()
+    sid = sb.backup()["id"]
+    _damage_list_blob(sb, sid)
+    with _repo(sb) as repo:
+        node = _node(repo, sid)
+        assert isinstance(node.content, ListedExtents)
+        loc = repo.index.get(node.content.refs[-1].blob)
+        assert loc is not None
+    doc = sb.phx_here("drill", "--backup", sid, "--json", code=1).json()
+    [error] = doc["errors"]
+    assert error["path"] == MEMORY and error["object"] == pack_name(loc.pack_id), error
+    assert "extent list" in error["message"] and "memory.db" in error["message"], error
+    assert {d["path"] for d in doc["databases"] if d["ok"]} == {
+        "home/.argentos/data/dashboard.db",
+        "home/.argentos/observations.db",
+    }
+
+
+def test_an_export_of_a_database_whose_data_is_damaged_names_it(
+    make_sandbox: Any, small_lists: None, tmp_path: Path
+) -> None:
+    """An export copies each database of the snapshot through the restore's reader: a damaged data
+    blob of memory.db was said as the blob alone ("blob … fails authentication"), naming neither
+    the database nor what to do; it is named with its path and the fix, as `phx dump` says it."""
+    sb: Sandbox = make_sandbox()
+    sid = sb.backup()["id"]
+    with _repo(sb) as repo:
+        node = _node(repo, sid)
+        blob = list(node.content.blobs())[len(node.content) // 2]
+        loc = repo.index.get(blob)
+        assert loc is not None
+        pack = sb.repo / pack_name(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.stored // 2] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    res = sb.phx_here("export", "--backup", sid, "--output", tmp_path / "x", code=1)
+    assert f"{MEMORY} cannot be read from the repository" in str(res), res
+    assert "phx verify --read-data" in str(res), res

@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from phoenix_backup.repo.prover import Content, ListedContent, NodeProver, conte
 from phoenix_backup.repo.reader import NodeMismatch, NodeReader, damage_text, damaged_pack, pack_ranges, prove_node
 from phoenix_backup.repo.repository import Repository
 from phoenix_backup.repo.snapshot import Latest, Snapshot
-from phoenix_backup.repo.tree import Extents, Node
+from phoenix_backup.repo.tree import Extents, ListedExtents, ListRef, Node
 from phoenix_backup.repo.walker import Trees
 from phoenix_backup.reporting import Reporter, Silent
 
@@ -101,6 +102,20 @@ class _Users:
         # A tree that could not be read hides which blobs its paths use: a blob no tree read names
         # is then not said unused (`_report_blob`).
         self.trees_unread = False
+        # Each extent list checked this run (`_check_list`), with what it found: a list named by
+        # many nodes (a planted one named from many small trees) is read once, not once a node.
+        self.lists: dict[ListRef, _ListCheck] = {}
+        # The lists that name each blob (their ids), read once: the paths of a damaged blob of a
+        # list include every path naming the list (`affected`).
+        self.in_lists: dict[bytes, list[bytes]] = defaultdict(list)
+
+    def affected(self, blob: bytes) -> list[tuple[str, str]]:
+        """Every snapshot and path using `blob` (the first 1000): those naming it and those naming
+        a list that names it."""
+        out = dict.fromkeys(self.by_blob.get(blob, ()))
+        for list_id in self.in_lists.get(blob, ()):
+            out.update(dict.fromkeys(self.by_blob.get(list_id, ())))
+        return list(out)[:1000]
 
     def prove(self, content: Content) -> None:
         if self.contents.pop(content, None) is not None:
@@ -418,20 +433,20 @@ def _walk(repo: Repository, snap: Snapshot, trees: Trees, users: _Users, result:
                     )
             if lost_list:
                 continue
-            # A listed database's extents are streamed here once, list blob by list blob, and its
-            # content keyed by its list blobs (`content_key`): none of it is held whole.
+            # A listed database's extents are streamed here list blob by list blob, each distinct
+            # list once a run (`_check_lists`), and its content keyed by its list blobs
+            # (`content_key`): none of it is held whole.
             content = content_key(node.content)
             try:
-                for blob in content.blobs() if node.type in ("file", "sqlite") else ():
-                    users.add(blob, snap.id, path)
-                    if not repo.index.has(blob):
-                        users.bad.add(blob)
-                        result.errors.append(
-                            VerifyError(
-                                f"blob {blob.hex()[:16]}", snap.id, path, "data blob is not in the index (missing)"
-                            )
-                        )
-                problem = _extents_problem(repo, content) if node.type in ("file", "sqlite") else None
+                if node.type not in ("file", "sqlite"):
+                    problem = None
+                elif isinstance(node.content, ListedExtents):
+                    problem = _check_lists(repo, node.content, users, result, snap.id, path)
+                else:
+                    missing = _check_blobs(repo, content.blobs(), users, snap.id, path)
+                    _missing_errors(result, missing, snap.id, path)
+                    found = _extents_problem(repo, content.records())
+                    problem = None if found is None else _problem_text(0, found)
             except CorruptObject as exc:
                 result.errors.append(VerifyError(f"tree {tree_id.hex()[:16]}", snap.id, path, str(exc)))
                 continue
@@ -486,18 +501,80 @@ def _blob_problem(repo: Repository, name: str, blob: bytes, loc: BlobLocation, e
     return wrong_copy_text(name, blob, pack_name(good.pack_id))
 
 
-def _extents_problem(repo: Repository, content: Extents | ListedContent) -> str | None:
+# What a list's check found: the blobs it names that are not in the index, and its first extent
+# reaching past its blob (its index in the list, the blob, the byte it ends at, the blob's bytes).
+@dataclass
+class _ListCheck:
+    missing: list[bytes]
+    problem: tuple[int, bytes, int, int] | None
+
+
+def _check_blobs(
+    repo: Repository, blobs: Iterator[bytes], users: _Users, snapshot: str, path: str, list_id: bytes | None = None
+) -> list[bytes]:
+    """Record `path` as a user of each blob (and `list_id` as a list naming it); the blobs not in
+    the index (each once), marked bad."""
+    missing: list[bytes] = []
+    for blob in blobs:
+        users.add(blob, snapshot, path)
+        if list_id is not None:
+            lists = users.in_lists[blob]
+            if not lists or lists[-1] != list_id:
+                lists.append(list_id)
+        if not repo.index.has(blob) and blob not in missing:
+            users.bad.add(blob)
+            missing.append(blob)
+    return missing
+
+
+def _missing_errors(result: VerifyResult, missing: list[bytes], snapshot: str, path: str) -> None:
+    result.errors.extend(
+        VerifyError(f"blob {blob.hex()[:16]}", snapshot, path, "data blob is not in the index (missing)")
+        for blob in missing
+    )
+
+
+def _check_lists(
+    repo: Repository, content: ListedExtents, users: _Users, result: VerifyResult, snapshot: str, path: str
+) -> str | None:
+    """Check a listed node's extents list by list: each distinct list (its id, size and count) is
+    read once a run and what it found kept (`_Users.lists`), so a list named by many nodes costs
+    one read (a few MB of planted trees naming one list of 2^20 extents cost 2 CPU-s a tree).
+    Every path naming it is told its missing blobs; the node's first extent past its blob is its
+    problem (None: none)."""
+    problem: str | None = None
+    first = 0
+    for i, ref in enumerate(content.refs):
+        check = users.lists.get(ref)
+        if check is None:
+            extents = content.read(i)  # CorruptObject naming the node: not kept, read again
+            missing = _check_blobs(repo, extents.blobs(), users, snapshot, path, ref.blob)
+            check = users.lists[ref] = _ListCheck(missing, _extents_problem(repo, extents.records()))
+        _missing_errors(result, check.missing, snapshot, path)
+        if problem is None and check.problem is not None:
+            problem = _problem_text(first, check.problem)
+        first += ref.count
+    return problem
+
+
+def _extents_problem(repo: Repository, records: Iterator[tuple[bytes, int, int]]) -> tuple[int, bytes, int, int] | None:
     """Why a node's extents cannot assemble its bytes, from the index alone (no data read): an
-    extent reaching past the plaintext length the index records for its blob. (A size that is not
-    the sum of the extents' lengths is refused when the tree is decoded, `Node.from_json`.)"""
-    for i, (blob, offset, length) in enumerate(content.records()):
+    extent reaching past the plaintext length the index records for its blob (its index, the
+    blob, where it ends, the blob's length). (A size that is not the sum of the extents' lengths
+    is refused when the tree is decoded, `Node.from_json`.)"""
+    for i, (blob, offset, length) in enumerate(records):
         raw = repo.index.raw_length(blob)
         if raw is not None and offset + length > raw:
-            return (
-                f"extent {i + 1} of its content ends at byte {offset + length} of blob {blob.hex()[:16]}, which "
-                f"holds {raw} bytes: {_CANNOT_RESTORE}"
-            )
+            return i, blob, offset + length, raw
     return None
+
+
+def _problem_text(first: int, found: tuple[int, bytes, int, int]) -> str:
+    i, blob, end, raw = found
+    return (
+        f"extent {first + i + 1} of its content ends at byte {end} of blob {blob.hex()[:16]}, which "
+        f"holds {raw} bytes: {_CANNOT_RESTORE}"
+    )
 
 
 def _prove_contents(
@@ -638,7 +715,7 @@ def _report_blob(result: VerifyResult, users: _Users, blob: bytes, obj: str, mes
     users.bad.add(blob)
     if users.prover is not None:  # the nodes waiting for it in the pack pass are not proved there
         users.prover.lost(blob)
-    affected = users.by_blob.get(blob)
+    affected = users.affected(blob)
     if not affected:
         unused = (
             "no tree that could be read names this blob: it may be below the trees that could not be read"

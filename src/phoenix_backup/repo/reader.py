@@ -694,10 +694,7 @@ class NodeReader:
             if isinstance(self.digest, BackgroundSha256):
                 self.digest.close()
             if self.prove and isinstance(exc, CorruptObject) and not isinstance(exc, NodeMismatch):
-                raise CorruptObject(
-                    f"{self.logical} cannot be read from the repository: {exc}; "
-                    "run `phx verify --read-data` and use another snapshot or target"
-                ) from exc
+                raise unreadable(self.logical, exc) from exc
             raise
         # Every byte handed out: the digest is read now, which ends the hashing thread, whether the
         # consumer then calls `finish` or fails first (a write after the last extent, a size that
@@ -829,22 +826,50 @@ def copy_snapshot_database(repo: Repository, logical: str, node: Node, dest: Pat
                 f.write(chunk)
         reader.finish()
 
-    read_proving(repo, logical, node, write)
+    try:
+        read_proving(repo, logical, node, write)
+    except CorruptObject as exc:  # named with its path (export, diff, merge said only the blob)
+        if isinstance(exc, NodeMismatch):
+            raise
+        raise unreadable(logical, exc) from exc
     return dest
 
 
+def unreadable(logical: str, exc: CorruptObject) -> CorruptObject:
+    """A node's damaged or missing data, named with its path and what to do."""
+    return CorruptObject(
+        f"{logical} cannot be read from the repository: {exc}; "
+        "run `phx verify --read-data` and use another snapshot or target"
+    )
+
+
 def damaged_pack(repo: Repository, node: Node) -> str | None:
-    """The pack holding the first blob of `node` that cannot be read, to name the damaged object."""
-    for blob in node.blobs():
-        loc = repo.index.get(blob)
+    """The pack holding the first blob of `node` that cannot be read, to name the damaged object:
+    its extent-list blobs first (format 6), whose extents name the rest. A list that cannot be
+    read raised out of here, out of the handler naming the damage (a drill of a database whose
+    list blob is damaged ended as a bare error, its report lost); a list that opens but does
+    not match its node names no pack (None)."""
+    for list_id in node.list_blobs():
+        loc = repo.index.get(list_id)
         if loc is None:
-            return f"blob {blob.hex()[:16]}"
+            return f"extent list {list_id.hex()[:16]}"
         try:
-            repo.load_blob(BlobType.DATA, blob)
-        except CorruptObject:
+            repo.load_list(list_id)
+        except Exception:  # damaged, or a storage error: the pack is named just the same
             return pack_name(loc.pack_id)
-        except Exception:  # a storage error names the pack just as well
-            return pack_name(loc.pack_id)
+    try:
+        for blob in node.blobs():
+            loc = repo.index.get(blob)
+            if loc is None:
+                return f"blob {blob.hex()[:16]}"
+            try:
+                repo.load_blob(BlobType.DATA, blob)
+            except CorruptObject:
+                return pack_name(loc.pack_id)
+            except Exception:  # a storage error names the pack just as well
+                return pack_name(loc.pack_id)
+    except CorruptObject:
+        return None
     return None
 
 

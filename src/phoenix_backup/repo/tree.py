@@ -544,6 +544,15 @@ class Node:
     hardlink: str | None = None
     sqlite: dict[str, Any] | None = None  # sqlite: pageSize, integrity, tables, source stats
 
+    # Its state for pickle and copy: a class with slots and no state of its own is refused at
+    # pickle protocols 0 and 1 (a node with a __dict__ pickled at every protocol).
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
     def blobs(self) -> Iterator[bytes]:
         """The blob id of each extent of the content, in order (no `Extent` made when packed);
         a listed content's list blobs are read one at a time (`list_blobs` names them)."""
