@@ -28,6 +28,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "phx_in_process: the sandboxes' helpers (backup, restore_to, verify, snapshots) run phx in this process",
     )
+    config.addinivalue_line(
+        "markers",
+        "real_extent_lists: format 6's extent lists at their real sizes (not made small by _small_extent_lists)",
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,11 +55,15 @@ def _helpers_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _small_extent_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+def _small_extent_lists(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Format 6's extent lists made small for every test (repo/tree.py's module constants): a
     database node of more than 2 extents keeps them in list blobs of at most 4 extents, cut every
     16 KiB, so the suite's attacks, prunes, syncs and restores run on listed databases in this
-    process (a `phx` subprocess writes lists only past the real sizes)."""
+    process (a `phx` subprocess writes lists only past the real sizes). A test marked
+    `real_extent_lists` keeps the real sizes (one measuring a tree's bytes: a tiny database's
+    node names hundreds of small lists)."""
+    if request.node.get_closest_marker("real_extent_lists") is not None:
+        return
     from phoenix_backup.repo import tree
 
     monkeypatch.setattr(tree, "INLINE_EXTENTS", 2, raising=False)  # raising: the suite runs on older code too

@@ -64,8 +64,10 @@ def assert_target_sound(sb: Sandbox, moto: MotoServer, bucket: str, states: dict
 def test_transient_faults_are_retried(sandbox: Sandbox, moto: MotoServer, tmp_path: Path) -> None:
     sb = sandbox
     # Every retry waits about a second (the retry policy's backoff): the default run keeps the
-    # faults few; PHX_TEST_HEAVY=1 makes them dense.
-    plan = Plan(rate=0.3, max_faults=2, seed=15) if HEAVY else Plan(every=15)
+    # faults few; PHX_TEST_HEAVY=1 makes them dense. The count of distinct requests varies (the
+    # restore's ranged reads follow its threads' timing; 84 seen): every 12th meets the fifth kind
+    # at the 54th (every 15th met it at the 67th, which a loaded run did not reach: four kinds).
+    plan = Plan(rate=0.3, max_faults=2, seed=15) if HEAVY else Plan(every=12)
     proxy = FaultyProxy(moto.port, plan)
     try:
         bucket = use_s3(sb, moto, proxy.endpoint)

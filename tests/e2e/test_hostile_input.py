@@ -30,6 +30,7 @@ from phoenix_backup.memory.checksums import write_checksums
 from phoenix_backup.repo.crypto import Compression
 from phoenix_backup.sample import generate_workspace
 from phoenix_backup.sql import quote
+from phoenix_backup.users import username
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hostile import Forger, deflate_bomb, dir_node, extents, file_node
@@ -321,9 +322,12 @@ def test_an_export_naming_one_store_twice_imports_nothing(sandbox: Sandbox, tmp_
     assert _live_lesson(db, column, row) == (row[column],)
 
 
-def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorded", ["this agent", "no workspace"])
+def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_path: Path, recorded: str) -> None:
     # A bomb with this host's name and a later time is the next backup's parent: every backup
-    # failed on it until someone forgot it. Now the backup reads every file and says why.
+    # failed on it until someone forgot it. Now the backup reads every file and says why. The
+    # parent is this agent's (user and workspace folder) or one recording no workspace (made
+    # before it was recorded, any agent's): the bomb records either.
     sb = make_sandbox(encryption=False)
     sb.backup()
     forger = Forger(sb.repo)
@@ -331,8 +335,15 @@ def test_a_planted_parent_snapshot_does_not_stop_backups(make_sandbox: Any, tmp_
     for _ in range(33):
         below = forger.tree(dir_node("a", below), dir_node("b", below))
     later = "2099-01-01T00:00:00+00:00"
+    agent = {"this agent": {"workspace": str(sb.workspace), "home": str(sb.home)}, "no workspace": {}}[recorded]
     bomb = forger.snapshot(
-        forger.tree(dir_node("workspace", below)), name="bomb", host=socket.gethostname(), time=later, started=later
+        forger.tree(dir_node("workspace", below)),
+        name="bomb",
+        host=socket.gethostname(),
+        username=username(),
+        sources=agent,
+        time=later,
+        started=later,
     )
     state = sb.state()
     doc = sb.backup()

@@ -121,6 +121,9 @@ def test_the_retention_after_a_backup_says_run_the_backup_again(
     while it forgets stops it with "run the backup again" (before: "run the forget and prune
     again", no command anyone can run)."""
     sb = backed_up
+    # A snapshot of this copy's workspace folder for the retention to forget (the template's
+    # records the template's folder: another retention group).
+    sb.backup()
     sb.write_config(retention=retention_only(last=1))
     (sb.home / ".argentos" / "backup" / "prune.json").unlink(missing_ok=True)  # the day's prune is due
     suspend = _sleeping_clock(monkeypatch)

@@ -95,18 +95,26 @@ def _retention_world(sb: Sandbox) -> tuple[dict[str, Any], str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """The world above, made once; each test copies it."""
-    root = tmp_path_factory.mktemp("retention-world") / "world"
-    root.mkdir()
-    sb = new_sandbox(root)
+    """The world above, made once (at the folder every copy is made at, then moved aside); each
+    test copies it. Retention groups snapshots by workspace folder: a copy elsewhere would be a
+    moved workspace, whose new snapshots form a group of their own and forget nothing."""
+    base = tmp_path_factory.mktemp("retention-world")
+    live = base / "world"
+    live.mkdir()
+    sb = new_sandbox(live)
     state, second = _retention_world(sb)
     shutil.rmtree(sb.cache)
-    return root, state, second
+    live.rename(base / "template")
+    return base, state, second
 
 
-def _copy(world: tuple[Path, dict[str, Any], str], dest: Path) -> Sandbox:
-    shutil.copytree(world[0], dest, symlinks=True)
-    sb = Sandbox(dest, layout_for(dest / "sample"))
+def _copy(world: tuple[Path, dict[str, Any], str]) -> Sandbox:
+    """A copy of the world at the folder it was made at (one copy at a time; a copy an earlier test
+    left there is removed first)."""
+    live = world[0] / "world"
+    shutil.rmtree(live, ignore_errors=True)
+    shutil.copytree(world[0] / "template", live, symlinks=True)
+    sb = Sandbox(live, layout_for(live / "sample"))
     sb.write_config(retention=retention_only(last=1))
     _age(sb.repo)  # copytree kept the dates; made again in case the world is older than it was
     return sb
@@ -134,7 +142,7 @@ PAUSES = {
 def test_commands_started_during_the_retention_find_it_locked(
     world: tuple[Path, dict[str, Any], str], tmp_path: Path, point: str
 ) -> None:
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     state, second = world[1], world[2]
     before = _data_bytes(sb.repo)
     with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at=PAUSES[point]) as run:
@@ -166,7 +174,7 @@ def test_two_backups_finishing_at_once_prune_once_and_lose_nothing(
 ) -> None:
     """Backup A has committed and still holds its shared lock when backup B, started later, ends
     first: B's retention finds A's lock and skips (busy, exit 0); A's then forgets and prunes."""
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     state, second = world[1], world[2]
     with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at="after:write:snapshots/") as run:
         run.wait_paused()
@@ -234,7 +242,7 @@ def test_killed_during_the_retention_leaves_a_valid_repository(
     world: tuple[Path, dict[str, Any], str], tmp_path: Path
 ) -> None:
     state, second = world[1], world[2]
-    calibration = _copy(world, tmp_path / "calibration")
+    calibration = _copy(world)
     kind, total, _call, proc = _hooked_backup(calibration, 0)
     assert kind == "calls" and total > 10 and proc.returncode == 0, (kind, total, proc.stderr)
     clean = _clean_bytes(calibration)
@@ -243,7 +251,7 @@ def test_killed_during_the_retention_leaves_a_valid_repository(
     every = range(1, total + 1)
     points = list(every) if HEAVY else sorted(random.Random(SEED).sample(every, KILL_TRIALS))
     for at in points:
-        sb = _copy(world, tmp_path / f"kill-{at}")
+        sb = _copy(world)
         kind, _n, call, proc = _hooked_backup(sb, at)
         what = f"killed at call {at} of {total} after the commit point, {call}"
         assert kind == "killed", f"{what}: not killed ({proc.returncode}, {proc.stderr})"
@@ -279,7 +287,7 @@ def test_every_object_a_backup_and_its_retention_write_is_fsynced_before_its_ren
     its folder fsynced: a power cut keeps it whole or not at all. Data packs (1 MiB or more) also
     leave the page cache (fadvise DONTNEED), only once fsynced; small objects stay cached, synced
     all the same. Traced with strace: a backup writing a new 2 MiB file, and its forget and prune."""
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     (sb.workspace / "fresh.bin").write_bytes(os.urandom(2 * MB))
     calls = traced_phx(
         sb,
@@ -384,7 +392,7 @@ def test_a_retention_whose_lock_was_removed_deletes_nothing_more(
     backup may start now and rely on the data the prune would free. The prune, finding its lock
     gone before its commit point, deletes nothing; the backup says so (exit 3); a later prune
     frees the data."""
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     state = world[1]
     before = _data_bytes(sb.repo)
     with Paused(["backup", "--json"], sb.env, tmp_path / "pause", at=PAUSES["between-forget-and-prune"]) as run:
@@ -416,7 +424,7 @@ def test_forget_and_prune_told_they_hold_a_lock_they_do_not_hold_delete_nothing(
     from phoenix_backup.repo.prune import PruneState, TargetPrune, prune_repository
     from phoenix_backup.repo.retention import Policy
 
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     sb.write_config(retention=retention_only(last=5, prune=False))
     sb.backup()  # snapshots 2 and 3
     sb.write_config(retention=retention_only(last=1))
@@ -468,7 +476,7 @@ def test_a_lock_refreshed_every_10_ms_through_the_retention_changes_nothing(
     """The backup's shared lock and the retention's exclusive one are rewritten every 10 ms while
     forget and prune run (a long prune meets refreshes the same way): the retention forgets and
     prunes, confirms its lock, leaves no lock and no temporary lock file behind."""
-    sb = _copy(world, tmp_path / "sb")
+    sb = _copy(world)
     state, second = world[1], world[2]
     proc = subprocess.run(
         [sys.executable, "-c", _REFRESHING, "backup", "--json"],
