@@ -197,3 +197,20 @@ def test_two_agents_of_one_host_in_one_repository_keep_their_own_history_and_lat
     assert snapshot_of(sb, "ls", "latest") == made[ws_b][-1]
     named = sb.phx_here("forget", "latest", "--dry-run", "--json").json()
     assert [s["id"] for t in named["targets"].values() for s in t["named"]] == [made[ws_b][-1]], named
+
+
+def test_verify_latest_checks_this_agents_snapshot(backed_up: Sandbox) -> None:
+    # Two workspaces of one host back up into one repository; `phx verify --backup latest` on A
+    # checked B's snapshot (taken after A's), while restore, ls and diff took A's.
+    sb = backed_up
+    ws_a, ws_b = sb.workspace, sb.root / "workspace-b"
+    shutil.copytree(ws_a, ws_b, symlinks=True)
+    for n in range(3):  # B holds files A does not: its snapshot names more blobs
+        (ws_b / f"only-b-{n}.md").write_text(f"agent b {n}\n")
+    mine = sb.backup()["id"]
+    sb.write_config(workspace=str(ws_b))
+    theirs = sb.backup()["id"]
+    sb.write_config(workspace=str(ws_a))
+    checked = {ref: sb.verify("--backup", ref)["checked"] for ref in ("latest", mine, theirs)}
+    assert checked[mine] != checked[theirs], checked
+    assert checked["latest"] == checked[mine], checked

@@ -496,3 +496,21 @@ def test_a_damaged_blob_of_a_list_named_from_several_trees_names_every_path(
     result = verify_repository(repo, read_data=True)
     assert {e.path for e in result.errors} == {"d0/db0", "d1/db1", "d2/db2"}
     repo.close()
+
+
+def test_a_tree_whose_lists_name_more_than_a_reader_takes_is_never_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every reader refuses a tree whose databases' lists name more than TREE_LIST_EXTENTS_LIMIT
+    # extents together (7,895,160: a folder of fragmented databases of some 32 GB at 4 KiB pages);
+    # a backup wrote one with exit 0, and ls, verify and restore refused the snapshot as damaged.
+    # It is refused as too large, as a tree past MAX_BLOB_SIZE is, so the backup stores nothing.
+    monkeypatch.setattr(tree, "TREE_LIST_EXTENTS_LIMIT", 10_000)
+
+    def db(name: str, count: int) -> Node:
+        refs = (ListRef(b"\x01" * 32, count * 4096, count),)
+        return Node(
+            name=name, type="sqlite", size=count * 4096, content=ListedExtents(refs, None, name), sha256="0" * 64
+        )
+
+    decode_tree(tree.encode_tree([db("a.db", 6_000), db("b.db", 4_000)]))  # at the limit: written and read
+    with pytest.raises(tree.TreeTooLarge, match=r"name 10,001 extents together, more than the 10,000"):
+        tree.encode_tree([db("a.db", 6_000), db("b.db", 4_001)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from phoenix_backup.config import Config
 from phoenix_backup.errors import IdentityRequired
-from phoenix_backup.ops.context import Environment, cache_for, captures_cache, open_repository
+from phoenix_backup.ops.context import Environment, agent_latest, cache_for, captures_cache, open_repository
 from phoenix_backup.repo.checker import SUBSET_CURSOR, VerifyError, VerifyResult, verify_repository
 from phoenix_backup.repo.writer import WriterRepository
 
@@ -37,7 +37,7 @@ def verify(
             read_data=read_data or subset is not None,
             subset=subset,
             cursor=cursor,
-            latest=envx.latest,
+            latest=agent_latest(cfg, envx),
             report=envx.progress,
             segments_cache=captures_cache(repo, envx),
         )

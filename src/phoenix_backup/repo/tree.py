@@ -704,7 +704,8 @@ def _str(d: dict[str, Any], key: str) -> str:
 
 
 class TreeTooLarge(ValueError):
-    """A folder whose tree would be larger than any blob may be (MAX_BLOB_SIZE): no reader takes it."""
+    """A folder whose tree would be larger than any blob may be (MAX_BLOB_SIZE), or whose databases'
+    extent lists name more than TREE_LIST_EXTENTS_LIMIT extents: no reader takes it."""
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -714,6 +715,13 @@ def encode_tree(nodes: list[Node]) -> bytes:
     (the extents' string, the document's string, its parts, its bytes), now about twice (the
     base64 and the tree's bytes; docs/benchmarks.md, "The daily backup's peak over 30 days").
     Base64 needs no JSON escape, so the bytes are those of the whole document dumped at once."""
+    listed = sum(len(n.content) for n in nodes if isinstance(n.content, ListedExtents))
+    if listed > TREE_LIST_EXTENTS_LIMIT:
+        # Every reader refuses such a tree (`decode_tree`): never write one.
+        raise TreeTooLarge(
+            f"holds databases whose extent lists name {listed:,} extents together, more than the "
+            f"{TREE_LIST_EXTENTS_LIMIT:,} one folder's databases may name"
+        )
     parts: list[bytes] = [b'{"nodes":[']
     for i, node in enumerate(sorted(nodes, key=lambda n: n.name)):
         if i:
