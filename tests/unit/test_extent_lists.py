@@ -514,3 +514,20 @@ def test_a_tree_whose_lists_name_more_than_a_reader_takes_is_never_written(monke
     decode_tree(tree.encode_tree([db("a.db", 6_000), db("b.db", 4_000)]))  # at the limit: written and read
     with pytest.raises(tree.TreeTooLarge, match=r"name 10,001 extents together, more than the 10,000"):
         tree.encode_tree([db("a.db", 6_000), db("b.db", 4_001)])
+
+
+def test_a_backup_commits_no_snapshot_whose_list_it_cannot_read_back() -> None:
+    """The commit's last check confirms every blob a database needs; a node whose list blob cannot
+    be read back confirmed none of its data blobs (`needed_blobs() or ()`) and the snapshot was
+    committed on trust. It stops the commit, naming the database."""
+    from phoenix_backup.ops import backup as backup_module
+
+    def unreadable(blob: bytes) -> bytes:
+        raise CorruptObject("the extent list fails authentication")
+
+    refs = (ListRef(b"\x01" * 32, 4096, 1),)
+    node = Node("memory.db", "sqlite", size=4096, content=ListedExtents(refs, unreadable, "memory.db"), sha256="0" * 64)
+    plain = Node("notes.md", "file", size=0, content=[], sha256="0" * 64)
+    with pytest.raises(CorruptObject, match=r"memory\.db.*no snapshot was written"):
+        backup_module._needed_blobs({"workspace/notes.md": plain, "home/.argentos/memory.db": node})
+    assert backup_module._needed_blobs({"workspace/notes.md": plain}) == set()

@@ -1256,7 +1256,7 @@ def _run(
     # The commit point. Before it: every pack the snapshot refers to is still in the store, and
     # our lock is still there and ours (`save_snapshot` confirms it: had another process removed
     # it, a prune may have run).
-    repo.confirm_present(trees | {blob for node in nodes.values() for blob in node.needed_blobs() or ()})
+    repo.confirm_present(trees | _needed_blobs(nodes))
     sid = repo.save_snapshot(snap)
     return BackupResult(
         id=sid,
@@ -1364,6 +1364,22 @@ def _names_since(repo: Repository, known: list[Snapshot]) -> set[str]:
             except PhoenixError:
                 continue  # unreadable: `verify` names it; it cannot be named by its name anyway
     return names
+
+
+def _needed_blobs(nodes: dict[str, Node]) -> set[bytes]:
+    """Every blob the snapshot's files and databases need, to confirm before the commit. A node
+    whose extent list cannot be read back (format 6) stops the commit: its data blobs could not
+    be confirmed, and a snapshot naming them would be committed on trust."""
+    needed: set[bytes] = set()
+    for logical, node in nodes.items():
+        blobs = node.needed_blobs()
+        if blobs is None:
+            raise CorruptObject(
+                f"the extent list of {shown(logical)} written by this backup cannot be read back, so its data "
+                "could not be confirmed and no snapshot was written; run `phx verify`, then back up again"
+            )
+        needed.update(blobs)
+    return needed
 
 
 def _with_added(snap: Snapshot, added: int) -> Snapshot:
