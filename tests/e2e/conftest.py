@@ -57,9 +57,11 @@ def _helpers_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _small_extent_lists(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Format 6's extent lists made small for every test (repo/tree.py's module constants): a
-    database node of more than 2 extents keeps them in list blobs of at most 4 extents, cut every
-    16 KiB, so the suite's attacks, prunes, syncs and restores run on listed databases in this
-    process (a `phx` subprocess writes lists only past the real sizes). A test marked
+    database node of more than 2 extents keeps them in list blobs of at most 64 extents, cut every
+    256 KiB, so the suite's attacks, prunes, syncs and restores run on listed databases in this
+    process, a few lists a database (a `phx` subprocess writes lists only past the real sizes).
+    Lists of 4 extents cut every 16 KiB made a tiny memory.db hundreds of list blobs and the
+    suite some 200 s slower; tests/e2e/test_format6.py's `small_lists` uses those. A test marked
     `real_extent_lists` keeps the real sizes (one measuring a tree's bytes: a tiny database's
     node names hundreds of small lists)."""
     if request.node.get_closest_marker("real_extent_lists") is not None:
@@ -67,8 +69,8 @@ def _small_extent_lists(monkeypatch: pytest.MonkeyPatch, request: pytest.Fixture
     from phoenix_backup.repo import tree
 
     monkeypatch.setattr(tree, "INLINE_EXTENTS", 2, raising=False)  # raising: the suite runs on older code too
-    monkeypatch.setattr(tree, "LIST_SPAN", 16384, raising=False)
-    monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 4, raising=False)
+    monkeypatch.setattr(tree, "LIST_SPAN", 262144, raising=False)
+    monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 64, raising=False)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ MEMORY = "home/.argentos/memory.db"
 @pytest.fixture
 def small_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lists of at most 4 extents, cut every 16 KiB of a database, for any node of more than 2
-    (as conftest.py sets them for every test; said again here, where the test depends on it)."""
+    (smaller than conftest.py sets them for every test: here the tests depend on many lists)."""
     monkeypatch.setattr(tree, "INLINE_EXTENTS", 2)
     monkeypatch.setattr(tree, "LIST_SPAN", 16384)
     monkeypatch.setattr(tree, "MAX_LIST_EXTENTS", 4)

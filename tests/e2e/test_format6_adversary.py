@@ -7,10 +7,10 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import e2e_support
 import pytest
 from e2e_support import Sandbox, db_dump
 from killpoint import read_report
@@ -20,7 +20,7 @@ from test_kill_points import (
     World,
     _backup_check,
     check_repository,
-    template,  # noqa: F401 (the kill suite's world, made once a module)
+    make_template,
     world_from,
 )
 
@@ -129,15 +129,16 @@ def test_a_database_crossing_the_list_threshold_and_back_restores_every_day(
     assert sb.verify("--read-data")["ok"] is True
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _small_lists_for_the_module() -> Iterator[None]:
-    """Small lists in this process for the whole module, the kill suite's world (made once a
-    module, before the autouse fixture of each test) included; undone after it, so no other
-    module's memory bounds run with them."""
+@pytest.fixture(scope="module")
+def listed_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The kill suite's world backed up in this process with small lists, so its databases are
+    listed whatever ran before in this worker (a `phx` subprocess writes lists only past the real
+    sizes; the autouse fixture of each test comes after a module's fixtures)."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in (("INLINE_EXTENTS", 2), ("LIST_SPAN", 16384), ("MAX_LIST_EXTENTS", 4)):
             mp.setattr(tree, name, value)
-        yield
+        mp.setattr(e2e_support, "HELPERS_IN_PROCESS", True)
+        return make_template(tmp_path_factory)
 
 
 def _killed_backup(w: World, kill_at: int) -> tuple[str, int, str]:
@@ -158,14 +159,14 @@ def _killed_backup(w: World, kill_at: int) -> tuple[str, int, str]:
 
 
 def test_a_backup_killed_before_its_list_pack_leaves_the_repository_consistent(
-    template: Any,  # noqa: F811
+    listed_template: tuple[Path, dict[str, Any]],
     tmp_path: Path,
 ) -> None:
     """A `phx backup` process that writes list blobs (killpoint_lists.py makes them small there),
     SIGKILLed before it writes the pack of its trees and list blobs:
     verify --read-data passes, every snapshot restores its state, the next backup and a prune
     work, and the snapshot a run not killed writes names new list blobs (so the kills hit them)."""
-    w = world_from(template, tmp_path / "count")
+    w = world_from(listed_template, tmp_path / "count")
     kind, writes, _call = _killed_backup(w, 0)
     assert kind == "calls" and writes >= 2, (kind, writes)
     newest = max(w.sb.snapshots(), key=lambda s: s["time"])["id"]
@@ -175,7 +176,7 @@ def test_a_backup_killed_before_its_list_pack_leaves_the_repository_consistent(
     assert isinstance(node.content, ListedExtents), "the killed process wrote no list"
     # The last pack written holds the trees and list blobs (the data packs come first); every pack
     # write was killed once when this test was written (all held), the suite keeps the last one.
-    w = world_from(template, tmp_path / "killed")
+    w = world_from(listed_template, tmp_path / "killed")
     assert _killed_backup(w, writes)[0] == "killed"
     _backup_check(w, "killed before its last pack write")
     w.sb.phx_here("prune")

@@ -74,6 +74,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    return make_template(tmp_path_factory)
+
+
+def make_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The kill suite's world: two days backed up, a third day's state left in the workspace."""
     root = tmp_path_factory.mktemp("kill-template") / "world"
     layout = generate_workspace(root / "sample", size="tiny", seed=SEED % 1000)
     sb = Sandbox(root, layout)

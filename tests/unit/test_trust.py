@@ -28,7 +28,7 @@ from phoenix_backup.errors import (
 from phoenix_backup.repo import keys
 from phoenix_backup.repo.pack import PackIds
 from phoenix_backup.repo.pins import Pins
-from phoenix_backup.repo.repository import RepoConfig, Repository
+from phoenix_backup.repo.repository import FORMAT_VERSION, RepoConfig, Repository
 from phoenix_backup.storage.local import LocalBackend
 
 HEAVY = os.environ.get("PHX_TEST_HEAVY") == "1"
@@ -213,7 +213,8 @@ def test_pins_record_and_refuse_a_changed_key(tmp_path: Path) -> None:
     assert stat.S_IMODE(pins.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(pins.path.parent.stat().st_mode) == 0o700
     pin = pins.get(repo.config.id)
-    assert pin is not None and pin.fingerprint == repo.secrets.fingerprint and pin.format == 4
+    assert pin is not None and pin.fingerprint == repo.secrets.fingerprint
+    assert pin.format == repo.config.version == FORMAT_VERSION
     # Someone replaces config and slot with their own under the same id.
     attacker = keys.MasterSecrets.generate()
     (tmp_path / "repo" / "config").write_bytes(repo.config.signed(attacker).to_bytes())
