@@ -30,6 +30,17 @@ from moto_support import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer, bare_repo
 pytestmark = pytest.mark.phx_in_process
 
 
+def _age_identity(sb: Sandbox, tmp_path: Path) -> tuple[pyrage.x25519.Identity, Path]:
+    """A new age identity in `tmp_path/identity.txt` (mode 600), and no passphrase in `sb`'s
+    environment: the machine opens the repository with the identity alone."""
+    identity = pyrage.x25519.Identity.generate()
+    key = tmp_path / "identity.txt"
+    key.write_text(f"{identity}\n")
+    key.chmod(0o600)
+    sb.env.pop("PHX_PASSPHRASE")
+    return identity, key
+
+
 def test_repo_naming_a_folder_inside_the_repository_its_parent_or_an_archive_says_where_it_is(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -72,11 +83,7 @@ def test_an_age_repository_read_by_repo_without_the_identity_asks_for_the_identi
     passphrase in PHX_PASSPHRASE, "wrong passphrase" (the repository has no passphrase slot). Now:
     exit 2, the repository is encrypted with age, give --identity FILE or PHX_IDENTITY_FILE."""
     sb = sandbox
-    identity = pyrage.x25519.Identity.generate()
-    key = tmp_path / "identity.txt"
-    key.write_text(f"{identity}\n")
-    key.chmod(0o600)
-    sb.env.pop("PHX_PASSPHRASE")
+    identity, key = _age_identity(sb, tmp_path)
     sb.reinit(
         encryption={
             "enabled": True,
@@ -204,11 +211,7 @@ def test_a_restored_age_config_whose_identity_file_is_missing_never_says_make_a_
     identity, which opens no backup. Now it says to copy the identity that opens the repository
     there (or point identityFile/PHX_IDENTITY_FILE at it), and never to make one."""
     sb = sandbox
-    identity = pyrage.x25519.Identity.generate()
-    key = tmp_path / "identity.txt"
-    key.write_text(f"{identity}\n")
-    key.chmod(0o600)
-    sb.env.pop("PHX_PASSPHRASE")
+    identity, key = _age_identity(sb, tmp_path)
     recipient = str(identity.to_public())
     sb.reinit(encryption={"enabled": True, "method": "age", "recipients": [recipient], "identityFile": str(key)})
     snap = sb.backup()
@@ -489,11 +492,7 @@ def test_a_planted_passphrase_slot_in_an_age_repository_still_asks_for_the_ident
     from attack_support import slot_document, write_slot
 
     sb = sandbox
-    identity = pyrage.x25519.Identity.generate()
-    key = tmp_path / "identity.txt"
-    key.write_text(f"{identity}\n")
-    key.chmod(0o600)
-    sb.env.pop("PHX_PASSPHRASE")
+    identity, key = _age_identity(sb, tmp_path)
     recipients = [str(identity.to_public())]
     sb.reinit(encryption={"enabled": True, "method": "age", "recipients": recipients, "identityFile": str(key)})
     sb.backup()

@@ -186,11 +186,9 @@ def test_retention_applies_on_every_target(make_sandbox: Callable[..., Sandbox])
     assert sb.verify("--target", "git", "--read-data")["ok"]
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
-def test_forget_latest_forgets_one_snapshot_on_every_target(make_sandbox: Callable[..., Sandbox]) -> None:
-    """The Git replica missed the newest backup. `phx forget latest` removed the newest on the
-    first target and, on the replica, its own latest: an older snapshot nobody named."""
-    sb = make_sandbox()
+def _git_replica_missed_the_newest(sb: Sandbox) -> tuple[list[str], str]:
+    """Two backups on the local and Git targets, then a newest the Git replica missed (disabled
+    for it); both targets enabled again. The two kept ids, the newest's."""
     remote = sb.root / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
@@ -200,6 +198,15 @@ def test_forget_latest_forgets_one_snapshot_on_every_target(make_sandbox: Callab
     sb.write_config(targets={"local": {"enabled": True}, "git": {**git, "enabled": False}})
     newest = sb.backup()["id"]
     sb.write_config(targets={"local": {"enabled": True}, "git": git})
+    return kept, newest
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed (scripts/test.sh installs it)")
+def test_forget_latest_forgets_one_snapshot_on_every_target(make_sandbox: Callable[..., Sandbox]) -> None:
+    """The Git replica missed the newest backup. `phx forget latest` removed the newest on the
+    first target and, on the replica, its own latest: an older snapshot nobody named."""
+    sb = make_sandbox()
+    kept, newest = _git_replica_missed_the_newest(sb)
     out = sb.phx_here("forget", "latest", "--json").json()
     assert out["targets"]["local"]["removed"] == [newest]
     assert out["targets"]["git"]["removed"] == []
@@ -216,15 +223,7 @@ def test_forget_latest_guesses_nothing_when_the_first_target_cannot_be_read(
     """The first target cannot be read (a disk unplugged) and the Git replica missed the newest
     backup: `phx forget latest` forgot the replica's own newest, an older snapshot nobody named."""
     sb = make_sandbox()
-    remote = sb.root / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
-    sb.env["PHX_DATA_DIR"] = str(sb.root / "data")
-    git = {"enabled": True, "repo": str(remote), "branch": "main", "autoCommit": True}
-    sb.write_config(targets={"local": {"enabled": True}, "git": git}, retention=retention_only(prune=False))
-    kept = [sb.backup("--time", day(n))["id"] for n in (2, 1)]
-    sb.write_config(targets={"local": {"enabled": True}, "git": {**git, "enabled": False}})
-    sb.backup()
-    sb.write_config(targets={"local": {"enabled": True}, "git": git})
+    kept, _newest = _git_replica_missed_the_newest(sb)
     sb.repo.rename(sb.root / "unplugged")
     out = sb.phx_here("forget", "latest", "--json", code=1).json()
     assert out["targets"]["git"]["removed"] == [], out

@@ -39,6 +39,25 @@ def _repo(tmp_path: Path, **kwargs: bool) -> Repository:
     )
 
 
+def _save_snapshot(repo: Repository, root: bytes, files: int) -> None:
+    """One snapshot of the tree `root`, of host "h" and user "u"."""
+    repo.save_snapshot(
+        Snapshot(
+            time="2026-01-01T00:00:00+00:00",
+            name="2026-01-01T00:00",
+            host="h",
+            username="u",
+            scope="full",
+            tags=(),
+            tree=root,
+            parent=None,
+            sources={},
+            databases=(),
+            stats=SnapshotStats(files=files),
+        )
+    )
+
+
 def _blob(i: int) -> bytes:
     return hashlib.sha256(i.to_bytes(8, "big")).digest()
 
@@ -383,20 +402,7 @@ def test_verify_read_data_of_a_listed_database_holds_two_lists_at_a_time(
     sub, _added = repo.save_tree([node])
     root, _added = repo.save_tree([Node("workspace", "dir", mode=0o755, subtree=sub)])
     repo.flush()
-    snap = Snapshot(
-        time="2026-01-01T00:00:00+00:00",
-        name="2026-01-01T00:00",
-        host="h",
-        username="u",
-        scope="full",
-        tags=(),
-        tree=root,
-        parent=None,
-        sources={},
-        databases=(),
-        stats=SnapshotStats(files=1),
-    )
-    repo.save_snapshot(snap)
+    _save_snapshot(repo, root, files=1)
     del node, whole
     gc.collect()
     tracemalloc.start()
@@ -438,21 +444,7 @@ def _one_list_many_trees(path: Path, trees: int) -> tuple[Repository, bytes]:
         dirs.append(Node(f"d{i}", "dir", mode=0o755, subtree=sub))
     root, _added = repo.save_tree(dirs)
     repo.flush()
-    repo.save_snapshot(
-        Snapshot(
-            time="2026-01-01T00:00:00+00:00",
-            name="2026-01-01T00:00",
-            host="h",
-            username="u",
-            scope="full",
-            tags=(),
-            tree=root,
-            parent=None,
-            sources={},
-            databases=(),
-            stats=SnapshotStats(files=trees),
-        )
-    )
+    _save_snapshot(repo, root, files=trees)
     repo.close()
     return Repository.open(LocalBackend(path / "repo"), keys.Credentials(passphrase="pw")), node.content[0].blob
 
